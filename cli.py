@@ -1,0 +1,129 @@
+"""The `lossmask` command: thin click commands over the Python API.
+
+Exit codes: 0 done; 1 `--strict` and some record was rejected; 2 the job could not run (missing input, bad
+tokenizer path, broken template, bad option), with one message saying what to fix.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from . import __version__
+from .pipeline.config import CHOICES, PrepareConfig, load_config_file
+from .pipeline.errors import SetupError
+
+
+def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a SetupError into one line on stderr and exit code 2, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SetupError as exc:
+            click.echo(f"lossmask: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="lossmask")
+def main() -> None:
+    """Chat transcripts and raw text -> training-ready token shards with verified loss masks."""
+
+
+def _choice(name: str) -> click.Choice:
+    return click.Choice(CHOICES[name])
+
+
+@main.command()
+@click.argument("inputs", nargs=-1)
+@click.option("--tokenizer", help="A tokenizer.json, or a model folder with tokenizer.json + tokenizer_config.json.")
+@click.option("--out", help="Output folder for the shards, _manifest.json and _rejects.jsonl.")
+@click.option(
+    "--chat-template", help="A .jinja file or a built-in name (chatml, llama3, mistral, gemma, phi3, zephyr, alpaca)."
+)
+@click.option("--format", "format_", type=_choice("format"), help="Input format (default: detected per file).")
+@click.option("--mask", type=_choice("mask"), help="What trains: assistant turns (default), the last one, or all.")
+@click.option("--train-roles", help="Comma-separated roles whose messages train (default: assistant).")
+@click.option("--train-eot/--no-train-eot", "train_end_of_turn", default=None, help="Train end-of-turn markers.")
+@click.option("--train-reasoning/--no-train-reasoning", default=None, help="Train reasoning (<think>) text.")
+@click.option(
+    "--generation-tags/--no-generation-tags",
+    "use_generation_tags",
+    default=None,
+    help="Honor {% generation %} blocks when the template has them.",
+)
+@click.option("--max-length", type=int, help="Maximum positions per row (tokens - 1).")
+@click.option("--overflow", type=_choice("overflow"), help="Over-long examples: truncate (right) or drop.")
+@click.option(
+    "--special-tokens-in-content",
+    type=_choice("special_tokens_in_content"),
+    help="Control-token strings inside message text: escape (plain text, default), reject or allow.",
+)
+@click.option(
+    "--unfaithful-turns",
+    type=_choice("unfaithful_turns"),
+    help="Turns a template renders unlike inference: split (default), faithful-only, as-rendered, reject.",
+)
+@click.option(
+    "--dropped-messages",
+    type=_choice("dropped_messages"),
+    help="Messages the template leaves out: reject the record (default) or keep it.",
+)
+@click.option("--config", "config_file", help="A YAML or TOML file with the same options; flags override it.")
+@click.option("--strict", is_flag=True, default=None, help="Exit 1 when any record is rejected.")
+@click.option("--batch-size", type=int, help="Records per processing batch (default 256).")
+@click.option("--shard-max-rows", type=int, help="Rows per shard at most (default 100000).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@fails_cleanly
+def prepare(inputs: tuple[str, ...], config_file: str | None, quiet: bool, format_: str | None, **flags: Any) -> None:
+    """Turn INPUT files (JSONL, JSON, Parquet, Arrow; .gz/.zst) into token shards with loss masks."""
+    from .pipeline.prepare import prepare as run_prepare
+
+    values: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    if inputs:
+        values["inputs"] = list(inputs)
+    if format_ is not None:
+        values["format"] = format_
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = value
+    config = PrepareConfig.from_mapping(values)
+    config.require_paths()
+    started = time.perf_counter()
+    manifest = run_prepare(config)
+    elapsed = time.perf_counter() - started
+    if not quiet:
+        print_summary(manifest, config.out, elapsed)
+    if config.strict and manifest["records"]["rejected"]:
+        sys.exit(1)
+
+
+def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
+    records, totals = manifest["records"], manifest["totals"]
+    rate = totals["tokens"] / elapsed if elapsed > 0 else 0.0
+    click.echo(f"shards:   {out}/ ({len(manifest['shards'])} shard(s), {totals['rows']} rows)")
+    click.echo(f"tokens:   {totals['tokens']} positions, {totals['loss_tokens']} counted targets")
+    click.echo(
+        f"records:  {records['read']} read = {records['written']} written + {records['rejected']} rejected "
+        f"+ {records['dropped']} dropped"
+    )
+    for status in ("rejected", "dropped"):
+        for reason, count in records["by_reason"][status].items():
+            click.echo(f"          {count:>6} {status}: {reason}")
+    if records["rejected"] or records["dropped"]:
+        click.echo(f"rejects:  {out}/_rejects.jsonl (file:line and reason for each)")
+    click.echo(f"manifest: {out}/_manifest.json")
+    click.echo(f"time:     {elapsed:.2f} s ({rate:,.0f} tokens/s)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,92 @@
+"""Nothing lost: every input record ends written, rejected or dropped, with a reason and its source.
+
+read = written + rejected + dropped, always; `Accounting.check` asserts it before the manifest is written.
+A record made into several rows (split turns) is written when at least one row is; its other rows' drops are
+counted under `rows_dropped`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ..schemas.reasons import DROP_REASONS, describe
+from ..schemas.records import SourceRef
+from ..schemas.shards import RowFlag
+from .errors import RecordError
+
+
+@dataclass(slots=True)
+class Outcome:
+    source: SourceRef
+    status: str  # "written", "rejected" or "dropped"
+    rows: int = 0
+    reason: str | None = None
+    detail: str = ""
+    field: str | None = None
+
+    @classmethod
+    def failed(cls, source: SourceRef, error: RecordError) -> Outcome:
+        status = "dropped" if error.reason in DROP_REASONS else "rejected"
+        return cls(source, status, 0, error.reason, error.detail, error.field)
+
+    def to_reject_line(self) -> str:
+        line: dict[str, Any] = {
+            "source": str(self.source),
+            "status": self.status,
+            "reason": self.reason,
+            "detail": self.detail,
+            "hint": describe(self.reason or ""),
+        }
+        if self.field:
+            line["field"] = self.field
+        return json.dumps(line, ensure_ascii=False)
+
+
+@dataclass
+class Accounting:
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    rows: int = 0
+    by_reason: dict[str, Counter[str]] = field(default_factory=lambda: {"rejected": Counter(), "dropped": Counter()})
+    rows_dropped: Counter[str] = field(default_factory=Counter)
+    row_flags: Counter[str] = field(default_factory=Counter)
+
+    def add(self, outcome: Outcome, rejects: IO[str] | None = None) -> None:
+        self.read += 1
+        if outcome.status == "written":
+            self.written += 1
+            self.rows += outcome.rows
+            return
+        if outcome.status == "rejected":
+            self.rejected += 1
+        else:
+            self.dropped += 1
+        self.by_reason[outcome.status][outcome.reason or "unknown"] += 1
+        if rejects is not None:
+            rejects.write(outcome.to_reject_line() + "\n")
+
+    def add_row_flags(self, flags: int) -> None:
+        for flag in RowFlag:
+            if flags & flag:
+                self.row_flags[flag.name.lower()] += 1
+
+    def check(self) -> None:
+        if self.read != self.written + self.rejected + self.dropped:  # pragma: no cover - a bug if it fires
+            raise AssertionError(f"accounting does not add up: {self.to_dict()}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "written": self.written,
+            "rejected": self.rejected,
+            "dropped": self.dropped,
+            "rows": self.rows,
+            "by_reason": {status: dict(sorted(counts.items())) for status, counts in self.by_reason.items()},
+            "rows_dropped": dict(sorted(self.rows_dropped.items())),
+            "row_flags": dict(sorted(self.row_flags.items())),
+        }

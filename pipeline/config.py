@@ -1,0 +1,138 @@
+"""The job's configuration: one dataclass, loadable from YAML or TOML, overridden by command-line flags.
+
+The resolved configuration is written into the manifest, so every shard set says how it was made.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SetupError
+from .fit import OVERFLOW_POLICIES, LengthPolicy
+from .formats import FORMAT_NAMES
+from .formats.options import FormatOptions
+from .mask import MASK_MODES, MaskPolicy
+from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, UNFAITHFUL_POLICIES, RenderOptions
+from .templates.environment import DEFAULT_TEMPLATE_DATE
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "format": FORMAT_NAMES,
+    "mask": MASK_MODES,
+    "overflow": OVERFLOW_POLICIES,
+    "special_tokens_in_content": SPECIAL_POLICIES,
+    "unfaithful_turns": UNFAITHFUL_POLICIES,
+    "dropped_messages": DROPPED_POLICIES,
+    "reasoning_fallback": REASONING_FALLBACKS,
+}
+
+
+@dataclass
+class PrepareConfig:
+    inputs: list[str] = field(default_factory=list)
+    tokenizer: str = ""
+    out: str = ""
+    chat_template: str | None = None  # a .jinja file or a built-in name; None = the tokenizer's own
+    format: str | None = None  # None = detect per file
+    mask: str = "assistant"
+    train_roles: list[str] = field(default_factory=lambda: ["assistant"])
+    train_end_of_turn: bool = True
+    train_reasoning: bool = True
+    use_generation_tags: bool = True
+    max_length: int | None = None
+    overflow: str = "truncate"
+    special_tokens_in_content: str = "escape"
+    unfaithful_turns: str = "split"
+    dropped_messages: str = "reject"
+    reasoning_fallback: str = "inline"
+    text_append_eos: bool = True
+    template_date: str = DEFAULT_TEMPLATE_DATE
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    alpaca_join: str = "\n\n"
+    strict: bool = False
+    batch_size: int = 256
+    shard_max_rows: int = 100_000
+    shard_max_bytes: int = 256 << 20
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> PrepareConfig:
+        known = {f.name for f in fields(cls)}
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SetupError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise SetupError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if isinstance(self.train_roles, str):
+            self.train_roles = [r.strip() for r in self.train_roles.split(",") if r.strip()]
+        if self.max_length is not None and self.max_length < 1:
+            raise SetupError("max_length must be at least 1")
+        if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1:
+            raise SetupError("batch_size, shard_max_rows and shard_max_bytes must be positive")
+
+    def require_paths(self) -> None:
+        if not self.inputs:
+            raise SetupError("no input given: pass INPUT files or globs, or `inputs:` in the config")
+        if not self.tokenizer:
+            raise SetupError("no tokenizer given: pass --tokenizer PATH (a tokenizer.json or a model folder)")
+        if not self.out:
+            raise SetupError("no output folder given: pass --out DIR")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format_options(self) -> FormatOptions:
+        return FormatOptions(fields=dict(self.fields), roles=dict(self.roles), alpaca_join=self.alpaca_join)
+
+    def render_options(self) -> RenderOptions:
+        mask = MaskPolicy(
+            mode=self.mask,
+            train_roles=tuple(self.train_roles),
+            train_end_of_turn=self.train_end_of_turn,
+            train_reasoning=self.train_reasoning,
+            use_generation_tags=self.use_generation_tags,
+        )
+        return RenderOptions(
+            mask=mask,
+            unfaithful_turns=self.unfaithful_turns,
+            dropped_messages=self.dropped_messages,
+            special_tokens_in_content=self.special_tokens_in_content,
+            reasoning_fallback=self.reasoning_fallback,
+            text_append_eos=self.text_append_eos,
+        )
+
+    def length_policy(self) -> LengthPolicy:
+        return LengthPolicy(max_length=self.max_length, overflow=self.overflow)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A YAML or TOML file holding the same options as the command line (underscores or dashes)."""
+    location = Path(path)
+    if not location.is_file():
+        raise SetupError(f"config file {path!r} does not exist")
+    text = location.read_text(encoding="utf-8")
+    try:
+        if location.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise SetupError(f"config file {path} is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise SetupError(f"config file {path} must hold a mapping of option names to values")
+    return data

@@ -1,0 +1,17 @@
+"""Two kinds of failure: a bad record (rejected, the run goes on) and a bad job (one clear message, exit 2)."""
+
+from __future__ import annotations
+
+
+class RecordError(Exception):
+    """This record cannot become a verified example. `reason` is a code from `schemas.reasons`."""
+
+    def __init__(self, reason: str, detail: str = "", field: str | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.field = field
+
+
+class SetupError(Exception):
+    """The job cannot run as configured (missing input, bad tokenizer path, broken template). Says what to fix."""

@@ -1,0 +1,84 @@
+"""Field readers shared by the format parsers, each raising a `RecordError` that names the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...schemas.records import ToolCall
+from ..errors import RecordError
+
+
+def require(value: dict[str, Any], name: str, where: str = "") -> Any:
+    if name not in value:
+        raise RecordError("missing_field", f"{where}{name!r} is missing", field=f"{where}{name}")
+    return value[name]
+
+
+def as_str(value: Any, where: str, *, allow_none: bool = False) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None and allow_none:
+        return ""
+    raise RecordError("wrong_type", f"{where} must be a string, got {type(value).__name__}", field=where)
+
+
+def as_list(value: Any, where: str) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    raise RecordError("wrong_type", f"{where} must be a list, got {type(value).__name__}", field=where)
+
+
+def as_train_flag(value: Any, where: str) -> bool | None:
+    """OpenAI `weight` (0/1), LLaMA-Factory `loss_weight` (float) or a boolean `train`: > 0 means train."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value > 0
+    raise RecordError("wrong_type", f"{where} must be a number or boolean, got {type(value).__name__}", field=where)
+
+
+def parse_tool_call(value: Any, where: str) -> ToolCall:
+    """OpenAI `{"id", "type": "function", "function": {"name", "arguments"}}` or a bare `{"name", "arguments"}`.
+
+    Arguments given as a JSON string are decoded to an object, as Hugging Face templates expect a dict.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RecordError("wrong_type", f"{where} is not a JSON tool call: {exc.msg}", field=where) from None
+    if not isinstance(value, dict):
+        raise RecordError("wrong_type", f"{where} must be an object", field=where)
+    function = value.get("function", value)
+    if not isinstance(function, dict):
+        raise RecordError("wrong_type", f"{where}.function must be an object", field=where)
+    name = as_str(require(function, "name", f"{where}."), f"{where}.name")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            decoded = json.loads(arguments)
+        except json.JSONDecodeError:
+            decoded = None
+        if isinstance(decoded, dict):
+            arguments = decoded
+    elif not isinstance(arguments, dict):
+        raise RecordError("wrong_type", f"{where}.arguments must be an object or a JSON string", field=where)
+    call_id = value.get("id")
+    return ToolCall(name=name, arguments=arguments, id=call_id if isinstance(call_id, str) else None)
+
+
+def parse_tools(value: Any, where: str) -> list[dict[str, Any]] | None:
+    """A `tools` list (or the JSON string of one, as in ShareGPT tool datasets); None when absent or empty."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RecordError("wrong_type", f"{where} is not valid JSON: {exc.msg}", field=where) from None
+    if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
+        raise RecordError("wrong_type", f"{where} must be a list of objects", field=where)
+    return value or None

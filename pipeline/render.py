@@ -1,0 +1,324 @@
+"""Stage 3, render: a record -> rendered text whose every character is labeled, verified against the template.
+
+For a conversation, a cached `Plan` (built from a sentinel rendering of the same shape) says where each message
+lands; the real rendering must equal the plan with the real text substituted, character for character, or the
+record is rejected. That equality is the proof that the spans, and so the mask, are exact.
+
+Templates that render an assistant turn unlike inference (see `templates.plan`) are handled by
+`--unfaithful-turns`:
+- split (default): the faithful turns train in the full rendering; each unfaithful turn trains in its own row,
+  rendered as the conversation up to that turn, exactly as the model sees it when it generates that turn;
+- faithful-only: one row, unfaithful turns left untrained;
+- as-rendered: one row, every turn trained as the template renders it (what most trainers do), flagged;
+- reject: the record is rejected, naming the template and the turn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schemas.classes import TokenClass
+from ..schemas.examples import CharSpan, RenderedExample
+from ..schemas.records import Conversation, Message, PromptCompletion, Record, TextDocument
+from ..schemas.shards import RowFlag
+from .errors import RecordError
+from .mask import MaskPolicy, message_intent
+from .templates import ChatTemplate
+from .templates.plan import Plan, PlanBuilder
+from .templates.probe import TemplateProfile, profile_template, to_parts
+from .templates.sentinels import CONTENT, REASONING, sentinel
+from .tokenize import TokenizerInfo
+
+UNFAITHFUL_POLICIES = ("split", "faithful-only", "as-rendered", "reject")
+DROPPED_POLICIES = ("reject", "keep")
+SPECIAL_POLICIES = ("escape", "reject", "allow")
+REASONING_FALLBACKS = ("inline", "drop")
+_PLAN_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    mask: MaskPolicy = field(default_factory=MaskPolicy)
+    unfaithful_turns: str = "split"
+    dropped_messages: str = "reject"
+    special_tokens_in_content: str = "escape"
+    reasoning_fallback: str = "inline"  # when the template ignores reasoning_content: write it in <think> tags
+    text_append_eos: bool = True
+
+
+class Renderer:
+    def __init__(self, template: ChatTemplate | None, tokenizer: TokenizerInfo, options: RenderOptions):
+        self.template = template
+        self.tokenizer = tokenizer
+        self.options = options
+        self.profile: TemplateProfile | None = None
+        self.builder: PlanBuilder | None = None
+        if template is not None:
+            self.profile = profile_template(template, tokenizer.control_re)
+            self.builder = PlanBuilder(
+                template,
+                self.profile,
+                tokenizer.control_re,
+                tokenizer.special_tokens.get("bos_token"),
+                options.mask.rules(),
+            )
+        self._plans: OrderedDict[Any, Plan] = OrderedDict()
+
+    def render(self, record: Record) -> list[RenderedExample]:
+        if isinstance(record, TextDocument):
+            return [self._render_text(record)]
+        if isinstance(record, PromptCompletion):
+            return [self._render_prompt_completion(record)]
+        return self._render_chat(record)
+
+    # plain text and raw prompt/completion: no template, the spans are known directly
+
+    def _render_text(self, record: TextDocument) -> RenderedExample:
+        n = len(record.text)
+        flags, escape = self._check_special(record.text)
+        return RenderedExample(
+            text=record.text,
+            spans=[CharSpan(0, n, int(TokenClass.TEXT), True)],
+            source=record.source,
+            data_spans=[(0, n)],
+            flags=flags,
+            add_special_tokens=True,
+            append_eos=self.options.text_append_eos,
+            escape=escape,
+        )
+
+    def _render_prompt_completion(self, record: PromptCompletion) -> RenderedExample:
+        text = record.prompt + record.completion
+        p, n = len(record.prompt), len(text)
+        flags, escape = self._check_special(text)
+        trained = self.options.mask.mode != "all"
+        return RenderedExample(
+            text=text,
+            spans=[
+                CharSpan(0, p, int(TokenClass.USER), not trained, 0),
+                CharSpan(p, n, int(TokenClass.ASSISTANT), True, 1),
+            ],
+            source=record.source,
+            data_spans=[(0, n)],
+            turns=[(p, n)],
+            flags=flags,
+            add_special_tokens=True,
+            append_eos=True,
+            escape=escape,
+        )
+
+    def _check_special(self, *texts: str) -> tuple[int, bool]:
+        """(flags, escape) for message text holding control-token strings, per --special-tokens-in-content."""
+        found = [token for text in texts for token in self.tokenizer.find_control_tokens(text)]
+        if not found:
+            return 0, False
+        policy = self.options.special_tokens_in_content
+        if policy == "reject":
+            raise RecordError("special_token_in_content", f"found {sorted(set(found))[:5]}")
+        if policy == "allow":
+            return int(RowFlag.SPECIAL_ALLOWED), False
+        if not self.tokenizer.escape_supported:
+            raise RecordError(
+                "special_token_in_content",
+                f"found {sorted(set(found))[:5]}; this tokenizer cannot encode them as plain text exactly",
+            )
+        return 0, True
+
+    # conversations
+
+    def _render_chat(self, conversation: Conversation) -> list[RenderedExample]:
+        if self.template is None or self.builder is None or self.profile is None:
+            raise RecordError("template_error", "a chat record needs a chat template (--chat-template)")
+        intent = message_intent(conversation, self.options.mask)
+        messages, inline = self._template_messages(conversation.messages)
+        texts = [m.content for m in conversation.messages] + [m.reasoning or "" for m in conversation.messages]
+        flags, escape = self._check_special(*texts)
+        if conversation.tools or any(m.tool_calls for m in conversation.messages):
+            calls = [[c.to_template() for c in m.tool_calls or []] for m in conversation.messages]
+            found = self.tokenizer.find_control_tokens(json.dumps([conversation.tools, calls], ensure_ascii=False))
+            if found and not flags & RowFlag.SPECIAL_ALLOWED:
+                raise RecordError("special_token_in_tool_data", f"found {sorted(set(found))[:5]}")
+
+        tools = conversation.tools
+        full = self._plan(messages, tools, intent)
+        rows: list[tuple[int, Plan, int]] = []  # (number of messages rendered, plan, flags)
+        unfaithful = full.unfaithful
+        policy = self.options.unfaithful_turns
+        if not unfaithful:
+            rows.append((len(messages), full, 0))
+        elif policy == "reject":
+            turn = unfaithful[0]
+            raise RecordError(
+                "template_unfaithful",
+                f"{self.template.name} renders assistant message {turn} differently when it is not the last turn",
+            )
+        elif policy == "as-rendered":
+            rows.append((len(messages), full, int(RowFlag.UNFAITHFUL_TRAINED)))
+        else:
+            kept = [want and i not in unfaithful for i, want in enumerate(intent)]
+            if policy == "faithful-only":
+                rows.append((len(messages), self._plan(messages, tools, kept), int(RowFlag.UNFAITHFUL_MASKED)))
+            else:
+                for turn in unfaithful:
+                    only = [i == turn for i in range(turn + 1)]
+                    rows.append((turn + 1, self._plan(messages[: turn + 1], tools, only), int(RowFlag.SPLIT_TURN)))
+                if any(kept):
+                    rows.append((len(messages), self._plan(messages, tools, kept), int(RowFlag.SPLIT_TURN)))
+        examples = []
+        for part, (count, plan, row_flags) in enumerate(rows):
+            if plan.dropped:
+                if self.options.dropped_messages == "reject":
+                    names = ", ".join(f"{i} ({conversation.messages[i].role})" for i in plan.dropped)
+                    raise RecordError("template_dropped_message", f"{self.template.name} leaves out message {names}")
+                row_flags |= RowFlag.MESSAGE_DROPPED
+            example = self._realize(plan, messages[:count], tools, inline, conversation, part)
+            example.flags |= flags | row_flags | plan.flags
+            example.escape = escape
+            examples.append(example)
+        return examples
+
+    def _template_messages(self, messages: list[Message]) -> tuple[list[dict[str, Any]], dict[int, int]]:
+        """Messages as the template sees them; reasoning goes in <think> tags when the template ignores it."""
+        assert self.profile is not None
+        out: list[dict[str, Any]] = []
+        inline: dict[int, int] = {}
+        for i, message in enumerate(messages):
+            data = message.to_template()
+            if message.reasoning and not self.profile.renders_reasoning:
+                data.pop("reasoning_content", None)
+                data.pop("thinking", None)
+                if self.options.reasoning_fallback == "inline":
+                    prefix = f"<think>\n{message.reasoning}\n</think>\n\n"
+                    data["content"] = prefix + message.content
+                    inline[i] = len(prefix)
+            out.append(data)
+        return out, inline
+
+    def _plan(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, intent: list[bool]) -> Plan:
+        assert self.builder is not None and self.profile is not None
+        key = (
+            tuple(_shape(m) for m in messages),
+            json.dumps(tools, sort_keys=True) if tools else None,
+            tuple(intent),
+        )
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        skeleton_messages = [_with_sentinels(i, m) for i, m in enumerate(messages)]
+        if self.profile.content_format == "parts":
+            skeleton_messages = to_parts(skeleton_messages)
+        plan = self.builder.build(skeleton_messages, tools, intent)
+        self._plans[key] = plan
+        if len(self._plans) > _PLAN_CACHE_SIZE:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _realize(
+        self,
+        plan: Plan,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        inline: dict[int, int],
+        conversation: Conversation,
+        part: int,
+    ) -> RenderedExample:
+        """Substitute the real text into the plan, and check it against the real rendering."""
+        assert self.template is not None and self.profile is not None
+        real_messages = to_parts(messages) if self.profile.content_format == "parts" else messages
+        real = self.template.render(real_messages, tools=tools)
+        texts: list[str] = []
+        for occurrence in plan.occurrences:
+            message = messages[occurrence.message]
+            raw = message["content"] if occurrence.kind == CONTENT else message.get("reasoning_content", "")
+            texts.append(occurrence.apply(raw))
+        skeleton = plan.skeleton
+        pieces: list[str] = []
+        shift_after: list[tuple[int, int]] = []  # (skeleton end of occurrence, cumulative shift)
+        position, shift = 0, 0
+        for occurrence, text in zip(plan.occurrences, texts, strict=True):
+            pieces.append(skeleton[position : occurrence.start])
+            pieces.append(text)
+            shift += len(text) - (occurrence.end - occurrence.start)
+            shift_after.append((occurrence.end, shift))
+            position = occurrence.end
+        pieces.append(skeleton[position:])
+        expected = "".join(pieces)
+        if expected != real:
+            at = _first_difference(expected, real)
+            raise RecordError(
+                "template_content_dependent",
+                f"{self.template.name}: rendering differs from the verified plan at char {at}: "
+                f"{real[max(0, at - 20) : at + 20]!r} vs {expected[max(0, at - 20) : at + 20]!r}",
+            )
+
+        def to_real(pos: int) -> int:
+            moved = 0
+            for end, cumulative in shift_after:
+                if end <= pos:
+                    moved = cumulative
+                else:
+                    break
+            return pos + moved
+
+        spans: list[CharSpan] = []
+        data_spans: list[tuple[int, int]] = []
+        for span in plan.spans:
+            start = to_real(span.start)
+            if span.occurrence >= 0:
+                occurrence = plan.occurrences[span.occurrence]
+                end = start + len(texts[span.occurrence])
+                data_spans.append((start, end))
+                prefix = inline.get(occurrence.message, 0)
+                if prefix and occurrence.kind == CONTENT and occurrence.transform != "json" and end - start > prefix:
+                    trains = self._reasoning_trains(span)
+                    spans.append(CharSpan(start, start + prefix, int(TokenClass.REASONING), trains, span.message))
+                    start += prefix
+                spans.append(CharSpan(start, end, span.cls, span.trainable, span.message))
+            else:
+                end = to_real(span.end)
+                if end > start:
+                    spans.append(CharSpan(start, end, span.cls, span.trainable, span.message))
+        turns = [(to_real(a), to_real(b)) for a, b in plan.trained_ranges]
+        return RenderedExample(
+            text=real,
+            spans=spans,
+            source=conversation.source,
+            data_spans=data_spans,
+            turns=turns,
+            part=part,
+        )
+
+    def _reasoning_trains(self, span: Any) -> bool:
+        return bool(span.trainable) and (self.options.mask.train_reasoning or self.options.mask.mode == "all")
+
+
+def _shape(message: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a message can change the template's text around it; its content is replaced by a sentinel."""
+    return (
+        message["role"],
+        bool(message.get("content")),
+        bool(message.get("reasoning_content")),
+        json.dumps(message.get("tool_calls"), sort_keys=True) if message.get("tool_calls") else None,
+        message.get("name"),
+        message.get("tool_call_id"),
+    )
+
+
+def _with_sentinels(index: int, message: dict[str, Any]) -> dict[str, Any]:
+    out = dict(message)
+    out["content"] = sentinel(CONTENT, index) if message.get("content") else ""
+    if message.get("reasoning_content"):
+        out["reasoning_content"] = out["thinking"] = sentinel(REASONING, index)
+    return out
+
+
+def _first_difference(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

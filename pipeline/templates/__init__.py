@@ -1,0 +1,104 @@
+"""Chat templates: the model's own Jinja template (from `tokenizer_config.json`), a file, or a built-in name."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..errors import RecordError, SetupError
+from .environment import DEFAULT_TEMPLATE_DATE, make_environment
+
+BUILTIN_NAMES = ("chatml", "llama3", "mistral", "gemma", "phi3", "zephyr", "alpaca")
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def builtin_source(name: str) -> str:
+    return resources.files(__package__).joinpath("builtin", f"{name}.jinja").read_text(encoding="utf-8")
+
+
+@dataclass
+class ChatTemplate:
+    """A compiled chat template plus the variables a Hugging Face tokenizer passes to it (bos_token, ...)."""
+
+    name: str
+    source: str
+    variables: dict[str, Any] = field(default_factory=dict)
+    template_date: str = DEFAULT_TEMPLATE_DATE
+
+    def __post_init__(self) -> None:
+        self._env = make_environment(self.template_date)
+        try:
+            self._compiled = self._env.from_string(self.source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise SetupError(f"chat template {self.name}: syntax error on line {exc.lineno}: {exc.message}") from None
+        self.has_generation_tags = bool(_GENERATION_TAG.search(self.source))
+        self.sha256 = hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        try:
+            return self._compiled.render(
+                messages=messages,
+                tools=tools,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self.variables,
+            )
+        except Exception as exc:  # a template can raise anything; to us it is one bad record
+            raise RecordError("template_error", f"{self.name}: {type(exc).__name__}: {exc}") from None
+
+    def render_tracked(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """The rendering and the character spans of its `{% generation %}` blocks."""
+        blocks: list[str] = []
+        spans: list[tuple[int, int]] = []
+        self._env.generation_state = (blocks, spans)  # type: ignore[attr-defined]
+        try:
+            for block in self._compiled.generate(
+                messages=messages,
+                tools=tools,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self.variables,
+            ):
+                blocks.append(block)
+        except Exception as exc:
+            raise RecordError("template_error", f"{self.name}: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._env.generation_state = None  # type: ignore[attr-defined]
+        return "".join(blocks), spans
+
+
+def resolve_template_source(spec: str | None, tokenizer_template: str | None, tokenizer_path: str) -> tuple[str, str]:
+    """(name, Jinja source) for `--chat-template` = a file, a built-in name, or None for the tokenizer's own."""
+    if spec is None:
+        if tokenizer_template is None:
+            raise SetupError(
+                f"the tokenizer at {tokenizer_path} has no chat_template; pass --chat-template with a .jinja file "
+                f"or one of: {', '.join(BUILTIN_NAMES)}"
+            )
+        return f"tokenizer:{tokenizer_path}", tokenizer_template
+    path = Path(spec)
+    if path.is_file():
+        return str(path), path.read_text(encoding="utf-8")
+    if spec in BUILTIN_NAMES:
+        return f"builtin:{spec}", builtin_source(spec)
+    raise SetupError(
+        f"--chat-template {spec!r} is neither a file nor a built-in template (built-ins: {', '.join(BUILTIN_NAMES)})"
+    )

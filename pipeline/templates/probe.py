@@ -1,0 +1,100 @@
+"""What lossmask learns about a chat template once, before any data: probing it with sentinel conversations.
+
+- content format: does it render string content, or does it need a list of text parts (LLaVA, Idefics)?
+- reasoning: does it render `reasoning_content`? If not, reasoning is written into the content in <think> tags.
+- end-of-turn markers: the control token(s) that follow an assistant's content (`<|im_end|>`, `<|eot_id|>`,
+  `<end_of_turn>`, `</s>`, gpt-oss `<|end|>`/`<|return|>`). Found by rendering, never assumed from eos_token:
+  Gemma's turns end with `<end_of_turn>`, which is not its EOS.
+- footer markers: the control tokens that close other roles' turns, used to tell footers from headers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RecordError, SetupError
+from . import ChatTemplate
+from .sentinels import CONTENT, REASONING, find_occurrences, sentinel
+
+_ROLES = ("user", "assistant", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class TemplateProfile:
+    content_format: str  # "string" or "parts"
+    renders_reasoning: bool
+    eot_markers: tuple[str, ...]
+    footer_markers: tuple[str, ...]
+
+
+def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with string content turned into `[{"type": "text", "text": ...}]` (for multimodal templates)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            message = {**message, "content": [{"type": "text", "text": content}] if content else []}
+        out.append(message)
+    return out
+
+
+def profile_template(template: ChatTemplate, control_re: re.Pattern[str] | None) -> TemplateProfile:
+    probe = [{"role": role, "content": sentinel(CONTENT, i)} for i, role in enumerate(_ROLES)]
+    content_format, rendered, error = "string", None, None
+    for fmt in ("string", "parts"):
+        messages = probe if fmt == "string" else to_parts(probe)
+        try:
+            text = template.render(messages)
+        except RecordError as exc:
+            error = error or exc.detail
+            continue
+        occurrences, _ = find_occurrences(text)
+        if {o.message for o in occurrences if o.kind == CONTENT} == set(range(len(probe))):
+            content_format, rendered = fmt, text
+            break
+        if rendered is None:
+            content_format, rendered = fmt, text
+    if rendered is None:
+        raise SetupError(f"chat template {template.name} fails to render a plain user/assistant conversation: {error}")
+    eot = _markers_after(rendered, {1, 3}, control_re)
+    footers = _markers_after(rendered, {0, 2}, control_re)
+    renders_reasoning = _renders_reasoning(template, content_format)
+    return TemplateProfile(content_format, renders_reasoning, tuple(sorted(eot)), tuple(sorted(footers | eot)))
+
+
+def _markers_after(rendered: str, messages: set[int], control_re: re.Pattern[str] | None) -> set[str]:
+    markers: set[str] = set()
+    if control_re is None:
+        return markers
+    occurrences, _ = find_occurrences(rendered)
+    for occurrence in occurrences:
+        if occurrence.message in messages and occurrence.kind == CONTENT:
+            position = occurrence.end
+            while position < len(rendered) and rendered[position] in " \t\r\n":
+                position += 1
+            match = control_re.match(rendered, position)
+            if match:
+                markers.add(match.group(0))
+    return markers
+
+
+def _renders_reasoning(template: ChatTemplate, content_format: str) -> bool:
+    messages = [
+        {"role": "user", "content": sentinel(CONTENT, 0)},
+        {
+            "role": "assistant",
+            "content": sentinel(CONTENT, 1),
+            "reasoning_content": sentinel(REASONING, 1),
+            "thinking": sentinel(REASONING, 1),
+        },
+    ]
+    if content_format == "parts":
+        messages = to_parts(messages)
+    try:
+        text = template.render(messages)
+    except RecordError:
+        return False
+    occurrences, _ = find_occurrences(text)
+    return any(o.kind == REASONING for o in occurrences)

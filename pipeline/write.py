@@ -1,0 +1,102 @@
+"""Stage 8, write: rows -> Arrow IPC shards of bounded size, each written under a temporary name and renamed
+only when complete, so a reader (or a resumed run) never mistakes a half-written file for output.
+
+Shard boundaries depend only on the rows (their order and sizes), never on how they were computed, so the
+same data gives the same files whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from ..schemas.shards import SHARD_SCHEMA, SHARD_SUFFIX
+from .shift import Row, rows_to_batch
+
+TEMP_SUFFIX = ".tmp"
+TEMP_PREFIX = "."  # hidden while incomplete: dataset readers skip it, and it is never taken for a finished shard
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(TEMP_PREFIX + path.name + TEMP_SUFFIX)
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    rows: int
+    tokens: int
+    loss_tokens: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}{SHARD_SUFFIX}"
+
+
+def estimated_bytes(row: Row) -> int:
+    """Uncompressed size of a row: 4+4+4 bytes (ids, targets, positions) + 1+1 (mask, class) per token."""
+    return 14 * row.num_tokens + len(row.source) + 32
+
+
+class ShardWriter:
+    def __init__(self, out_dir: Path, max_rows: int = 100_000, max_bytes: int = 256 << 20, batch_rows: int = 1024):
+        self.out_dir = out_dir
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.batch_rows = batch_rows
+        self.shards: list[ShardInfo] = []
+        self._pending: list[Row] = []
+        self._pending_bytes = 0
+
+    def add(self, rows: list[Row]) -> None:
+        for row in rows:
+            self._pending.append(row)
+            self._pending_bytes += estimated_bytes(row)
+            if len(self._pending) >= self.max_rows or self._pending_bytes >= self.max_bytes:
+                self._flush()
+
+    def close(self) -> list[ShardInfo]:
+        if self._pending:
+            self._flush()
+        return self.shards
+
+    def _flush(self) -> None:
+        rows, self._pending, self._pending_bytes = self._pending, [], 0
+        name = shard_name(len(self.shards))
+        self.shards.append(write_shard(self.out_dir / name, rows, self.batch_rows))
+
+
+def write_shard(path: Path, rows: list[Row], batch_rows: int = 1024) -> ShardInfo:
+    temp = temp_path(path)
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA, options=options) as writer:
+        for start in range(0, len(rows), batch_rows):
+            writer.write_batch(rows_to_batch(rows[start : start + batch_rows]))
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    return ShardInfo(
+        file=path.name,
+        rows=len(rows),
+        tokens=sum(r.num_tokens for r in rows),
+        loss_tokens=sum(r.num_loss_tokens for r in rows),
+        bytes=path.stat().st_size,
+        sha256=file_sha256(path),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""The data lossmask reads and writes, defined once: input records, token classes, reasons, shard columns."""

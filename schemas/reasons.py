@@ -1,0 +1,44 @@
+"""Why a record was not written. Every code has one sentence that tells the user what to fix.
+
+Rejected = the input is bad or cannot be made into a verified example. Dropped = the input is fine but a
+policy the user chose (length, masking) left nothing to train on. read = written + rejected + dropped.
+"""
+
+from __future__ import annotations
+
+REJECT_REASONS: dict[str, str] = {
+    "invalid_json": "the line is not valid JSON; fix or remove it",
+    "invalid_utf8": "the line is not valid UTF-8; re-encode the file as UTF-8",
+    "unreadable": "the record could not be read from its file (truncated or corrupt data)",
+    "not_an_object": "a record must be a JSON object",
+    "unknown_format": "no known format matches the record's fields (messages, conversations, instruction/output, "
+    "prompt/completion, text); pass --format or map the fields in the config",
+    "missing_field": "a required field is missing",
+    "wrong_type": "a field has the wrong type",
+    "unknown_role": "a message has a role lossmask does not know; map it with `roles:` in the config",
+    "empty_conversation": "the conversation has no messages",
+    "empty_text": "the text is empty",
+    "no_assistant_turn": "the conversation has no assistant turn to train on under --mask assistant",
+    "special_token_in_content": "message content contains a control-token string and "
+    "--special-tokens-in-content is reject",
+    "special_token_in_tool_data": "tool definitions or tool-call arguments contain a control-token string; "
+    "lossmask cannot escape those, so the record is rejected unless --special-tokens-in-content allow",
+    "template_error": "the chat template raised an error on this conversation",
+    "template_dropped_message": "the chat template leaves a message out of the rendering (e.g. Mistral drops the "
+    "system prompt when the conversation ends with the assistant); pass --dropped-messages keep to accept it",
+    "template_content_dependent": "the chat template renders this conversation in a way that depends on message "
+    "text lossmask cannot map to spans, so no mask could be verified",
+    "template_unfaithful": "the chat template renders an assistant turn differently in training than at "
+    "inference and --unfaithful-turns is reject",
+    "mask_verification_failed": "the tokenized mask did not verify against the rendered spans",
+}
+
+DROP_REASONS: dict[str, str] = {
+    "too_long": "longer than --max-length and --overflow drop",
+    "no_trainable_tokens": "no target is counted after masking (and truncation)",
+    "blank": "the record has nothing to train on",
+}
+
+
+def describe(reason: str) -> str:
+    return REJECT_REASONS.get(reason) or DROP_REASONS.get(reason) or reason

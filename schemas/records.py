@@ -1,0 +1,109 @@
+"""The normalized input record every format parser produces and every later stage consumes.
+
+Whatever the input looked like (OpenAI messages, ShareGPT, Alpaca, prompt/completion, plain text), it
+becomes one `Record`: either a `Conversation` of `Message`s or a `TextDocument`, always with the
+`SourceRef` that says where it came from, so that any reject or audit finding can point back to a line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a record came from. `line` is 1-based: a line of JSONL, an item of a JSON array, a row of Parquet."""
+
+    file: str
+    line: int
+    index: int = 0  # position of the record in the whole input (0-based, across files), for stable ordering
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """One function call made by an assistant message, in the shape chat templates expect."""
+
+    name: str
+    arguments: dict[str, Any] | str
+    id: str | None = None
+
+    def to_template(self) -> dict[str, Any]:
+        call: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        if self.id is not None:
+            call["id"] = self.id
+        return call
+
+
+@dataclass(slots=True)
+class Message:
+    """One turn. `train` is the data's own say (OpenAI `weight`, LLaMA-Factory `loss_weight`); None = policy."""
+
+    role: str
+    content: str
+    reasoning: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    train: bool | None = None
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as a Hugging Face chat template sees it (absent keys, never None values)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            # transformers passes reasoning under all the names templates read.
+            out["reasoning_content"] = self.reasoning
+            out["thinking"] = self.reasoning
+        if self.tool_calls:
+            out["tool_calls"] = [call.to_template() for call in self.tool_calls]
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+@dataclass(slots=True)
+class Conversation:
+    messages: list[Message]
+    source: SourceRef
+    tools: list[dict[str, Any]] | None = None
+    kind: Literal["chat"] = "chat"
+
+
+@dataclass(slots=True)
+class PromptCompletion:
+    """Raw-text prompt/completion (TRL's non-conversational format): no chat template, loss on the completion."""
+
+    prompt: str
+    completion: str
+    source: SourceRef
+    kind: Literal["prompt_completion"] = "prompt_completion"
+
+
+@dataclass(slots=True)
+class TextDocument:
+    """Pretraining text: every token is a target."""
+
+    text: str
+    source: SourceRef
+    kind: Literal["text"] = "text"
+
+
+Record = Conversation | PromptCompletion | TextDocument
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """A record as read from a file, before parsing: a decoded JSON value, or the reason it could not be read."""
+
+    source: SourceRef
+    value: Any = None
+    error: str | None = None  # a reason code from `schemas.reasons` when the record could not be decoded
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
