@@ -132,6 +132,8 @@ class Renderer:
     def _render_chat(self, conversation: Conversation) -> list[RenderedExample]:
         if self.template is None or self.builder is None or self.profile is None:
             raise RecordError("template_error", "a chat record needs a chat template (--chat-template)")
+        if self.profile.requires_tools and not conversation.tools:
+            raise RecordError("template_error", f"{self.template.name} renders only conversations that have `tools`")
         intent = message_intent(conversation, self.options.mask)
         messages, inline = self._template_messages(conversation.messages)
         texts = [m.content for m in conversation.messages] + [m.reasoning or "" for m in conversation.messages]

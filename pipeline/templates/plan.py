@@ -223,9 +223,20 @@ class PlanBuilder:
         end = eot[1] if eot else text_end
         if i == len(messages) - 1:
             target_faithful = True
+        elif rendered_as_last is None:
+            target_faithful = False
         else:
-            target_faithful = rendered_as_last is not None and rendered_as_last.startswith(skeleton[:end])
+            # Faithful = the turn as generated at inference (rendered last, through its own end-of-turn marker)
+            # is exactly what this rendering holds.
+            target_faithful = skeleton.startswith(rendered_as_last[: self._generated_end(rendered_as_last, i)])
         return TurnInfo(i, trained, start, end, context_faithful, target_faithful, eot is not None)
+
+    def _generated_end(self, rendered: str, message: int) -> int:
+        """End of the final assistant turn (message) in a rendering where it is the last message."""
+        occurrences, _ = find_occurrences(rendered)
+        text_end = max((o.end for o in occurrences if o.message == message), default=len(rendered))
+        eot = self._find_end_of_turn(rendered, text_end, len(rendered), None)
+        return eot[1] if eot else text_end
 
     def _find_end_of_turn(
         self, skeleton: str, text_end: int, window_end: int, rendered_as_last: str | None
@@ -236,6 +247,10 @@ class PlanBuilder:
                 return match.span()
         if self.control_re is None:
             return None
+        if self.profile.stops_at_next_header and rendered_as_last is not None and skeleton.startswith(rendered_as_last):
+            match = self.control_re.match(skeleton, len(rendered_as_last))
+            if match and match.start() >= text_end:
+                return match.span()
         shared = len(skeleton) if rendered_as_last is None else _common_prefix(rendered_as_last, skeleton)
         limit = min(shared, window_end)
         found = None

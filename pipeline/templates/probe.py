@@ -27,6 +27,8 @@ class TemplateProfile:
     renders_reasoning: bool
     eot_markers: tuple[str, ...]
     footer_markers: tuple[str, ...]
+    stops_at_next_header: bool = False  # nothing ends a final turn; the model stops by writing the next header
+    requires_tools: bool = False  # renders only when `tools` is given (Hermes / Command-R tool_use templates)
 
 
 def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -40,28 +42,56 @@ def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "probe", "parameters": {}}}
+
+
 def profile_template(template: ChatTemplate, control_re: re.Pattern[str] | None) -> TemplateProfile:
+    """Probe the template with sentinel conversations. Raises SetupError when it renders none of them."""
     probe = [{"role": role, "content": sentinel(CONTENT, i)} for i, role in enumerate(_ROLES)]
-    content_format, rendered, error = "string", None, None
-    for fmt in ("string", "parts"):
+    chosen: tuple[str, list[dict[str, Any]] | None] | None = None
+    error = None
+    # Tool-use templates (Hermes, Command-R tool_use) iterate `tools` and fail without it, as in transformers;
+    # they are still usable for records that have tools, so a dummy tool is tried last.
+    for fmt, tools in (("string", None), ("parts", None), ("string", [_PROBE_TOOL]), ("parts", [_PROBE_TOOL])):
         messages = probe if fmt == "string" else to_parts(probe)
         try:
-            text = template.render(messages)
+            text = template.render(messages, tools=tools)
         except RecordError as exc:
             error = error or exc.detail
             continue
         occurrences, _ = find_occurrences(text)
         if {o.message for o in occurrences if o.kind == CONTENT} == set(range(len(probe))):
-            content_format, rendered = fmt, text
+            chosen = (fmt, tools)
             break
-        if rendered is None:
-            content_format, rendered = fmt, text
-    if rendered is None:
+        chosen = chosen or (fmt, tools)
+    if chosen is None:
         raise SetupError(f"chat template {template.name} fails to render a plain user/assistant conversation: {error}")
-    eot = _markers_after(rendered, {1, 3}, control_re)
-    footers = _markers_after(rendered, {0, 2}, control_re)
-    renders_reasoning = _renders_reasoning(template, content_format)
-    return TemplateProfile(content_format, renders_reasoning, tuple(sorted(eot)), tuple(sorted(footers | eot)))
+    content_format, tools = chosen
+
+    def render(messages: list[dict[str, Any]]) -> str:
+        return template.render(messages if content_format == "string" else to_parts(messages), tools=tools)
+
+    # End-of-turn markers come from renderings where the assistant turn is the last one, as at inference:
+    # what follows a non-final turn may be the next message's header (Metharme's <|user|>), not an ending.
+    eot: set[str] = set()
+    for last in (1, 3):
+        text = render(probe[: last + 1])
+        eot |= _markers_after(text, {last}, control_re)
+    # GLM-4.5 writes nothing after a final assistant turn: its models stop by generating the next message's
+    # header (<|user|>, <|observation|>), so that token, where it follows a turn, is the turn's end.
+    stops_at_next_header = not eot
+    if stops_at_next_header:
+        eot = _markers_after(render(probe), {1}, control_re)
+    footers = _markers_after(render(probe), {0, 2}, control_re)
+    renders_reasoning = _renders_reasoning(template, content_format, tools)
+    return TemplateProfile(
+        content_format,
+        renders_reasoning,
+        tuple(sorted(eot)),
+        tuple(sorted(footers | eot)),
+        stops_at_next_header=stops_at_next_header and bool(eot),
+        requires_tools=tools is not None,
+    )
 
 
 def _markers_after(rendered: str, messages: set[int], control_re: re.Pattern[str] | None) -> set[str]:
@@ -80,7 +110,7 @@ def _markers_after(rendered: str, messages: set[int], control_re: re.Pattern[str
     return markers
 
 
-def _renders_reasoning(template: ChatTemplate, content_format: str) -> bool:
+def _renders_reasoning(template: ChatTemplate, content_format: str, tools: list[dict[str, Any]] | None) -> bool:
     messages = [
         {"role": "user", "content": sentinel(CONTENT, 0)},
         {
@@ -93,7 +123,7 @@ def _renders_reasoning(template: ChatTemplate, content_format: str) -> bool:
     if content_format == "parts":
         messages = to_parts(messages)
     try:
-        text = template.render(messages)
+        text = template.render(messages, tools=tools)
     except RecordError:
         return False
     occurrences, _ = find_occurrences(text)
