@@ -18,7 +18,15 @@ from typing import Any
 
 from .. import __version__
 from ..schemas.records import RawRecord, Record
-from ..schemas.shards import COLUMN_DOCS, MANIFEST_NAME, REJECTS_NAME, SCHEMA_VERSION, SHARD_SCHEMA, SHARD_SUFFIX
+from ..schemas.shards import (
+    COLUMN_DOCS,
+    LAYOUT_ROWS,
+    MANIFEST_NAME,
+    REJECTS_NAME,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA,
+    SHARD_SUFFIX,
+)
 from .accounting import Accounting, Outcome
 from .config import PrepareConfig
 from .errors import RecordError, SetupError
@@ -207,6 +215,7 @@ def build_manifest(
     return {
         "lossmask_version": __version__,
         "schema_version": SCHEMA_VERSION,
+        "layout": LAYOUT_ROWS,
         "schema": {f.name: {"type": str(f.type), "doc": COLUMN_DOCS[f.name]} for f in SHARD_SCHEMA},
         "config": config.to_dict(),
         "fingerprints": {

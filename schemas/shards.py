@@ -35,6 +35,15 @@ COLUMN_DOCS: dict[str, str] = {
     "record_index": "0-based index of the record in the whole input, in input order",
     "part": "0-based index of this row among the rows made from one record (several when turns are split)",
     "flags": "RowFlag bits: what happened to this row that an audit should know",
+    "segment_ids": "packed rows: which document of the row each position belongs to (0, 1, ...); "
+    "attention must not cross segments, and position_ids restart at 0 in each",
+}
+
+PACKED_COLUMN_DOCS: dict[str, str] = {
+    "source": "packed rows: 'file:line' of each document, in segment order",
+    "record_index": "packed rows: input index of each document, in segment order",
+    "part": "packed rows: row-within-record of each document, in segment order",
+    "flags": "packed rows: RowFlag bits of each document, in segment order",
 }
 
 
@@ -56,6 +65,10 @@ class RowFlag(IntFlag):
     GENERATION_TAGS = 4096  # the trained spans come from the template's {% generation %} blocks
 
 
+LAYOUT_ROWS = "rows"  # one document per row
+LAYOUT_PACKED = "packed"  # several documents per row (--pack N)
+
+
 def _field(name: str, type_: pa.DataType) -> pa.Field:
     return pa.field(name, type_, nullable=False, metadata={"doc": COLUMN_DOCS[name]})
 
@@ -74,7 +87,34 @@ SHARD_SCHEMA = pa.schema(
         _field("part", pa.int32()),
         _field("flags", pa.uint32()),
     ],
-    metadata={"lossmask.schema_version": str(SCHEMA_VERSION)},
+    metadata={"lossmask.schema_version": str(SCHEMA_VERSION), "lossmask.layout": LAYOUT_ROWS},
+)
+
+# Packed layout (`--pack N`): several whole documents per row, each shifted before packing so no target
+# crosses documents. Per-position columns are as above plus `segment_ids`; per-document columns become lists,
+# one entry per segment. The manifest's "layout" says which of the two a shard set uses.
+
+
+def _packed_field(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False, metadata={"doc": PACKED_COLUMN_DOCS.get(name, COLUMN_DOCS[name])})
+
+
+PACKED_SHARD_SCHEMA = pa.schema(
+    [
+        _packed_field("input_ids", pa.list_(pa.int32())),
+        _packed_field("target_ids", pa.list_(pa.int32())),
+        _packed_field("loss_mask", pa.list_(pa.uint8())),
+        _packed_field("position_ids", pa.list_(pa.int32())),
+        _packed_field("token_class", pa.list_(pa.uint8())),
+        _packed_field("segment_ids", pa.list_(pa.int32())),
+        _packed_field("num_tokens", pa.int32()),
+        _packed_field("num_loss_tokens", pa.int32()),
+        _packed_field("source", pa.list_(pa.string())),
+        _packed_field("record_index", pa.list_(pa.int64())),
+        _packed_field("part", pa.list_(pa.int32())),
+        _packed_field("flags", pa.list_(pa.uint32())),
+    ],
+    metadata={"lossmask.schema_version": str(SCHEMA_VERSION), "lossmask.layout": LAYOUT_PACKED},
 )
 
 SHARD_SUFFIX = ".arrow"
