@@ -236,7 +236,7 @@ def build_manifest(
             "vocab_size": context.tokenizer.vocab_size,
             "special_tokens": context.tokenizer.special_tokens,
             "control_tokens": len(context.tokenizer.control_tokens),
-            "escape_supported": context.tokenizer.escape_supported,
+            "escape_supported": context.tokenizer.escape_checked,
         },
         "shards": [s.to_dict() for s in shards],
         "totals": {

@@ -53,11 +53,29 @@ class TokenizerInfo:
     control_tokens: tuple[str, ...] = ()
     control_ids: frozenset[int] = frozenset()
     control_re: re.Pattern[str] | None = None
-    escape_supported: bool = True
+    _escape_supported: bool | None = None
+    _plain: tuple[Tokenizer, Tokenizer] | None = None
 
-    def __post_init__(self) -> None:
-        self._plain_first = _plain_copy(self.tokenizer, never_prepend=False)
-        self._plain_rest = _plain_copy(self.tokenizer, never_prepend=True)
+    @property
+    def escape_supported(self) -> bool:
+        """Whether piecewise plain encoding reproduces whole-text encoding (checked once, on first need)."""
+        if self._escape_supported is None:
+            self._escape_supported = self._check_piecewise_encoding()
+        return self._escape_supported
+
+    @property
+    def escape_checked(self) -> bool | None:
+        """The result of the piecewise-encoding check, or None when no row needed escaping."""
+        return self._escape_supported
+
+    def _plain_encoders(self) -> tuple[Tokenizer, Tokenizer]:
+        """(for a piece at the start of the text, for a piece after it): built only when something is escaped,
+        since copying a large tokenizer takes a while."""
+        if self._plain is None:
+            first = _plain_copy(self.tokenizer, never_prepend=False)
+            rest = _plain_copy(self.tokenizer, never_prepend=True) if _has_prepend_first(self.tokenizer) else first
+            self._plain = (first, rest)
+        return self._plain
 
     @property
     def bos_id(self) -> int | None:
@@ -94,7 +112,7 @@ class TokenizerInfo:
         self.control_tokens = tuple(tokens)
         self.control_ids = frozenset(i for t in tokens if (i := self.tokenizer.token_to_id(t)) is not None)
         self.control_re = re.compile("|".join(map(re.escape, tokens))) if tokens else None
-        self.escape_supported = self._check_piecewise_encoding()
+        self._escape_supported = None
 
     def find_control_tokens(self, text: str) -> list[str]:
         if self.control_re is None:
@@ -126,13 +144,14 @@ class TokenizerInfo:
         for token_id, (start, end) in zip(whole.ids, whole.offsets, strict=True):
             if token_id in self.control_ids and not _inside_any(start, end, data_spans):
                 cuts.append((start, end, token_id))
+        plain_first, plain_rest = self._plain_encoders()
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         position = 0
         for start, end, token_id in [*cuts, (len(text), len(text), -1)]:
             if start > position:
                 piece = text[position:start]
-                encoder = self._plain_first if position == 0 else self._plain_rest
+                encoder = plain_first if position == 0 else plain_rest
                 encoding = encoder.encode(piece, add_special_tokens=False)
                 ids.extend(encoding.ids)
                 offsets.extend((a + position, b + position) for a, b in encoding.offsets)
@@ -159,6 +178,10 @@ def _plain_copy(tokenizer: Tokenizer, never_prepend: bool) -> Tokenizer:
     copy_ = Tokenizer.from_str(json.dumps(spec))
     copy_.encode_special_tokens = True
     return copy_
+
+
+def _has_prepend_first(tokenizer: Tokenizer) -> bool:
+    return '"prepend_scheme":"first"' in tokenizer.to_str().replace(" ", "")
 
 
 def _set_prepend_never(node: Any) -> None:

@@ -77,12 +77,16 @@ def profile_template(template: ChatTemplate, control_re: re.Pattern[str] | None)
     for last in (1, 3):
         text = render(probe[: last + 1])
         eot |= _markers_after(text, {last}, control_re)
+    full = render(probe)
+    footers = _markers_after(full, {0, 2}, control_re)
+    # A non-final turn's marker counts too when the same token closes user turns: a closing token, like
+    # gpt-oss's <|end|> (its final turns end with <|return|>), not the next message's header.
+    eot |= _markers_after(full, {1}, control_re) & footers
     # GLM-4.5 writes nothing after a final assistant turn: its models stop by generating the next message's
     # header (<|user|>, <|observation|>), so that token, where it follows a turn, is the turn's end.
     stops_at_next_header = not eot
     if stops_at_next_header:
-        eot = _markers_after(render(probe), {1}, control_re)
-    footers = _markers_after(render(probe), {0, 2}, control_re)
+        eot = _markers_after(full, {1}, control_re)
     renders_reasoning = _renders_reasoning(template, content_format, tools)
     return TemplateProfile(
         content_format,
