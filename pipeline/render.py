@@ -173,8 +173,12 @@ class Renderer:
         for part, (count, plan, row_flags) in enumerate(rows):
             if plan.dropped:
                 if self.options.dropped_messages == "reject":
-                    names = ", ".join(f"{i} ({conversation.messages[i].role})" for i in plan.dropped)
-                    raise RecordError("template_dropped_message", f"{self.template.name} leaves out message {names}")
+                    what = "; ".join(
+                        f"the {part} of message {i} ({conversation.messages[i].role})" if i >= 0 else f"the {part}"
+                        for i, part in plan.dropped
+                    )
+                    hint = " (use a template that renders tools)" if any("tool" in p for _, p in plan.dropped) else ""
+                    raise RecordError("template_dropped_message", f"{self.template.name} leaves out {what}{hint}")
                 row_flags |= RowFlag.MESSAGE_DROPPED
             example = self._realize(plan, messages[:count], tools, inline, conversation, part)
             example.flags |= flags | row_flags | plan.flags

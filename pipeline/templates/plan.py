@@ -62,7 +62,8 @@ class Plan:
     turns: list[TurnInfo]
     trained_ranges: list[tuple[int, int]]  # skeleton coordinates, one per trained turn or trained message
     flags: int = 0
-    dropped: list[int] = field(default_factory=list)  # messages whose text the template left out
+    # What the template left out: (message index or -1, "text" | "tool calls" | "tool definitions").
+    dropped: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def unfaithful(self) -> list[int]:
@@ -132,7 +133,11 @@ class PlanBuilder:
                 first[occ.message] = min(first.get(occ.message, occ.start), occ.start)
                 data_end[occ.message] = max(data_end.get(occ.message, occ.end), occ.end)
 
-        dropped = [i for i, m in enumerate(messages) if _has_text(m.get("content")) and (i, CONTENT) not in seen]
+        dropped = [
+            (i, "text") for i, m in enumerate(messages) if _has_text(m.get("content")) and (i, CONTENT) not in seen
+        ]
+        if tools and not any(name in skeleton for name in _tool_names(tools)):
+            dropped.append((-1, "tool definitions"))
         flags = 0
         turns: list[TurnInfo] = []
         trained_ranges: list[tuple[int, int]] = []
@@ -147,9 +152,8 @@ class PlanBuilder:
                 self._label_gap(skeleton, previous_end, turn.start, cls, owner, i, is_first=previous_end == 0)
                 self._label_turn(skeleton, message, turn, first.get(i), data_end.get(i), cls, train, owner, occ_of)
                 if turn.trained:
-                    for name in _tool_call_names(message):
-                        if name not in skeleton[turn.start : turn.end]:
-                            dropped.append(i)
+                    if any(name not in skeleton[turn.start : turn.end] for name in _tool_call_names(message)):
+                        dropped.append((i, "tool calls"))
                     if use_tags:
                         trained_ranges.extend(
                             self._apply_generation_spans(generation_spans, turn, next_first, train, occ_of, primary)
@@ -261,19 +265,18 @@ class PlanBuilder:
     def _label_gap(
         self, skeleton: str, start: int, end: int, cls: list[int], owner: list[int], message: int, is_first: bool
     ) -> None:
-        """Template text between two messages: a footer of the previous one, then the header of the next."""
+        """Template text before a message: its header is what follows the last closing marker of the gap
+        (`<|im_start|>user\n` after `...<|im_end|>\n`); the rest (footers, default system prompts, tool
+        definitions, BOS) stays template text."""
         if end <= start:
             return
         gap = skeleton[start:end]
-        if is_first:
-            cut = len(self.bos_token) if self.bos_token and gap.startswith(self.bos_token) else 0
-            if self.footer_re is not None:
-                for match in self.footer_re.finditer(gap):
-                    cut = max(cut, match.end())
-        else:
+        cut = len(self.bos_token) if is_first and self.bos_token and gap.startswith(self.bos_token) else 0
+        if self.footer_re is not None:
+            for match in self.footer_re.finditer(gap):
+                cut = max(cut, match.end())
+        if cut == 0 and not is_first:
             cut = len(gap) - len(gap.lstrip(" \t" + _NEWLINES))
-            match = self.footer_re.match(gap, cut) if self.footer_re is not None else None
-            cut = match.end() if match else (len(gap) - len(gap.lstrip(_NEWLINES)))
         while cut < len(gap) and gap[cut] in _NEWLINES:
             cut += 1
         for p in range(start + cut, end):
@@ -379,6 +382,15 @@ def _has_text(content: Any) -> bool:
     if isinstance(content, list):
         return any(isinstance(p, dict) and p.get("text") for p in content)
     return False
+
+
+def _tool_names(tools: list[dict[str, Any]]) -> list[str]:
+    names = []
+    for tool in tools:
+        function = tool.get("function", tool)
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names
 
 
 def _tool_call_names(message: dict[str, Any]) -> list[str]:
