@@ -56,6 +56,7 @@ class PrepareConfig:
     roles: dict[str, str] = field(default_factory=dict)
     alpaca_join: str = "\n\n"
     strict: bool = False
+    workers: int | None = None  # None = every core
     batch_size: int = 256
     shard_max_rows: int = 100_000
     shard_max_bytes: int = 256 << 20
@@ -82,6 +83,8 @@ class PrepareConfig:
             self.train_roles = [r.strip() for r in self.train_roles.split(",") if r.strip()]
         if self.max_length is not None and self.max_length < 1:
             raise SetupError("max_length must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise SetupError("workers must be at least 1")
         if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1:
             raise SetupError("batch_size, shard_max_rows and shard_max_bytes must be positive")
 

@@ -1,8 +1,7 @@
 """The `prepare` job: inputs -> shards + manifest + rejects, with every record accounted for.
 
-`process_batch` is the whole per-record pipeline (parse -> render -> tokenize -> mask -> fit -> shift) as one
-plain function of a batch of raw records and a `JobContext`; engines only decide where it runs. `prepare`
-reads, runs batches in input order, writes shards, and writes the manifest last.
+Reads records in order, hands batches to an engine (which runs `batch.process_batch` wherever it likes),
+writes the rows into shards in input order, and writes the manifest last.
 """
 
 from __future__ import annotations
@@ -12,12 +11,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..schemas.records import RawRecord, Record
+from ..engines import local
+from ..schemas.records import RawRecord
 from ..schemas.shards import (
     COLUMN_DOCS,
     LAYOUT_ROWS,
@@ -27,117 +26,14 @@ from ..schemas.shards import (
     SHARD_SCHEMA,
     SHARD_SUFFIX,
 )
-from .accounting import Accounting, Outcome
+from .accounting import Accounting
+from .batch import JobContext
 from .config import PrepareConfig
-from .errors import RecordError, SetupError
-from .fit import LengthPolicy, fit
-from .formats import detect, parse
+from .errors import SetupError
+from .formats import detect
 from .formats.options import FormatOptions
-from .read import expand_inputs, iter_file
-from .render import Renderer
-from .shift import Row, shift
-from .templates import ChatTemplate, resolve_template_source
-from .tokenize import TokenizerInfo, load_tokenizer, tokenize_batch
+from .read import decode, expand_inputs, iter_file
 from .write import TEMP_PREFIX, TEMP_SUFFIX, ShardWriter, file_sha256, temp_path
-
-
-@dataclass
-class JobContext:
-    """Everything a worker needs to process records, built once per process from the config."""
-
-    config: PrepareConfig
-    tokenizer: TokenizerInfo
-    template: ChatTemplate | None
-    renderer: Renderer
-    format_options: FormatOptions
-    length_policy: LengthPolicy
-
-    @classmethod
-    def from_config(cls, config: PrepareConfig) -> JobContext:
-        tokenizer = load_tokenizer(config.tokenizer)
-        template = load_job_template(config, tokenizer)
-        return cls(
-            config=config,
-            tokenizer=tokenizer,
-            template=template,
-            renderer=Renderer(template, tokenizer, config.render_options()),
-            format_options=config.format_options(),
-            length_policy=config.length_policy(),
-        )
-
-
-def load_job_template(config: PrepareConfig, tokenizer: TokenizerInfo) -> ChatTemplate | None:
-    """The chat template, or None when the tokenizer has none and no record needs one (plain text)."""
-    if config.chat_template is None and tokenizer.chat_template is None:
-        return None
-    name, source = resolve_template_source(config.chat_template, tokenizer.chat_template, config.tokenizer)
-    tokenizer.set_template(source)
-    variables = {**tokenizer.special_tokens, **config.template_kwargs}
-    return ChatTemplate(name=name, source=source, variables=variables, template_date=config.template_date)
-
-
-@dataclass
-class BatchResult:
-    rows: list[Row] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-
-def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
-    """parse -> render -> tokenize -> fit -> shift for a batch, in order; one Outcome per input record."""
-    records: list[tuple[RawRecord, Record | RecordError]] = []
-    for raw in raw_records:
-        if raw.error is not None:
-            records.append((raw, RecordError(raw.error, raw.detail)))
-            continue
-        try:
-            records.append((raw, parse(raw.value, raw.source, raw.extra.get("format"), context.format_options)))
-        except RecordError as exc:
-            records.append((raw, exc))
-
-    rendered: list[list[Any] | RecordError] = []
-    for _, record in records:
-        if isinstance(record, RecordError):
-            rendered.append(record)
-            continue
-        try:
-            rendered.append(context.renderer.render(record))
-        except RecordError as exc:
-            rendered.append(exc)
-
-    flat = [example for item in rendered if not isinstance(item, RecordError) for example in item]
-    tokenized = iter(tokenize_batch(context.tokenizer, flat))
-
-    result = BatchResult()
-    for (raw, _), item in zip(records, rendered, strict=True):
-        if isinstance(item, RecordError):
-            result.outcomes.append(Outcome.failed(raw.source, item))
-            continue
-        rows: list[Row] = []
-        failure: RecordError | None = None
-        drops: list[RecordError] = []
-        for example in [next(tokenized) for _ in item]:
-            if failure is not None:
-                continue
-            if isinstance(example, RecordError):
-                failure = example
-                continue
-            try:
-                rows.append(shift(fit(example, context.length_policy)))
-            except RecordError as exc:
-                if exc.reason in ("too_long", "no_trainable_tokens"):
-                    drops.append(exc)
-                else:
-                    failure = exc
-        if failure is not None:
-            result.outcomes.append(Outcome.failed(raw.source, failure))
-        elif not rows:
-            result.outcomes.append(Outcome.failed(raw.source, drops[0]))
-        else:
-            outcome = Outcome(raw.source, "written", rows=len(rows))
-            outcome.detail = ",".join(d.reason for d in drops)
-            result.outcomes.append(outcome)
-            result.rows.extend(rows)
-    return result
 
 
 def iter_raw_records(paths: list[Path], forced_format: str | None, options: FormatOptions) -> Iterator[RawRecord]:
@@ -148,7 +44,8 @@ def iter_raw_records(paths: list[Path], forced_format: str | None, options: Form
         for raw in iter_file(path, str(path), index):
             index += 1
             if file_format is None and raw.error is None:
-                file_format = detect(raw.value, options)
+                probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
+                file_format = None if probe.error else detect(probe.value, options)
             raw.extra["format"] = file_format
             yield raw
 
@@ -187,9 +84,9 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     accounting = Accounting()
     writer = ShardWriter(out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes)
     records = iter_raw_records(paths, config.format, context.format_options)
+    workers = config.workers or local.available_cores()
     with open(out / REJECTS_NAME, "w", encoding="utf-8") as rejects:
-        for batch in batched(records, config.batch_size):
-            result = process_batch(batch, context)
+        for result in local.run(config, context, batched(records, config.batch_size), workers):
             for outcome in result.outcomes:
                 accounting.add(outcome, rejects)
                 if outcome.status == "written" and outcome.detail:
@@ -198,7 +95,7 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                 accounting.add_row_flags(row.flags)
             writer.add(result.rows)
             if progress is not None:
-                progress(len(batch), sum(r.num_tokens for r in result.rows))
+                progress(len(result.outcomes), sum(r.num_tokens for r in result.rows))
     shards = writer.close()
     accounting.check()
     manifest = build_manifest(config, context, paths, accounting, shards)

@@ -15,6 +15,7 @@ added tokens before anything else, this gives the same ids as whole-text encodin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,9 +26,17 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ..schemas.classes import TokenClass
-from ..schemas.examples import RenderedExample, TokenizedExample
+from ..schemas.examples import CharSpan, RenderedExample, TokenizedExample
 from ..schemas.shards import RowFlag
 from .errors import RecordError, SetupError
+
+# RowFlag bits as plain ints: IntFlag arithmetic builds enum objects, which is slow on the per-row path.
+_ALLOWED, _STRADDLE, _ESCAPED, _DOUBLE_BOS = (
+    int(RowFlag.SPECIAL_ALLOWED),
+    int(RowFlag.STRADDLE),
+    int(RowFlag.SPECIAL_ESCAPED),
+    int(RowFlag.DOUBLE_BOS),
+)
 
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
@@ -260,76 +269,214 @@ def _find_chat_template(config: dict[str, Any], folder: Path) -> str | None:
 
 
 def tokenize_batch(info: TokenizerInfo, examples: list[RenderedExample]) -> list[TokenizedExample | RecordError]:
-    """Encode every example in one `encode_batch` call (Rust, multi-threaded), then label each token."""
+    """Encode a batch and label every token, one result per example (a RecordError when a row fails to verify).
+
+    The text is encoded with one `encode_batch` call (Rust, multi-threaded). Labeling is vectorized over the whole
+    batch: the rows' tokens and character spans are laid end to end in one coordinate space, so a handful of
+    numpy calls label every token of every row; only tokens that cross a span boundary are looked at one by one.
+    """
+    if not examples:
+        return []
+    ids_rows, offset_rows, flags = _encode(info, examples)
+    lengths = np.fromiter((len(r) for r in ids_rows), dtype=np.int64, count=len(examples))
+    token_base = np.concatenate([[0], np.cumsum(lengths)])
+    text_length = np.fromiter((len(e.text) for e in examples), dtype=np.int64, count=len(examples))
+    char_base = np.concatenate([[0], np.cumsum(text_length)])
+    row_of_token = np.repeat(np.arange(len(examples)), lengths)
+    ids = np.fromiter(itertools.chain.from_iterable(ids_rows), dtype=np.int32, count=int(token_base[-1]))
+    flat_offsets = np.fromiter(
+        itertools.chain.from_iterable(itertools.chain.from_iterable(offset_rows)), dtype=np.int64, count=2 * ids.size
+    ).reshape(-1, 2)
+    starts = flat_offsets[:, 0] + char_base[row_of_token]
+    ends = flat_offsets[:, 1] + char_base[row_of_token]
+
+    # Every row's spans, end to end: they cover the concatenated texts without gaps.
+    spans = [(i, span) for i, e in enumerate(examples) for span in (e.spans or _whole_text(e))]
+    span_row = np.fromiter((i for i, _ in spans), dtype=np.int64, count=len(spans))
+    span_start = np.fromiter((s.start for _, s in spans), dtype=np.int64, count=len(spans)) + char_base[span_row]
+    span_length = np.fromiter((s.end - s.start for _, s in spans), dtype=np.int64, count=len(spans))
+    span_cls = np.fromiter((s.cls for _, s in spans), dtype=np.uint8, count=len(spans))
+    span_train = np.fromiter((s.trainable for _, s in spans), dtype=bool, count=len(spans))
+    trained_before = np.concatenate([[0], np.cumsum(span_length * span_train)])
+    last = len(spans) - 1
+
+    def span_of(pos: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(span_start, pos, side="right") - 1, 0, last)
+
+    def trained_chars_before(pos: np.ndarray) -> np.ndarray:
+        index = span_of(pos)
+        return trained_before[index] + np.clip(pos - span_start[index], 0, span_length[index]) * span_train[index]
+
+    trainable = (trained_chars_before(ends) - trained_chars_before(starts)) > 0
+    first_span = span_of(starts)
+    last_span = span_of(np.maximum(ends - 1, starts))
+    classes = span_cls[first_span]
+    zero_width = ends <= starts
+    if zero_width.any():
+        classes[zero_width] = TokenClass.TEMPLATE
+        fully_trained = np.array([all(s.trainable for s in e.spans) and bool(e.spans) for e in examples])
+        trainable |= zero_width & fully_trained[row_of_token]  # BOS a post-processor added to plain text
+
+    all_text = "".join(e.text for e in examples)
+    for k in np.flatnonzero(first_span != last_span):  # tokens that cross a span boundary
+        klass, straddles = _crossing_token(
+            all_text,
+            span_start,
+            span_length,
+            span_cls,
+            span_train,
+            int(first_span[k]),
+            int(last_span[k]),
+            starts[k],
+            ends[k],
+        )
+        classes[k] = klass
+        if straddles and trainable[k]:
+            flags[row_of_token[k]] |= _STRADDLE
+
+    failures = _verify_batch(info, examples, ids, starts, ends, trainable, row_of_token, char_base, token_base)
     results: list[TokenizedExample | RecordError] = []
-    plain = [e for e in examples if not e.add_special_tokens]
-    special = [e for e in examples if e.add_special_tokens]
-    encodings: dict[int, Encoding] = {}
-    for group, add in ((plain, False), (special, True)):
-        if group:
-            for example, encoding in zip(
-                group, info.tokenizer.encode_batch([e.text for e in group], add_special_tokens=add), strict=True
-            ):
-                encodings[id(example)] = encoding
-    for example in examples:
+    for i, example in enumerate(examples):
+        if i in failures:
+            results.append(failures[i])
+            continue
+        a, b = int(token_base[i]), int(token_base[i + 1])
         try:
-            results.append(label_tokens(info, example, encodings[id(example)]))
+            results.append(
+                _finish_row(info, example, ids[a:b], trainable[a:b], classes[a:b], starts[a:b] - char_base[i], flags[i])
+            )
         except RecordError as exc:
             results.append(exc)
     return results
 
 
-def label_tokens(info: TokenizerInfo, example: RenderedExample, encoding: Encoding) -> TokenizedExample:
-    """Give each token the class of its characters and train it if any of its characters trains.
+def _encode(info: TokenizerInfo, examples: list[RenderedExample]) -> tuple[list[list[int]], list[Any], list[int]]:
+    """(ids, offsets, flags) per example; escaped examples are re-encoded piecewise (see `encode_pieces`)."""
+    encodings: list[Encoding | None] = [None] * len(examples)
+    for add in (False, True):
+        group = [i for i, e in enumerate(examples) if e.add_special_tokens == add]
+        if group:
+            for i, encoding in zip(
+                group,
+                info.tokenizer.encode_batch([examples[i].text for i in group], add_special_tokens=add),
+                strict=True,
+            ):
+                encodings[i] = encoding
+    ids_rows: list[list[int]] = []
+    offset_rows: list[Any] = []
+    flags: list[int] = []
+    for example, encoding in zip(examples, encodings, strict=True):
+        assert encoding is not None
+        if example.escape:
+            ids, offsets = info.encode_pieces(example.text, encoding, example.data_spans)
+            flags.append(example.flags | _ESCAPED)
+        else:
+            ids, offsets = encoding.ids, encoding.offsets
+            flags.append(example.flags)
+        ids_rows.append(ids)
+        offset_rows.append(offsets)
+    return ids_rows, offset_rows, flags
 
-    A token that holds both trained and untrained characters counts (the model must produce it to produce the
-    trained text; this is also transformers' rule for `{% generation %}` spans). When the untrained part is
-    more than whitespace the row is flagged STRADDLE so the audit can show it.
-    """
-    flags = example.flags
-    if example.escape:
-        ids_list, offsets_list = info.encode_pieces(example.text, encoding, example.data_spans)
-        flags |= RowFlag.SPECIAL_ESCAPED
-    else:
-        ids_list, offsets_list = encoding.ids, encoding.offsets
-    ids = np.asarray(ids_list, dtype=np.int32)
-    offsets = np.asarray(offsets_list, dtype=np.int64).reshape(-1, 2)
-    n_chars = len(example.text)
 
-    char_class = np.full(n_chars + 1, TokenClass.TEMPLATE, dtype=np.uint8)
-    char_train = np.zeros(n_chars + 1, dtype=np.uint8)
-    for span in example.spans:
-        char_class[span.start : span.end] = span.cls
-        if span.trainable:
-            char_train[span.start : span.end] = 1
-    text_array = np.frombuffer(example.text.encode("utf-32-le"), dtype=np.uint32)
-    char_space = np.zeros(n_chars + 1, dtype=bool)
-    char_space[:n_chars] = np.isin(text_array, _WHITESPACE_CODEPOINTS)
+def _whole_text(example: RenderedExample) -> list[CharSpan]:
+    return [CharSpan(0, len(example.text), int(TokenClass.TEMPLATE), False)]
 
-    starts = np.clip(offsets[:, 0], 0, n_chars)
-    ends = np.clip(offsets[:, 1], 0, n_chars)
-    train_cum = np.concatenate([[0], np.cumsum(char_train[:n_chars], dtype=np.int64)])
-    solid_untrained = (~char_space[:n_chars]) & (char_train[:n_chars] == 0)
-    solid_cum = np.concatenate([[0], np.cumsum(solid_untrained, dtype=np.int64)])
-    trained_chars = train_cum[ends] - train_cum[starts]
-    trainable = trained_chars > 0
-    zero_width = ends <= starts
-    if zero_width.any() and n_chars and char_train[:n_chars].all():
-        trainable |= zero_width  # tokens a post-processor added to a fully trained text (BOS of plain text)
 
-    # The class of a token is that of its first trained character, else of its first non-space character.
-    next_trained = _next_index(char_train[:n_chars].astype(bool), n_chars)
-    next_solid = _next_index(~char_space[:n_chars], n_chars)
-    first_trained = next_trained[starts]
-    first_solid = next_solid[starts]
-    fallback = np.where(first_solid < ends, first_solid, starts)
-    pick = np.where(trainable & (first_trained < ends), first_trained, fallback)
-    classes = char_class[np.minimum(pick, n_chars)].copy()
-    classes[zero_width] = TokenClass.TEMPLATE
+def _crossing_token(
+    text: str,
+    span_start: np.ndarray,
+    span_length: np.ndarray,
+    span_cls: np.ndarray,
+    span_train: np.ndarray,
+    first: int,
+    last: int,
+    start: int,
+    end: int,
+) -> tuple[int, bool]:
+    """(class, straddles) for a token over spans first..last: the class of the span holding most of its trained
+    characters (else most of its non-space characters); it straddles when it mixes trained characters with
+    untrained non-space ones (`▁The` after a header's space does not)."""
+    best_trained = best_solid = (-1, int(span_cls[first]))
+    trained_any = untrained_solid = False
+    for s in range(first, last + 1):
+        a, b = int(span_start[s]), int(span_start[s] + span_length[s])
+        piece = text[max(start, a) : min(end, b)]
+        solid = len(piece) - sum(ch.isspace() for ch in piece)
+        if span_train[s]:
+            trained_any = True
+            best_trained = max(best_trained, (len(piece), int(span_cls[s])))
+        elif solid:
+            untrained_solid = True
+        best_solid = max(best_solid, (solid, int(span_cls[s])))
+    return (best_trained[1] if trained_any else best_solid[1]), (trained_any and untrained_solid)
 
-    if np.any(trainable & ((solid_cum[ends] - solid_cum[starts]) > 0)):
-        flags |= RowFlag.STRADDLE
 
+def _verify_batch(
+    info: TokenizerInfo,
+    examples: list[RenderedExample],
+    ids: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    trainable: np.ndarray,
+    row_of_token: np.ndarray,
+    char_base: np.ndarray,
+    token_base: np.ndarray,
+) -> dict[int, RecordError]:
+    """Cheap proof for every row: control tokens only where the template put them, and each trained turn's
+    tokens decode back to its rendered text. Returns the rows that fail, with why."""
+    failures: dict[int, RecordError] = {}
+    if info.control_ids:
+        for k in np.flatnonzero(np.isin(ids, np.fromiter(info.control_ids, dtype=np.int64))):
+            row = int(row_of_token[k])
+            example = examples[row]
+            if example.flags & _ALLOWED or row in failures:
+                continue
+            start, end = int(starts[k] - char_base[row]), int(ends[k] - char_base[row])
+            if any(a < end and start < b for a, b in example.data_spans):
+                token = info.tokenizer.id_to_token(int(ids[k]))
+                detail = f"control token {token!r} inside message text at char {start}"
+                failures[row] = RecordError("mask_verification_failed", detail)
+    # Each trained turn's first and last trained token, for all turns at once.
+    turn_row = np.fromiter((row for row, e in enumerate(examples) for _ in e.turns), dtype=np.int64)
+    turn_start = np.fromiter((t[0] for e in examples for t in e.turns), dtype=np.int64) + char_base[turn_row]
+    turn_end = np.fromiter((t[1] for e in examples for t in e.turns), dtype=np.int64) + char_base[turn_row]
+    n = ids.size
+    lo = np.maximum(np.searchsorted(ends, turn_start, side="right"), token_base[turn_row])
+    hi = np.minimum(np.searchsorted(starts, turn_end, side="left"), token_base[turn_row + 1])
+    positions = np.arange(n)
+    next_trained = np.minimum.accumulate(np.where(trainable, positions, n)[::-1])[::-1] if n else positions
+    prev_trained = np.maximum.accumulate(np.where(trainable, positions, -1)) if n else positions
+    first = np.where(lo < n, next_trained[np.minimum(lo, n - 1)], n) if n else lo
+    last = np.where(hi > 0, prev_trained[np.maximum(hi - 1, 0)], -1) if n else hi
+    checks: list[tuple[int, int, int]] = []  # (row, first token, last token) of each trained turn
+    for k in range(turn_row.size):
+        row = int(turn_row[k])
+        if first[k] < hi[k] and last[k] >= lo[k]:
+            checks.append((row, int(first[k]), int(last[k])))
+        elif turn_end[k] > turn_start[k] and row not in failures:
+            detail = (
+                f"no token trains the turn at chars {turn_start[k] - char_base[row]}-{turn_end[k] - char_base[row]}"
+            )
+            failures[row] = RecordError("mask_verification_failed", detail)
+    decoded = info.tokenizer.decode_batch([ids[a : b + 1].tolist() for _, a, b in checks], skip_special_tokens=False)
+    for (row, first, last), text in zip(checks, decoded, strict=True):
+        base = int(char_base[row])
+        covered = examples[row].text[int(starts[first]) - base : int(ends[last]) - base]
+        if "".join(text.split()) != "".join(covered.split()) and row not in failures:
+            detail = f"trained tokens decode to {text[:60]!r}, not the rendered {covered[:60]!r}"
+            failures[row] = RecordError("mask_verification_failed", detail)
+    return failures
+
+
+def _finish_row(
+    info: TokenizerInfo,
+    example: RenderedExample,
+    ids: np.ndarray,
+    trainable: np.ndarray,
+    classes: np.ndarray,
+    starts: np.ndarray,
+    flags: int,
+) -> TokenizedExample:
     if example.append_eos:
         eos = info.eos_id
         if eos is None:
@@ -338,61 +485,15 @@ def label_tokens(info: TokenizerInfo, example: RenderedExample, encoding: Encodi
             ids = np.append(ids, np.int32(eos))
             trainable = np.append(trainable, True)
             classes = np.append(classes, np.uint8(TokenClass.END_OF_TURN if example.turns else TokenClass.TEXT))
-
-    _verify(info, example, ids, offsets, trainable)
     bos = info.bos_id
     if bos is not None and ids.size >= 2 and ids[0] == bos and ids[1] == bos:
-        flags |= RowFlag.DOUBLE_BOS
-    turn_ends = [int(np.searchsorted(starts, end, side="left")) for _, end in example.turns]
+        flags |= _DOUBLE_BOS
     return TokenizedExample(
         ids=ids,
         trainable=trainable.astype(np.uint8),
-        classes=classes.astype(np.uint8),
+        classes=classes.astype(np.uint8, copy=False),
         source=example.source,
         part=example.part,
         flags=int(flags),
-        turn_ends=turn_ends,
+        turn_ends=[int(np.searchsorted(starts, end, side="left")) for _, end in example.turns],
     )
-
-
-_WHITESPACE_CODEPOINTS = np.array([ord(c) for c in " \t\n\r\x0b\x0c\u00a0\u3000"], dtype=np.uint32)
-
-
-def _next_index(mask: np.ndarray, n: int) -> np.ndarray:
-    """For each position k (and k = n), the smallest j >= k with mask[j], or n when there is none."""
-    index = np.where(mask, np.arange(n), n)
-    out = np.empty(n + 1, dtype=np.int64)
-    out[n] = n
-    if n:
-        out[:n] = np.minimum.accumulate(index[::-1])[::-1]
-    return out
-
-
-def _verify(
-    info: TokenizerInfo, example: RenderedExample, ids: np.ndarray, offsets: np.ndarray, trainable: np.ndarray
-) -> None:
-    """Cheap per-row proof: control tokens only where the template put them, trained turns decode to their text."""
-    if example.data_spans and info.control_ids and not (example.flags & RowFlag.SPECIAL_ALLOWED):
-        control = np.isin(ids[: len(offsets)], np.fromiter(info.control_ids, dtype=np.int64))
-        for k in np.flatnonzero(control):
-            start, end = int(offsets[k, 0]), int(offsets[k, 1])
-            if any(a < end and start < b for a, b in example.data_spans):
-                raise RecordError(
-                    "mask_verification_failed",
-                    f"control token {info.tokenizer.id_to_token(int(ids[k]))!r} inside message text at char {start}",
-                )
-    for turn_start, turn_end in example.turns:
-        inside = np.flatnonzero(trainable[: len(offsets)] & (offsets[:, 0] < turn_end) & (offsets[:, 1] > turn_start))
-        if inside.size == 0:
-            if turn_end > turn_start:
-                detail = f"no token trains the turn at chars {turn_start}-{turn_end}"
-                raise RecordError("mask_verification_failed", detail)
-            continue
-        first, last = int(inside[0]), int(inside[-1])
-        decoded = info.tokenizer.decode(ids[first : last + 1].tolist(), skip_special_tokens=False)
-        covered = example.text[int(offsets[first, 0]) : int(offsets[last, 1])]
-        if "".join(decoded.split()) != "".join(covered.split()):
-            raise RecordError(
-                "mask_verification_failed",
-                f"trained tokens decode to {decoded[:60]!r}, not the rendered {covered[:60]!r}",
-            )

@@ -100,10 +100,14 @@ Record = Conversation | PromptCompletion | TextDocument
 
 @dataclass(slots=True)
 class RawRecord:
-    """A record as read from a file, before parsing: a decoded JSON value, or the reason it could not be read."""
+    """A record as read from a file, before parsing: a decoded JSON value, or the reason it could not be read.
+
+    A JSONL record first holds its undecoded `line`; `pipeline.read.decode` turns it into `value` (or `error`).
+    """
 
     source: SourceRef
     value: Any = None
+    line: bytes | None = None
     error: str | None = None  # a reason code from `schemas.reasons` when the record could not be decoded
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

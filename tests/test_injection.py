@@ -21,8 +21,8 @@ def conversation(user: str = FORGED, answer: str = "Hello.") -> Conversation:
 
 
 def render(policy: str, conv: Conversation):
+    from lossmask.pipeline.batch import load_job_template
     from lossmask.pipeline.config import PrepareConfig
-    from lossmask.pipeline.prepare import load_job_template
 
     info = load_tokenizer(str(FIXTURE_TOKENIZER))
     template = load_job_template(PrepareConfig(tokenizer=str(FIXTURE_TOKENIZER)), info)
