@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from ..schemas.reasons import DROP_REASONS, describe
 from ..schemas.records import SourceRef
@@ -56,19 +56,35 @@ class Accounting:
     rows_dropped: Counter[str] = field(default_factory=Counter)
     row_flags: Counter[str] = field(default_factory=Counter)
 
-    def add(self, outcome: Outcome, rejects: IO[str] | None = None) -> None:
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Accounting:
+        """Restore the counts a checkpoint saved (the inverse of `to_dict`)."""
+        accounting = cls(
+            read=data["read"],
+            written=data["written"],
+            rejected=data["rejected"],
+            dropped=data["dropped"],
+            rows=data["rows"],
+        )
+        for status, counts in data["by_reason"].items():
+            accounting.by_reason[status].update(counts)
+        accounting.rows_dropped.update(data["rows_dropped"])
+        accounting.row_flags.update(data["row_flags"])
+        return accounting
+
+    def add(self, outcome: Outcome) -> None:
         self.read += 1
         if outcome.status == "written":
             self.written += 1
             self.rows += outcome.rows
+            if outcome.detail:  # rows of this record dropped by a policy (e.g. one split turn too long)
+                self.rows_dropped.update(outcome.detail.split(","))
             return
         if outcome.status == "rejected":
             self.rejected += 1
         else:
             self.dropped += 1
         self.by_reason[outcome.status][outcome.reason or "unknown"] += 1
-        if rejects is not None:
-            rejects.write(outcome.to_reject_line() + "\n")
 
     def add_row_flags(self, flags: int) -> None:
         for flag in RowFlag:

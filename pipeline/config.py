@@ -57,6 +57,7 @@ class PrepareConfig:
     alpaca_join: str = "\n\n"
     strict: bool = False
     workers: int | None = None  # None = every core
+    resume: bool = True  # finish a killed run of the same job from its checkpoint
     batch_size: int = 256
     shard_max_rows: int = 100_000
     shard_max_bytes: int = 256 << 20

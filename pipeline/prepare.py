@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +23,10 @@ from ..schemas.shards import (
     REJECTS_NAME,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
-    SHARD_SUFFIX,
 )
 from .accounting import Accounting
 from .batch import JobContext
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
 from .config import PrepareConfig
 from .errors import SetupError
 from .formats import detect
@@ -36,8 +35,11 @@ from .read import decode, expand_inputs, iter_file
 from .write import TEMP_PREFIX, TEMP_SUFFIX, ShardWriter, file_sha256, temp_path
 
 
-def iter_raw_records(paths: list[Path], forced_format: str | None, options: FormatOptions) -> Iterator[RawRecord]:
-    """All records of all inputs, in order, each tagged with its file's format (detected from its first record)."""
+def iter_raw_records(
+    paths: list[Path], forced_format: str | None, options: FormatOptions, skip: int = 0
+) -> Iterator[RawRecord]:
+    """All records of all inputs, in order, each tagged with its file's format (detected from its first record).
+    The first `skip` records (done by a resumed run) are read but not yielded."""
     index = 0
     for path in paths:
         file_format = forced_format
@@ -47,7 +49,8 @@ def iter_raw_records(paths: list[Path], forced_format: str | None, options: Form
                 probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
                 file_format = None if probe.error else detect(probe.value, options)
             raw.extra["format"] = file_format
-            yield raw
+            if raw.source.index >= skip:
+                yield raw
 
 
 def batched(items: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
@@ -55,57 +58,94 @@ def batched(items: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
         yield batch
 
 
-def clear_previous_output(out: Path) -> None:
-    """Remove what an earlier run wrote here (shards, temporaries, manifest, rejects); leave anything else."""
+def clear_unfinished_output(out: Path, checkpoint: Checkpoint | None) -> None:
+    """Remove what an earlier run wrote here and a resumed run will not keep: shards past its checkpoint,
+    temporaries, the manifest, and (without a checkpoint) the rejects. Other files are left alone."""
     if out.exists() and not out.is_dir():
         raise SetupError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    kept = {s.file for s in checkpoint.shards} if checkpoint else set()
     for path in out.iterdir():
-        name = path.name.removesuffix(TEMP_SUFFIX)
-        if name != path.name:
-            name = name.removeprefix(TEMP_PREFIX)
-        ours = name in (MANIFEST_NAME, REJECTS_NAME) or (name.startswith("shard-") and name.endswith(SHARD_SUFFIX))
-        if ours:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        name = path.name
+        temporary = name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+        if (
+            temporary
+            or name == MANIFEST_NAME
+            or (is_shard(name) and name not in kept)
+            or (checkpoint is None and name in (REJECTS_NAME, CHECKPOINT_NAME))
+        ):
+            path.unlink()
+
+
+# Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
+# output is byte-identical whatever they are.
+RUNTIME_FIELDS = ("out", "workers", "batch_size", "resume")
+
+
+def output_config(config: PrepareConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+def fingerprints(config: PrepareConfig, context: JobContext, paths: list[Path]) -> dict[str, Any]:
+    template = context.template
+    return {
+        "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
+        "tokenizer": {"path": config.tokenizer, "sha256": context.tokenizer.fingerprint},
+        "template": None if template is None else {"name": template.name, "sha256": template.sha256},
+    }
 
 
 def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run the job. Returns the manifest (also written to OUT/manifest.json)."""
+    """Run the job; resume a killed run of the same job from its checkpoint. Returns the manifest."""
     config.require_paths()
     config.validate()
     started = time.perf_counter()
     paths = expand_inputs(config.inputs)
     context = JobContext.from_config(config)
     out = Path(config.out)
-    clear_previous_output(out)
-    accounting = Accounting()
-    writer = ShardWriter(out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes)
-    records = iter_raw_records(paths, config.format, context.format_options)
+    prints = fingerprints(config, context, paths)
+    digest = job_digest({"version": __version__, "config": output_config(config), "fingerprints": prints})
+    checkpoint = Checkpoint.load(out, digest) if config.resume and out.is_dir() else None
+    clear_unfinished_output(out, checkpoint)
+    checkpoint = checkpoint or Checkpoint(digest)
+    accounting = Accounting.from_dict(checkpoint.accounting) if checkpoint.accounting else Accounting()
+    writer = ShardWriter(
+        out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes, shards=checkpoint.shards
+    )
+    records = iter_raw_records(paths, config.format, context.format_options, skip=checkpoint.next_record)
     workers = config.workers or local.available_cores()
-    with open(out / REJECTS_NAME, "w", encoding="utf-8") as rejects:
+    with open(out / REJECTS_NAME, "a+b") as rejects:
+        rejects.truncate(checkpoint.rejects_bytes)
+        rejects.seek(checkpoint.rejects_bytes)
         for result in local.run(config, context, batched(records, config.batch_size), workers):
+            rows = iter(result.rows)
             for outcome in result.outcomes:
-                accounting.add(outcome, rejects)
-                if outcome.status == "written" and outcome.detail:
-                    accounting.rows_dropped.update(outcome.detail.split(","))
-            for row in result.rows:
-                accounting.add_row_flags(row.flags)
-            writer.add(result.rows)
+                if outcome.status != "written":
+                    rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))
+                accounting.add(outcome)
+                record_rows = [next(rows) for _ in range(outcome.rows)]
+                for row in record_rows:
+                    accounting.add_row_flags(row.flags)
+                if writer.add_record(record_rows) is not None:
+                    rejects.flush()
+                    checkpoint.shards = list(writer.shards)
+                    checkpoint.next_record = outcome.source.index + 1
+                    checkpoint.rejects_bytes = rejects.tell()
+                    checkpoint.accounting = accounting.to_dict()
+                    checkpoint.save(out)
             if progress is not None:
                 progress(len(result.outcomes), sum(r.num_tokens for r in result.rows))
-    shards = writer.close()
+    writer.close()
     accounting.check()
-    manifest = build_manifest(config, context, paths, accounting, shards)
+    manifest = build_manifest(config, context, prints, accounting, writer.shards)
     write_json(out / MANIFEST_NAME, manifest)
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     manifest["_elapsed_seconds"] = time.perf_counter() - started  # for the caller; not written
     return manifest
 
 
 def build_manifest(
-    config: PrepareConfig, context: JobContext, paths: list[Path], accounting: Accounting, shards: list[Any]
+    config: PrepareConfig, context: JobContext, prints: dict[str, Any], accounting: Accounting, shards: list[Any]
 ) -> dict[str, Any]:
     template = context.template
     profile = context.renderer.profile
@@ -114,12 +154,8 @@ def build_manifest(
         "schema_version": SCHEMA_VERSION,
         "layout": LAYOUT_ROWS,
         "schema": {f.name: {"type": str(f.type), "doc": COLUMN_DOCS[f.name]} for f in SHARD_SCHEMA},
-        "config": config.to_dict(),
-        "fingerprints": {
-            "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
-            "tokenizer": {"path": config.tokenizer, "sha256": context.tokenizer.fingerprint},
-            "template": None if template is None else {"name": template.name, "sha256": template.sha256},
-        },
+        "config": output_config(config),
+        "fingerprints": prints,
         "template": None
         if template is None or profile is None
         else {
@@ -133,7 +169,8 @@ def build_manifest(
             "vocab_size": context.tokenizer.vocab_size,
             "special_tokens": context.tokenizer.special_tokens,
             "control_tokens": len(context.tokenizer.control_tokens),
-            "escape_supported": context.tokenizer.escape_checked,
+            # Checked only when something was escaped, so the manifest does not depend on which process did it.
+            "escape_supported": context.tokenizer.escape_supported if accounting.row_flags["special_escaped"] else None,
         },
         "shards": [s.to_dict() for s in shards],
         "totals": {

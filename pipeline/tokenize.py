@@ -72,11 +72,6 @@ class TokenizerInfo:
             self._escape_supported = self._check_piecewise_encoding()
         return self._escape_supported
 
-    @property
-    def escape_checked(self) -> bool | None:
-        """The result of the piecewise-encoding check, or None when no row needed escaping."""
-        return self._escape_supported
-
     def _plain_encoders(self) -> tuple[Tokenizer, Tokenizer]:
         """(for a piece at the start of the text, for a piece after it): built only when something is escaped,
         since copying a large tokenizer takes a while."""

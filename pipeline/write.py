@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..schemas.shards import SHARD_SCHEMA, SHARD_SUFFIX
+from .faults import crash_point
 from .shift import Row, rows_to_batch
 
 TEMP_SUFFIX = ".tmp"
@@ -48,31 +49,45 @@ def estimated_bytes(row: Row) -> int:
 
 
 class ShardWriter:
-    def __init__(self, out_dir: Path, max_rows: int = 100_000, max_bytes: int = 256 << 20, batch_rows: int = 1024):
+    """Collects rows and writes a shard once it holds `max_rows` rows or about `max_bytes` bytes.
+
+    A shard ends only after a whole record, so that a record's rows (several when turns are split) are never
+    spread over two shards and a checkpoint can say "every record before this one is done".
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        max_rows: int = 100_000,
+        max_bytes: int = 256 << 20,
+        batch_rows: int = 1024,
+        shards: list[ShardInfo] | None = None,
+    ):
         self.out_dir = out_dir
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.batch_rows = batch_rows
-        self.shards: list[ShardInfo] = []
+        self.shards: list[ShardInfo] = list(shards or [])
         self._pending: list[Row] = []
         self._pending_bytes = 0
 
-    def add(self, rows: list[Row]) -> None:
+    def add_record(self, rows: list[Row]) -> ShardInfo | None:
+        """Add one record's rows; returns the shard this completed, if it did."""
         for row in rows:
             self._pending.append(row)
             self._pending_bytes += estimated_bytes(row)
-            if len(self._pending) >= self.max_rows or self._pending_bytes >= self.max_bytes:
-                self._flush()
+        if len(self._pending) >= self.max_rows or self._pending_bytes >= self.max_bytes:
+            return self._flush()
+        return None
 
-    def close(self) -> list[ShardInfo]:
-        if self._pending:
-            self._flush()
-        return self.shards
+    def close(self) -> ShardInfo | None:
+        return self._flush() if self._pending else None
 
-    def _flush(self) -> None:
+    def _flush(self) -> ShardInfo:
         rows, self._pending, self._pending_bytes = self._pending, [], 0
-        name = shard_name(len(self.shards))
-        self.shards.append(write_shard(self.out_dir / name, rows, self.batch_rows))
+        info = write_shard(self.out_dir / shard_name(len(self.shards)), rows, self.batch_rows)
+        self.shards.append(info)
+        return info
 
 
 def write_shard(path: Path, rows: list[Row], batch_rows: int = 1024) -> ShardInfo:
@@ -81,9 +96,12 @@ def write_shard(path: Path, rows: list[Row], batch_rows: int = 1024) -> ShardInf
     with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA, options=options) as writer:
         for start in range(0, len(rows), batch_rows):
             writer.write_batch(rows_to_batch(rows[start : start + batch_rows]))
+            sink.flush()
+            crash_point("shard-half-written")
     with open(temp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temp, path)
+    crash_point("shard-renamed")
     return ShardInfo(
         file=path.name,
         rows=len(rows),

@@ -1,0 +1,74 @@
+"""Crash-safe resume: what a killed run had finished, so the same command can finish it.
+
+After each completed shard, `_checkpoint.json` is replaced atomically with: the job's digest (lossmask version,
+output-relevant config, fingerprints of inputs, tokenizer and template), the finished shards, the index of the
+next input record, the length of `_rejects.jsonl` at that point, and the record accounting. Shards end only at
+record boundaries, so everything before `next_record` is final. A resumed run truncates the rejects to that
+length, skips those records, and goes on writing shards from the next index: the result is byte-identical to a
+run that never stopped. Anything written after the last checkpoint (a half-written shard, later rejects) is
+discarded and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..schemas.shards import SHARD_SUFFIX
+from .faults import crash_point
+from .write import ShardInfo, file_sha256, temp_path
+
+CHECKPOINT_NAME = "_checkpoint.json"
+
+
+@dataclass
+class Checkpoint:
+    digest: str
+    shards: list[ShardInfo] = field(default_factory=list)
+    next_record: int = 0
+    rejects_bytes: int = 0
+    accounting: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out: Path) -> None:
+        data = asdict(self)
+        path = out / CHECKPOINT_NAME
+        temp = temp_path(path)
+        temp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+        temp.replace(path)
+        crash_point("checkpoint-saved")
+
+    @classmethod
+    def load(cls, out: Path, digest: str) -> Checkpoint | None:
+        """The checkpoint of an unfinished run of this same job whose shards are intact, else None."""
+        path = out / CHECKPOINT_NAME
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            checkpoint = cls(
+                digest=data["digest"],
+                shards=[ShardInfo(**s) for s in data["shards"]],
+                next_record=int(data["next_record"]),
+                rejects_bytes=int(data["rejects_bytes"]),
+                accounting=data["accounting"],
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        if checkpoint.digest != digest:
+            return None
+        for shard in checkpoint.shards:
+            shard_path = out / shard.file
+            if not shard_path.is_file() or file_sha256(shard_path) != shard.sha256:
+                return None
+        return checkpoint
+
+
+def job_digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def is_shard(name: str) -> bool:
+    return name.startswith("shard-") and name.endswith(SHARD_SUFFIX)

@@ -1,0 +1,88 @@
+"""Crash-safe: kill -9 at any point, run the same command again, and the output is byte-identical to a run
+that never stopped. Nothing from a dead run is taken for finished output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import DATA, FIXTURE_TOKENIZER, FIXTURES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory) -> Path:
+    """~3200 records with some bad ones among them, so rejects must survive a resume too."""
+    folder = tmp_path_factory.mktemp("input")
+    lines = (DATA / "openai.jsonl").read_text().splitlines() + (
+        FIXTURES / "bad" / "malformed.jsonl"
+    ).read_text().splitlines()
+    path = folder / "big.jsonl"
+    path.write_text("\n".join(lines * 8) + "\n")
+    return path
+
+
+def command(big_input: Path, out: Path, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "lossmask.cli", "prepare", str(big_input), "--tokenizer", str(FIXTURE_TOKENIZER),
+        "--out", str(out), "--workers", str(workers), "--shard-max-rows", "150", "--batch-size", "64", "-q",
+    ]  # fmt: skip
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(big_input, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("reference") / "out"
+    subprocess.run(command(big_input, out, 1), check=True)
+    files = outputs(out)
+    assert sum(name.endswith(".arrow") for name in files) > 10
+    assert set(files) >= {"_manifest.json", "_rejects.jsonl"} and "_checkpoint.json" not in files
+    return files
+
+
+@pytest.mark.parametrize(
+    "crash_at", ["shard-half-written:3", "shard-renamed:5", "checkpoint-saved:7", "shard-half-written:1"]
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_at_a_point_then_rerun_is_byte_identical(big_input, reference, tmp_path, crash_at, workers):
+    out = tmp_path / "out"
+    killed = subprocess.run(command(big_input, out, workers), env={**os.environ, "LOSSMASK_CRASH_AT": crash_at})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "_manifest.json").exists()
+    subprocess.run(command(big_input, out, workers), check=True)
+    assert outputs(out) == reference
+
+
+def test_killed_from_outside_after_some_shards_then_rerun_is_byte_identical(big_input, reference, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(command(big_input, out, 2))
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None:
+        if len(list(out.glob("shard-*.arrow"))) >= 4:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run(command(big_input, out, 2), check=True)
+    assert outputs(out) == reference
+
+
+def test_a_changed_job_starts_over_instead_of_resuming(big_input, reference, tmp_path):
+    out = tmp_path / "out"
+    subprocess.run(command(big_input, out, 1), env={**os.environ, "LOSSMASK_CRASH_AT": "checkpoint-saved:3"})
+    assert (out / "_checkpoint.json").exists()
+    changed = [*command(big_input, out, 1), "--mask", "last-assistant"]
+    subprocess.run(changed, check=True)
+    fresh = tmp_path / "fresh"
+    subprocess.run([*command(big_input, fresh, 1), "--mask", "last-assistant"], check=True)
+    assert outputs(out) == outputs(fresh)
