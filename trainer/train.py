@@ -118,8 +118,8 @@ def train_step(
     return StepResult(loss, grad_norm, sum(b.num_tokens for b in micro_batches), num_targets)
 
 
-def evaluate(params: Params, model_config: ModelConfig, examples: list[Example], batch_size: int = 16) -> float:
-    """Token-level mean of -log p over every counted target of `examples` (NaN when there are none)."""
+def evaluate(params: Params, model_config: ModelConfig, examples: list[Example], batch_size: int = 16) -> float | None:
+    """Token-level mean of -log p over every counted target of `examples` (None when there are none)."""
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size])
@@ -128,7 +128,7 @@ def evaluate(params: Params, model_config: ModelConfig, examples: list[Example],
         _, nll, _ = masked_cross_entropy(logits, batch.target_ids, weights)
         total += float(nll.astype(np.float64)[batch.loss_mask.astype(bool)].sum())
         count += batch.num_loss_tokens
-    return total / count if count else math.nan
+    return total / count if count else None
 
 
 def prepare_out_dir(out: Path) -> None:

@@ -14,6 +14,7 @@ from lossmask.cli import main
 from lossmask.schemas.shards import MANIFEST_NAME
 from lossmask.trainer.explain import explain, format_explanation
 from lossmask.trainer.shards import ShardSet
+from lossmask.trainer.train import TrainConfig, train
 from tokenizers import Tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -139,3 +140,13 @@ def test_bad_jobs_exit_2_with_one_message(demo_shards: Path, tmp_path: Path, arg
     code, _, stderr = run(*[a.format(**values) for a in args])
     assert code == 2
     assert message in stderr and stderr.count("\n") == 1
+
+
+def test_explain_cuts_a_row_longer_than_the_runs_context(demo_shards: Path, tmp_path: Path) -> None:
+    train(demo_shards, tmp_path, TrainConfig(steps=2, seq_len=16, layers=1, d_model=8, heads=2, eval_rows=0))
+    shards = ShardSet.open(demo_shards)
+    row = next(e.index for e in shards.examples() if e.num_tokens > 16)
+    explanation = explain(str(demo_shards), row, run_dir=str(tmp_path))
+    assert len(explanation.positions) == 16
+    assert any("the model sees the first 16" in note for note in explanation.notes)
+    assert json.loads((tmp_path / "run.json").read_text())["eval"]["loss_before"] is None
