@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lossmask.trainer.batches import Batch, collate
+from lossmask.trainer.layers import attention_mask, masked_softmax
 from lossmask.trainer.loss import loss_weights, masked_cross_entropy
 from lossmask.trainer.model import ModelConfig, backward, forward, init_params
 
@@ -141,6 +142,18 @@ def test_padding_neither_attends_nor_counts(tiny, make_example) -> None:
     assert np.array_equal(junk_logits[1], logits[1])
     for name in params:  # embeddings included: padding positions pass back exactly zero
         assert np.array_equal(junk_grads[name], grads[name]), name
+
+
+def test_attention_mask_is_causal_within_segments_and_empty_for_padding() -> None:
+    """Right padding is already hidden from real queries by causality; the mask also keeps padding queries from
+    attending to anything (so a padded position's output never depends on other positions)."""
+    allowed = attention_mask(np.array([[0, 0, 1, 1, -1, -1]], np.int32))[0]
+    expected = np.zeros((6, 6), bool)
+    expected[:4, :4] = [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    np.testing.assert_array_equal(allowed, expected)
+    att = masked_softmax(np.random.default_rng(0).standard_normal((6, 6)), allowed)
+    assert not np.isnan(att).any() and not att[4:].any() and not att[:, 4:].any()
+    np.testing.assert_allclose(att[:4].sum(axis=-1), 1.0)
 
 
 def test_untrained_model_starts_near_log_vocab(make_example) -> None:
