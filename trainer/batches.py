@@ -73,8 +73,9 @@ class StreamStats:
     rows_skipped: int = 0  # no counted target within the first L positions
     targets: int = 0  # counted targets kept
     targets_cut: int = 0  # counted targets beyond L
+    complete: bool = False  # every row has been read once (otherwise the counts cover the rows read so far)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return dict(vars(self))
 
 
@@ -95,6 +96,8 @@ def fitted(examples: Iterable[Example], seq_len: int, vocab_size: int, stats: St
         if stats is not None:
             stats.targets += kept.num_loss_tokens
         yield kept
+    if stats is not None:
+        stats.complete = True
 
 
 def shuffled(items: Iterable[Example], buffer_size: int, rng: np.random.Generator) -> Iterator[Example]:

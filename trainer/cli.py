@@ -128,9 +128,11 @@ def print_train_summary(summary: dict[str, Any], out: Path) -> None:
             f"eval:     {evaluation['loss_before']:.4f} before -> {evaluation['loss_after']:.4f} after, on the first "
             f"{evaluation['rows']} rows ({evaluation['counted_targets']} counted targets)"
         )
+    scope = "all rows, once" if data["complete"] else "rows read before training ended, less than one epoch"
     click.echo(
-        f"data:     {data['rows']} rows streamed in the first epoch, {data['rows_cut']} cut to --seq-len "
-        f"({data['targets_cut']} counted targets lost), {data['rows_skipped']} skipped (nothing counted)"
+        f"data:     {data['rows']} rows ({scope}): {data['rows_cut']} cut to --seq-len "
+        f"({data['targets_cut']} counted targets lost), {data['rows_skipped']} skipped (nothing counted); "
+        f"{data['epochs_started']} epoch(s) started"
     )
     click.echo(f"model:    {summary['parameters']:,} parameters, {summary['model']['dtype']}")
     click.echo(f"time:     {summary['seconds']:.1f} s ({1000 * summary['seconds_per_step']:.1f} ms/step)")

@@ -216,7 +216,7 @@ def _train(
         "model": model_config.to_dict(),
         "parameters": count_params(params),
         "train": asdict(config),
-        "data": {**stats.to_dict(), "epochs_started": epoch + 1, "first_epoch_complete": epoch > 0},
+        "data": {**stats.to_dict(), "epochs_started": epoch + 1},
         "eval": {
             "rows": len(eval_set),
             "counted_targets": sum(e.num_loss_tokens for e in eval_set),

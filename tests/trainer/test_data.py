@@ -56,7 +56,7 @@ def test_long_rows_are_cut_and_rows_left_without_targets_are_skipped(make_exampl
     kept = list(fitted([long, prompt_only_start, short], seq_len=5, vocab_size=13, stats=stats))
     assert [e.num_tokens for e in kept] == [5, 3]
     np.testing.assert_array_equal(kept[0].input_ids, long.input_ids[:5])
-    assert stats.rows == 3 and stats.rows_cut == 2 and stats.rows_skipped == 1
+    assert stats.rows == 3 and stats.rows_cut == 2 and stats.rows_skipped == 1 and stats.complete
     assert stats.targets_cut == long.loss_mask[5:].sum() + 2
     assert stats.targets == kept[0].num_loss_tokens + short.num_loss_tokens
 
