@@ -127,5 +127,10 @@ def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
     click.echo(f"time:     {elapsed:.2f} s ({rate:,.0f} tokens/s)")
 
 
+from .trainer.cli import explain, train  # noqa: E402  (registered here, defined with the trainer)
+
+main.add_command(train)
+main.add_command(explain)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

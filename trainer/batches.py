@@ -1,0 +1,155 @@
+"""Rows -> (B, T) batches: cut, shuffle in a bounded buffer, pad to the longest row of the batch.
+
+Batching rules (docs/trainer.md):
+- A row longer than `--seq-len` L keeps its first L positions; the rest is not trained (the model has only L
+  position embeddings, and a tail without its beginning would be a different example). A row left with no
+  counted target is skipped. Both are counted and reported.
+- Rows are not packed here: each batch is padded to its longest row (at most L). Padding has segment -1,
+  loss_mask 0, input and target id 0: it attends to nothing, nothing attends to it, and it never counts.
+- Order: a shuffle buffer of `--shuffle-buffer` rows, drawn with the run's seed, over the rows in shard order;
+  memory is the buffer, not the dataset. The stream restarts at the end of the data (a new epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pipeline.errors import SetupError
+from .shards import Example, ShardSet
+
+PAD_SEGMENT = -1
+
+
+@dataclass
+class Batch:
+    """B rows padded to T positions. segment_ids is -1 on padding, which is how the model and loss know it."""
+
+    input_ids: np.ndarray  # (B, T) int64
+    target_ids: np.ndarray  # (B, T) int64
+    loss_mask: np.ndarray  # (B, T) uint8
+    position_ids: np.ndarray  # (B, T) int64
+    segment_ids: np.ndarray  # (B, T) int32, -1 = padding
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) positions."""
+        return int((self.segment_ids != PAD_SEGMENT).sum())
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def collate(examples: list[Example], length: int | None = None) -> Batch:
+    """Stack rows into (B, T), T = the longest row (or `length`), padding on the right."""
+    positions = max(e.num_tokens for e in examples) if length is None else length
+    shape = (len(examples), positions)
+    batch = Batch(
+        input_ids=np.zeros(shape, dtype=np.int64),
+        target_ids=np.zeros(shape, dtype=np.int64),
+        loss_mask=np.zeros(shape, dtype=np.uint8),
+        position_ids=np.zeros(shape, dtype=np.int64),
+        segment_ids=np.full(shape, PAD_SEGMENT, dtype=np.int32),
+    )
+    for row, e in enumerate(examples):
+        n = e.num_tokens
+        batch.input_ids[row, :n] = e.input_ids
+        batch.target_ids[row, :n] = e.target_ids
+        batch.loss_mask[row, :n] = e.loss_mask
+        batch.position_ids[row, :n] = e.position_ids
+        batch.segment_ids[row, :n] = e.segment_ids
+    return batch
+
+
+@dataclass
+class StreamStats:
+    """What the first pass over the data kept and lost (later epochs repeat it)."""
+
+    rows: int = 0
+    rows_cut: int = 0
+    rows_skipped: int = 0  # no counted target within the first L positions
+    targets: int = 0  # counted targets kept
+    targets_cut: int = 0  # counted targets beyond L
+    complete: bool = False  # every row has been read once (otherwise the counts cover the rows read so far)
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return dict(vars(self))
+
+
+def fitted(examples: Iterable[Example], seq_len: int, vocab_size: int, stats: StreamStats | None) -> Iterator[Example]:
+    """Cut rows to `seq_len`, drop those left with no counted target, and refuse ids outside the vocabulary."""
+    for example in examples:
+        kept = example.cut(seq_len)
+        if stats is not None:
+            stats.rows += 1
+            stats.rows_cut += kept is not example
+            stats.targets_cut += example.num_loss_tokens - kept.num_loss_tokens
+        if kept.num_tokens and max(int(kept.input_ids.max()), int(kept.target_ids.max())) >= vocab_size:
+            raise SetupError(f"row {example.index} has a token id >= the vocabulary size {vocab_size}")
+        if kept.num_loss_tokens == 0:
+            if stats is not None:
+                stats.rows_skipped += 1
+            continue
+        if stats is not None:
+            stats.targets += kept.num_loss_tokens
+        yield kept
+    if stats is not None:
+        stats.complete = True
+
+
+def shuffled(items: Iterable[Example], buffer_size: int, rng: np.random.Generator) -> Iterator[Example]:
+    """A streaming shuffle: keep `buffer_size` rows, emit a random one as each new row arrives."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buffer: list[Example] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        pick = int(rng.integers(buffer_size))
+        yield buffer[pick]
+        buffer[pick] = item
+    for pick in rng.permutation(len(buffer)):
+        yield buffer[pick]
+
+
+def training_batches(
+    shards: ShardSet,
+    batch_size: int,
+    seq_len: int,
+    rng: np.random.Generator,
+    shuffle_buffer: int = 1024,
+    stats: StreamStats | None = None,
+) -> Iterator[tuple[int, Batch]]:
+    """Endless (epoch, batch) pairs over the shards. Batches never mix epochs: an epoch's last one may be smaller."""
+    epoch = 0
+    while True:
+        rows = fitted(shards.examples(), seq_len, shards.vocab_size, stats if epoch == 0 else None)
+        pending: list[Example] = []
+        produced = False
+        for example in shuffled(rows, shuffle_buffer, rng):
+            pending.append(example)
+            if len(pending) == batch_size:
+                produced = True
+                yield epoch, collate(pending)
+                pending = []
+        if pending:  # the last, smaller batch of the epoch
+            produced = True
+            yield epoch, collate(pending)
+        if not produced:
+            raise SetupError(f"no row of {shards.root} has a counted target within the first {seq_len} positions")
+        epoch += 1
+
+
+def first_rows(shards: ShardSet, count: int, seq_len: int) -> list[Example]:
+    """The first `count` usable rows in shard order: the fixed set the loss is evaluated on before and after."""
+    rows: list[Example] = []
+    for example in fitted(shards.examples(), seq_len, shards.vocab_size, None):
+        if len(rows) >= count:
+            break
+        rows.append(example)
+    return rows
