@@ -45,7 +45,10 @@ def _choice(name: str) -> click.Choice:
 
 @main.command()
 @click.argument("inputs", nargs=-1)
-@click.option("--tokenizer", help="A tokenizer.json, or a model folder with tokenizer.json + tokenizer_config.json.")
+@click.option(
+    "--tokenizer",
+    help="A tokenizer.json, a model folder (tokenizer.json + tokenizer_config.json), or a Hub id org/name[@revision].",
+)
 @click.option("--out", help="Output folder for the shards, _manifest.json and _rejects.jsonl.")
 @click.option(
     "--chat-template", help="A .jinja file or a built-in name (chatml, llama3, mistral, gemma, phi3, zephyr, alpaca)."
