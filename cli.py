@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .export.cli import export_command, inspect_command
 from .pipeline.config import CHOICES, PrepareConfig, load_config_file
 from .pipeline.errors import SetupError
 
@@ -127,6 +128,9 @@ def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
     click.echo(f"manifest: {out}/_manifest.json")
     click.echo(f"time:     {elapsed:.2f} s ({rate:,.0f} tokens/s)")
 
+
+main.add_command(export_command)
+main.add_command(inspect_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
