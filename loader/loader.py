@@ -53,7 +53,12 @@ class _Plan:
 
 
 class ShardLoader:
-    """Deterministic, resumable, rank-partitioned batches over a prepared shard folder."""
+    """Deterministic, resumable, rank-partitioned batches over a prepared shard folder.
+
+    `pad_id` fills `input_ids` and `target_ids` on padding (any id will do: padding is False in both masks).
+    `window_blocks` bounds memory and sets how far rows travel when shuffled. `verify` checks the shards'
+    sha256 first. One iteration at a time: `__iter__` advances the loader's own state.
+    """
 
     def __init__(
         self,
