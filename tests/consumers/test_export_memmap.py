@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -95,3 +97,18 @@ def test_a_truncated_file_is_caught_on_open(kit, tmp_path):
     tokens.write_bytes(tokens.read_bytes()[:-2])
     with pytest.raises(SetupError, match=r"tokens\.bin holds"):
         MemmapExport(tmp_path / "np")
+
+
+def test_the_documented_reading_snippet_runs(prepared_dir, tmp_path, monkeypatch):
+    """docs/export.md's memmap snippet, run as written on a real export."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", docs, re.DOTALL) if "np/header.json" in block)
+    export_memmap(ShardSet(prepared_dir), tmp_path / "np")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet, scope)
+    a, length, weight = scope["a"], scope["L"], scope["weight"]
+    assert scope["x"].size == scope["y"].size == weight.size == length
+    starts = set(scope["doc_offsets"].tolist())
+    inside = [j for j in range(length) if a + 1 + j in starts]
+    assert inside and not weight[inside].any()  # the window crosses documents, and no jump between them counts
