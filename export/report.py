@@ -123,7 +123,10 @@ def describe_rows(
 
 def _describe_row(row: pa.RecordBatch, index: int, tokenizer: TokenizerInfo | None, color: bool) -> list[str]:
     values = row.to_pylist()[0]
-    unshifted = unshift_batch(row)
+    try:
+        unshifted = unshift_batch(row)
+    except ValueError as exc:  # show the others; `export` refuses such a row
+        return [f"row {index}  {values['num_tokens']} positions: not a shifted document ({exc})"]
     packed = isinstance(values["source"], list)
     sources = values["source"] if packed else [values["source"]]
     records = values["record_index"] if packed else [values["record_index"]]

@@ -120,3 +120,17 @@ def test_inspect_verify_catches_a_changed_shard(kit):
     shard.write_bytes(shard.read_bytes() + b"\0")
     result = run("inspect", str(shards), "--verify")
     assert result.exit_code == 2 and "does not match the sha256" in result.output
+
+
+def test_inspect_names_a_row_that_is_not_a_shifted_document(kit):
+    from lossmask.pipeline.write import write_shard
+
+    docs = [(np.arange(n, dtype=np.int32), np.ones(n, dtype=np.uint8)) for n in (5, 6)]
+    shards = kit.write(docs)
+    rows = [kit.shifted_row(doc, i) for i, doc in enumerate(docs)]
+    rows[1].input_ids = rows[1].input_ids + 1  # no longer t[:-1] of the targets' document
+    write_shard(next(shards.glob("shard-*.arrow")), rows)
+    result = run("inspect", str(shards), "--no-color")
+    assert result.exit_code == 0
+    assert re.search(r"^row 1  \d+ positions: not a shifted document \(row 0: input_ids\[k \+ 1\]", result.output, re.M)
+    assert re.search(r"^row 0  \d+ positions, \d+ counted$", result.output, re.MULTILINE)
