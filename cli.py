@@ -8,29 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
 from . import __version__
+from .export.cli import export_command, inspect_command
 from .pipeline.config import CHOICES, PrepareConfig, load_config_file
-from .pipeline.errors import SetupError
-
-
-def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a SetupError into one line on stderr and exit code 2, never a traceback."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except SetupError as exc:
-            click.echo(f"lossmask: error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+from .pipeline.errors import fails_cleanly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -45,7 +30,10 @@ def _choice(name: str) -> click.Choice:
 
 @main.command()
 @click.argument("inputs", nargs=-1)
-@click.option("--tokenizer", help="A tokenizer.json, or a model folder with tokenizer.json + tokenizer_config.json.")
+@click.option(
+    "--tokenizer",
+    help="A tokenizer.json, a model folder (tokenizer.json + tokenizer_config.json), or a Hub id org/name[@revision].",
+)
 @click.option("--out", help="Output folder for the shards, _manifest.json and _rejects.jsonl.")
 @click.option(
     "--chat-template", help="A .jinja file or a built-in name (chatml, llama3, mistral, gemma, phi3, zephyr, alpaca)."
@@ -131,6 +119,8 @@ from .trainer.cli import explain, train  # noqa: E402  (registered here, defined
 
 main.add_command(train)
 main.add_command(explain)
+main.add_command(export_command)
+main.add_command(inspect_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 
 class RecordError(Exception):
     """This record cannot become a verified example. `reason` is a code from `schemas.reasons`."""
@@ -15,3 +20,17 @@ class RecordError(Exception):
 
 class SetupError(Exception):
     """The job cannot run as configured (missing input, bad tokenizer path, broken template). Says what to fix."""
+
+
+def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """For every CLI command: a SetupError becomes one line on stderr and exit code 2, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SetupError as exc:
+            print(f"lossmask: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

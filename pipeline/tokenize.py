@@ -29,6 +29,7 @@ from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample, TokenizedExample
 from ..schemas.shards import RowFlag
 from .errors import RecordError, SetupError
+from .hub import looks_like_hub_id, resolve_hub_tokenizer
 
 # RowFlag bits as plain ints: IntFlag arithmetic builds enum objects, which is slow on the per-row path.
 _ALLOWED, _STRADDLE, _ESCAPED, _DOUBLE_BOS = (
@@ -200,8 +201,11 @@ def _set_prepend_never(node: Any) -> None:
 
 
 def load_tokenizer(path: str) -> TokenizerInfo:
-    """A `tokenizer.json`, or a Hugging Face model folder (tokenizer.json + tokenizer_config.json)."""
+    """A `tokenizer.json`, a Hugging Face model folder (tokenizer.json + tokenizer_config.json), or a Hub id
+    `org/name[@revision]` when no such local path exists (see `hub` for the precedence and the offline rule)."""
     location = Path(path)
+    if not location.exists() and looks_like_hub_id(path):
+        location = resolve_hub_tokenizer(path)
     if location.is_dir():
         tokenizer_file = location / "tokenizer.json"
         config_file = location / "tokenizer_config.json"
@@ -211,7 +215,9 @@ def load_tokenizer(path: str) -> TokenizerInfo:
         tokenizer_file = location
         config_file = location.with_name("tokenizer_config.json")
     else:
-        raise SetupError(f"tokenizer {path!r} does not exist; pass a tokenizer.json or a model folder")
+        raise SetupError(
+            f"tokenizer {path!r} does not exist; pass a tokenizer.json, a model folder or a Hub id org/name"
+        )
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
     except Exception as exc:

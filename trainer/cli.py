@@ -6,9 +6,6 @@ tokenizer) prints one line and exits 2, as `lossmask prepare` does.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +13,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..pipeline.errors import SetupError
+from ..pipeline.errors import fails_cleanly
 from .loss import LOSS_NORMS
 from .model import DTYPES
 from .shards import ShardSet
 from .train import CURVE_NAME, METRICS_NAME, RUN_NAME, WEIGHTS_NAME, TrainConfig
 
 DEFAULTS = TrainConfig()
-
-
-def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A SetupError becomes one line on stderr and exit code 2, never a traceback (as in lossmask's cli.py)."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except SetupError as exc:
-            click.echo(f"lossmask: error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.command()

@@ -134,8 +134,10 @@ def write_synthetic_shards(out: Path, rows: int, length: int = 64) -> Path:
                     flags=0,
                 )
             )
-        writer.add(chunk)
-    shards = writer.close()
+        for row in chunk:
+            writer.add_record([row])
+    writer.close()
+    shards = writer.shards
     manifest = {"tokenizer": {"vocab_size": 1000}, "shards": [s.to_dict() for s in shards]}
     (out / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
     return out

@@ -1,0 +1,109 @@
+"""`lossmask export` and `lossmask inspect`: thin click commands over `lossmask.export` and `lossmask.loader`.
+
+Registered on the `lossmask` group in `lossmask/cli.py`. Same exit codes: 0 done, 2 the job cannot run
+(missing folder, changed shard, bad option) with one message on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..pipeline.errors import SetupError, fails_cleanly
+
+
+@click.command("export")
+@click.argument("shards_dir")
+@click.argument("out")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["hf", "numpy"]),
+    required=True,
+    help="hf: unshifted input_ids + labels (-100) for HF Trainer / TRL; numpy: flat memmaps + header.json.",
+)
+@click.option(
+    "--file-format",
+    type=click.Choice(["parquet", "arrow"]),
+    default="parquet",
+    show_default=True,
+    help="--to hf: Parquet (zstd) or an Arrow IPC stream (what datasets memory-maps).",
+)
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check shard sha256s first.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@fails_cleanly
+def export_command(shards_dir: str, out: str, target: str, file_format: str, verify: bool, quiet: bool) -> None:
+    """Write the shards in SHARDS_DIR to OUT in a layout external trainers read as it is."""
+    from ..loader.shards import ShardSet
+
+    shards = ShardSet(shards_dir)
+    if target == "hf":
+        from .hf import export_hf
+
+        info = export_hf(shards, out, file_format=file_format, verify=verify)
+        if not quiet:
+            click.echo(
+                f"export:   {out}/ (hf {file_format}, {shards.layout} layout: {len(info['files'])} file(s), "
+                f"{info['rows']} rows, {info['tokens']} tokens, {info['counted']} counted labels)"
+            )
+            click.echo(f"load:     datasets.load_dataset({file_format!r}, data_files='{out}/*.{file_format}')")
+            click.echo(f"info:     {out}/_export.json")
+    else:
+        from .memmap import export_memmap
+
+        header = export_memmap(shards, out, verify=verify)
+        if not quiet:
+            counts = header["counts"]
+            click.echo(
+                f"export:   {out}/ (numpy memmaps, {shards.layout} layout: {counts['documents']} documents in "
+                f"{counts['rows']} rows, {counts['tokens']} tokens as {header['arrays']['tokens']['dtype']}, "
+                f"{counts['loss_tokens']} counted)"
+            )
+            click.echo(f"header:   {out}/header.json (files, dtypes, counts)")
+
+
+@click.command("inspect")
+@click.argument("shards_dir")
+@click.option("--rows", "count", type=click.IntRange(min=0), default=3, show_default=True, help="Rows to decode.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First row to decode.")
+@click.option("--tokenizer", help="Tokenizer for decoding (default: the one in the manifest).")
+@click.option("--verify", is_flag=True, help="Check every shard's sha256 against the manifest.")
+@click.option("--color/--no-color", default=None, help="Mark counted tokens with color (default: on a terminal).")
+@fails_cleanly
+def inspect_command(
+    shards_dir: str, count: int, start: int, tokenizer: str | None, verify: bool, color: bool | None
+) -> None:
+    """Show SHARDS_DIR: the manifest (config, fingerprints, counts), the schema and a few decoded rows."""
+    from ..loader.shards import ShardSet
+    from ..pipeline.tokenize import TokenizerInfo, load_tokenizer
+    from .report import CLOSE, OPEN, describe_manifest, describe_rows, describe_schema
+
+    shards = ShardSet(shards_dir)
+    if verify:
+        shards.verify()
+    for line in describe_manifest(shards.manifest, str(Path(shards_dir)), checked=verify or None):
+        click.echo(line)
+    click.echo()
+    schema = shards.open(0).schema if shards.files else shards.schema
+    for line in describe_schema(schema, shards.layout):
+        click.echo(line)
+    if count == 0 or not shards.files:
+        return
+    info: TokenizerInfo | None = None
+    note = ""
+    path = tokenizer or shards.tokenizer_path
+    if path:
+        try:
+            info = load_tokenizer(path)
+        except SetupError as exc:
+            if tokenizer:
+                raise
+            note = f"  (the manifest's tokenizer cannot be loaded here, so token ids are shown: {exc})"
+    click.echo()
+    use_color = sys.stdout.isatty() if color is None else color
+    marks = "counted targets in color" if use_color else f"counted targets between {OPEN} {CLOSE}"
+    click.echo(f"rows {start}..{min(start + count, shards.num_rows) - 1} of {shards.num_rows} ({marks}){note}")
+    for line in describe_rows((b for _, b in shards.iter_batches()), start, count, info, use_color):
+        click.echo(line, color=use_color)
