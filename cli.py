@@ -69,6 +69,9 @@ def _choice(name: str) -> click.Choice:
 @click.option("--config", "config_file", help="A YAML or TOML file with the same options; flags override it.")
 @click.option("--strict", is_flag=True, default=None, help="Exit 1 when any record is rejected.")
 @click.option("--resume/--fresh", default=None, help="Finish a killed run of the same job (default) or start over.")
+@click.option(
+    "--engine", type=_choice("engine"), help="local (default): this machine; ray: Ray Data (pip install .[ray])."
+)
 @click.option("--workers", type=int, help="Worker processes (default: every core). Output does not depend on it.")
 @click.option("--batch-size", type=int, help="Records per processing batch (default 256).")
 @click.option("--shard-max-rows", type=int, help="Rows per shard at most (default 100000).")

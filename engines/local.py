@@ -30,10 +30,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run(
-    config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRecord]], workers: int
-) -> Iterator[BatchResult]:
+def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRecord]]) -> Iterator[BatchResult]:
     """Process batches, yielding their results in input order."""
+    workers = config.workers or available_cores()
     window = max(2, 2 * workers)
     head: list[list[RawRecord]] = []
     for batch in batches:  # small inputs are done here: starting workers would cost more than it saves

@@ -20,7 +20,10 @@ from .mask import MASK_MODES, MaskPolicy
 from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, UNFAITHFUL_POLICIES, RenderOptions
 from .templates.environment import DEFAULT_TEMPLATE_DATE
 
+ENGINES = ("local", "ray")
+
 CHOICES: dict[str, tuple[str, ...]] = {
+    "engine": ENGINES,
     "format": FORMAT_NAMES,
     "mask": MASK_MODES,
     "overflow": OVERFLOW_POLICIES,
@@ -56,6 +59,7 @@ class PrepareConfig:
     roles: dict[str, str] = field(default_factory=dict)
     alpaca_join: str = "\n\n"
     strict: bool = False
+    engine: str = "local"  # "local" (this machine) or "ray" (Ray Data, locally or on a cluster)
     workers: int | None = None  # None = every core
     resume: bool = True  # finish a killed run of the same job from its checkpoint
     batch_size: int = 256

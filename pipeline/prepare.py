@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..engines import local
+from .. import __version__, engines
 from ..schemas.records import RawRecord
 from ..schemas.shards import (
     COLUMN_DOCS,
@@ -79,7 +78,7 @@ def clear_unfinished_output(out: Path, checkpoint: Checkpoint | None) -> None:
 
 # Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
 # output is byte-identical whatever they are.
-RUNTIME_FIELDS = ("out", "workers", "batch_size", "resume")
+RUNTIME_FIELDS = ("out", "engine", "workers", "batch_size", "resume")
 
 
 def output_config(config: PrepareConfig) -> dict[str, Any]:
@@ -113,11 +112,11 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
         out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes, shards=checkpoint.shards
     )
     records = iter_raw_records(paths, config.format, context.format_options, skip=checkpoint.next_record)
-    workers = config.workers or local.available_cores()
+    run_engine = engines.get(config.engine)
     with open(out / REJECTS_NAME, "a+b") as rejects:
         rejects.truncate(checkpoint.rejects_bytes)
         rejects.seek(checkpoint.rejects_bytes)
-        for result in local.run(config, context, batched(records, config.batch_size), workers):
+        for result in run_engine(config, context, batched(records, config.batch_size)):
             rows = iter(result.rows)
             for outcome in result.outcomes:
                 if outcome.status != "written":
