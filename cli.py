@@ -50,7 +50,15 @@ def _choice(name: str) -> click.Choice:
     help="Honor {% generation %} blocks when the template has them.",
 )
 @click.option("--max-length", type=int, help="Maximum positions per row (tokens - 1).")
-@click.option("--overflow", type=_choice("overflow"), help="Over-long examples: truncate (right) or drop.")
+@click.option(
+    "--overflow",
+    type=_choice("overflow"),
+    help="Over-long examples: truncate (default; chat drops the earliest whole turns first), drop, or split "
+    "(text: consecutive windows; chat: runs of whole turns).",
+)
+@click.option(
+    "--truncate-side", type=_choice("truncate_side"), help="Which end truncation cuts: right (default) or left."
+)
 @click.option(
     "--special-tokens-in-content",
     type=_choice("special_tokens_in_content"),

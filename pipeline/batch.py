@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schemas.records import RawRecord, Record
+from ..schemas.examples import TokenizedExample
+from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
 from .errors import RecordError
@@ -21,6 +22,7 @@ from .render import Renderer
 from .shift import Row, shift
 from .templates import ChatTemplate, resolve_template_source
 from .tokenize import TokenizerInfo, load_tokenizer, tokenize_batch
+from .turns import fit_conversation
 
 
 @dataclass
@@ -33,6 +35,14 @@ class JobContext:
     renderer: Renderer
     format_options: FormatOptions
     length_policy: LengthPolicy
+
+    def encode(self, conversation: Conversation) -> list[TokenizedExample]:
+        """Render and tokenize one conversation (a shortened one, for turn-aware lengths); raises RecordError."""
+        examples = tokenize_batch(self.tokenizer, self.renderer.render(conversation))
+        for example in examples:
+            if isinstance(example, RecordError):
+                raise example
+        return [e for e in examples if isinstance(e, TokenizedExample)]
 
     @classmethod
     def from_config(cls, config: PrepareConfig) -> JobContext:
@@ -64,6 +74,16 @@ class BatchResult:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
+def fit_record(
+    record: Record, examples: list[TokenizedExample], context: JobContext
+) -> list[TokenizedExample | RecordError]:
+    """The length policy over one record's examples: by whole turns for a conversation (`turns`), else by tokens."""
+    policy = context.length_policy
+    if isinstance(record, Conversation):
+        return fit_conversation(record, examples, policy, context.renderer.options.mask, context.encode)
+    return [row for example in examples for row in fit(example, policy)]
+
+
 def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
     """parse -> render -> tokenize -> fit -> shift for a batch, in order; one Outcome per input record."""
     records: list[tuple[RawRecord, Record | RecordError]] = []
@@ -90,26 +110,22 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
     tokenized = iter(tokenize_batch(context.tokenizer, flat))
 
     result = BatchResult()
-    for (raw, _), item in zip(records, rendered, strict=True):
+    for (raw, record), item in zip(records, rendered, strict=True):
         if isinstance(item, RecordError):
             result.outcomes.append(Outcome.failed(raw.source, item))
             continue
+        examples = [next(tokenized) for _ in item]
+        failure = next((e for e in examples if isinstance(e, RecordError)), None)
         rows: list[Row] = []
-        failure: RecordError | None = None
         drops: list[RecordError] = []
-        for example in [next(tokenized) for _ in item]:
-            if failure is not None:
-                continue
-            if isinstance(example, RecordError):
-                failure = example
-                continue
-            try:
-                rows.append(shift(fit(example, context.length_policy)))
-            except RecordError as exc:
-                if exc.reason in ("too_long", "no_trainable_tokens"):
-                    drops.append(exc)
+        if failure is None:
+            assert not isinstance(record, RecordError)
+            fitted = fit_record(record, [e for e in examples if isinstance(e, TokenizedExample)], context)
+            for row in fitted:
+                if isinstance(row, RecordError):
+                    drops.append(row)
                 else:
-                    failure = exc
+                    rows.append(shift(row))
         if failure is not None:
             result.outcomes.append(Outcome.failed(raw.source, failure))
         elif not rows:

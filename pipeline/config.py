@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import SetupError
-from .fit import OVERFLOW_POLICIES, LengthPolicy
+from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
 from .formats.options import FormatOptions
 from .mask import MASK_MODES, MaskPolicy
@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "format": FORMAT_NAMES,
     "mask": MASK_MODES,
     "overflow": OVERFLOW_POLICIES,
+    "truncate_side": TRUNCATE_SIDES,
     "special_tokens_in_content": SPECIAL_POLICIES,
     "unfaithful_turns": UNFAITHFUL_POLICIES,
     "dropped_messages": DROPPED_POLICIES,
@@ -46,8 +47,9 @@ class PrepareConfig:
     train_end_of_turn: bool = True
     train_reasoning: bool = True
     use_generation_tags: bool = True
-    max_length: int | None = None
+    max_length: int | None = None  # positions per row at most (tokens - 1)
     overflow: str = "truncate"
+    truncate_side: str = "right"
     special_tokens_in_content: str = "escape"
     unfaithful_turns: str = "split"
     dropped_messages: str = "reject"
@@ -125,7 +127,7 @@ class PrepareConfig:
         )
 
     def length_policy(self) -> LengthPolicy:
-        return LengthPolicy(max_length=self.max_length, overflow=self.overflow)
+        return LengthPolicy(max_length=self.max_length, overflow=self.overflow, truncate_side=self.truncate_side)
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -42,7 +42,8 @@ COLUMN_DOCS: dict[str, str] = {
 PACKED_COLUMN_DOCS: dict[str, str] = {
     "source": "packed rows: 'file:line' of each document, in segment order",
     "record_index": "packed rows: input index of each document, in segment order",
-    "part": "packed rows: row-within-record of each document, in segment order",
+    "part": "packed rows: row-within-record of each document, in segment order (--concat: the piece of the "
+    "record, 0, 1, ... when a record is cut across rows)",
     "flags": "packed rows: RowFlag bits of each document, in segment order",
 }
 
@@ -63,6 +64,8 @@ class RowFlag(IntFlag):
     SPLIT_TURN = 1024  # one of several rows made from one conversation, each training one turn's context
     DOUBLE_BOS = 2048  # the row starts with two BOS tokens
     GENERATION_TAGS = 4096  # the trained spans come from the template's {% generation %} blocks
+    TURNS_DROPPED = 16384  # the earliest whole turns were left out to fit --max-length (turn-aware truncation)
+    WINDOW = 32768  # one of several windows of a longer example (--overflow split, or a document cut by --concat)
 
 
 LAYOUT_ROWS = "rows"  # one document per row
