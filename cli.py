@@ -59,6 +59,9 @@ def _choice(name: str) -> click.Choice:
 @click.option(
     "--truncate-side", type=_choice("truncate_side"), help="Which end truncation cuts: right (default) or left."
 )
+@click.option("--pack", type=int, help="Pack whole documents into rows of at most N positions (best-fit decreasing).")
+@click.option("--concat", type=int, help="Join documents and cut rows of exactly N positions (pretraining text).")
+@click.option("--pack-window", type=int, help="Documents packed together (default 100000; 0 = the whole dataset).")
 @click.option(
     "--special-tokens-in-content",
     type=_choice("special_tokens_in_content"),
@@ -113,6 +116,12 @@ def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
     rate = totals["tokens"] / elapsed if elapsed > 0 else 0.0
     click.echo(f"shards:   {out}/ ({len(manifest['shards'])} shard(s), {totals['rows']} rows)")
     click.echo(f"tokens:   {totals['tokens']} positions, {totals['loss_tokens']} counted targets")
+    packing = manifest.get("packing")
+    if packing:
+        click.echo(
+            f"packing:  {packing['mode']} {packing['length']}: {packing['rows']} rows, fill rate "
+            f"{100 * packing['fill_rate']:.2f}% (padding overhead {100 * packing['padding_overhead']:.2f}%)"
+        )
     click.echo(
         f"records:  {records['read']} read = {records['written']} written + {records['rejected']} rejected "
         f"+ {records['dropped']} dropped"

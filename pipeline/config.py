@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS
 from .errors import SetupError
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
@@ -47,9 +48,12 @@ class PrepareConfig:
     train_end_of_turn: bool = True
     train_reasoning: bool = True
     use_generation_tags: bool = True
-    max_length: int | None = None  # positions per row at most (tokens - 1)
+    max_length: int | None = None  # positions per row at most (tokens - 1); --pack N sets it to N when unset
     overflow: str = "truncate"
     truncate_side: str = "right"
+    pack: int | None = None  # rows of at most N positions holding whole documents (best-fit decreasing)
+    concat: int | None = None  # rows of exactly N positions cut from the stream of documents (pretraining)
+    pack_window: int = 100_000  # documents packed together at most; 0 = the whole dataset at once
     special_tokens_in_content: str = "escape"
     unfaithful_turns: str = "split"
     dropped_messages: str = "reject"
@@ -90,10 +94,35 @@ class PrepareConfig:
             self.train_roles = [r.strip() for r in self.train_roles.split(",") if r.strip()]
         if self.max_length is not None and self.max_length < 1:
             raise SetupError("max_length must be at least 1")
+        self._validate_packing()
         if self.workers is not None and self.workers < 1:
             raise SetupError("workers must be at least 1")
         if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1:
             raise SetupError("batch_size, shard_max_rows and shard_max_bytes must be positive")
+
+    def _validate_packing(self) -> None:
+        if self.pack is not None and self.concat is not None:
+            raise SetupError("--pack and --concat are two ways to fill rows: choose one")
+        for name in ("pack", "concat"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SetupError(f"{name} must be at least 1 position")
+        if self.pack_window < 0:
+            raise SetupError("pack_window must be 0 (the whole dataset) or a number of documents")
+        if self.pack is not None:
+            if self.max_length is None:
+                self.max_length = self.pack  # a document longer than a row goes through --overflow first
+            elif self.max_length > self.pack:
+                raise SetupError(
+                    f"max_length {self.max_length} is longer than the packed rows (pack {self.pack}): "
+                    "leave --max-length out (it defaults to --pack) or make it at most --pack"
+                )
+        if self.concat is not None and not self.text_append_eos:
+            raise SetupError("--concat joins documents with the end-of-text token: it needs text_append_eos")
+
+    @property
+    def layout(self) -> str:
+        return LAYOUT_ROWS if self.pack is None and self.concat is None else LAYOUT_PACKED
 
     def require_paths(self) -> None:
         if not self.inputs:

@@ -1,7 +1,8 @@
 """The `prepare` job: inputs -> shards + manifest + rejects, with every record accounted for.
 
-Reads records in order, hands batches to an engine (which runs `batch.process_batch` wherever it likes),
-writes the rows into shards in input order, and writes the manifest last.
+Reads records in order, hands batches to an engine (which runs `batch.process_batch` wherever it likes), passes
+each record's rows through a combiner (`combine`: as they are, packed, or concatenated), writes what comes out
+into shards in order, and writes the manifest last.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 from .. import __version__, engines
 from ..schemas.records import RawRecord
 from ..schemas.shards import (
-    COLUMN_DOCS,
-    LAYOUT_ROWS,
+    LAYOUT_PACKED,
     MANIFEST_NAME,
+    PACKED_SHARD_SCHEMA,
     REJECTS_NAME,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
@@ -26,6 +27,7 @@ from ..schemas.shards import (
 from .accounting import Accounting
 from .batch import JobContext
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
+from .combine import Combiner, Concatenator, Output, Packer, Passthrough
 from .config import PrepareConfig
 from .errors import SetupError
 from .formats import detect
@@ -108,51 +110,95 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     clear_unfinished_output(out, checkpoint)
     checkpoint = checkpoint or Checkpoint(digest)
     accounting = Accounting.from_dict(checkpoint.accounting) if checkpoint.accounting else Accounting()
+    packed = config.layout == LAYOUT_PACKED
     writer = ShardWriter(
-        out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes, shards=checkpoint.shards
+        out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes, shards=checkpoint.shards, packed=packed
     )
-    records = iter_raw_records(paths, config.format, context.format_options, skip=checkpoint.next_record)
+    resume = checkpoint.resume
+    combiner = make_combiner(config, resume, checkpoint.packing)
+    counted_from = checkpoint.next_record  # records before it are only replayed: counted by the run that died
+    next_record = counted_from
+    records = iter_raw_records(paths, config.format, context.format_options, skip=resume[0])
     run_engine = engines.get(config.engine)
     with open(out / REJECTS_NAME, "a+b") as rejects:
         rejects.truncate(checkpoint.rejects_bytes)
         rejects.seek(checkpoint.rejects_bytes)
+
+        def write(outputs: list[Output]) -> None:
+            for output in outputs:
+                if writer.add_record(output.rows) is not None:
+                    rejects.flush()
+                    checkpoint.shards = list(writer.shards)
+                    checkpoint.next_record = next_record
+                    checkpoint.rejects_bytes = rejects.tell()
+                    checkpoint.accounting = accounting.to_dict()
+                    checkpoint.replay = [] if output.resume == (next_record,) else list(output.resume)
+                    checkpoint.packing = output.counts
+                    checkpoint.save(out)
+
         for result in run_engine(config, context, batched(records, config.batch_size)):
             rows = iter(result.rows)
             for outcome in result.outcomes:
-                if outcome.status != "written":
-                    rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))
-                accounting.add(outcome)
+                index = outcome.source.index
                 record_rows = [next(rows) for _ in range(outcome.rows)]
-                for row in record_rows:
-                    accounting.add_row_flags(row.flags)
-                if writer.add_record(record_rows) is not None:
-                    rejects.flush()
-                    checkpoint.shards = list(writer.shards)
-                    checkpoint.next_record = outcome.source.index + 1
-                    checkpoint.rejects_bytes = rejects.tell()
-                    checkpoint.accounting = accounting.to_dict()
-                    checkpoint.save(out)
+                if index >= counted_from:
+                    if outcome.status != "written":
+                        rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))
+                    accounting.add(outcome)
+                    for row in record_rows:
+                        accounting.add_row_flags(row.flags)
+                    next_record = index + 1
+                write(combiner.add(index, record_rows))
             if progress is not None:
                 progress(len(result.outcomes), sum(r.num_tokens for r in result.rows))
+        write(combiner.finish())
     writer.close()
     accounting.check()
-    manifest = build_manifest(config, context, prints, accounting, writer.shards)
+    manifest = build_manifest(config, context, prints, accounting, writer.shards, packing_summary(config, combiner))
     write_json(out / MANIFEST_NAME, manifest)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     manifest["_elapsed_seconds"] = time.perf_counter() - started  # for the caller; not written
     return manifest
 
 
+def make_combiner(config: PrepareConfig, resume: tuple[int, ...], counts: dict[str, int]) -> Combiner:
+    if config.pack is not None:
+        return Packer(config.pack, config.pack_window, resume, counts)
+    if config.concat is not None:
+        return Concatenator(config.concat, resume, counts)
+    return Passthrough()
+
+
+def packing_summary(config: PrepareConfig, combiner: Combiner) -> dict[str, Any] | None:
+    """The manifest's `packing`: fill rate = tokens / (rows x N), the share of N-position rows that holds tokens
+    (what a trainer that pads every row to N uses); padding overhead = 1 - fill rate."""
+    if not isinstance(combiner, Packer | Concatenator):
+        return None
+    length = combiner.length
+    counts = combiner.counts
+    fill = counts["tokens"] / (counts["rows"] * length) if counts["rows"] else 0.0
+    summary: dict[str, Any] = {"mode": "pack" if isinstance(combiner, Packer) else "concat", "length": length}
+    if isinstance(combiner, Packer):
+        summary["window"] = config.pack_window
+    return {**summary, **counts, "fill_rate": fill, "padding_overhead": 1.0 - fill if counts["rows"] else 0.0}
+
+
 def build_manifest(
-    config: PrepareConfig, context: JobContext, prints: dict[str, Any], accounting: Accounting, shards: list[Any]
+    config: PrepareConfig,
+    context: JobContext,
+    prints: dict[str, Any],
+    accounting: Accounting,
+    shards: list[Any],
+    packing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     template = context.template
     profile = context.renderer.profile
-    return {
+    schema = PACKED_SHARD_SCHEMA if config.layout == LAYOUT_PACKED else SHARD_SCHEMA
+    manifest = {
         "lossmask_version": __version__,
         "schema_version": SCHEMA_VERSION,
-        "layout": LAYOUT_ROWS,
-        "schema": {f.name: {"type": str(f.type), "doc": COLUMN_DOCS[f.name]} for f in SHARD_SCHEMA},
+        "layout": config.layout,
+        "schema": {f.name: {"type": str(f.type), "doc": f.metadata[b"doc"].decode()} for f in schema},
         "config": output_config(config),
         "fingerprints": prints,
         "template": None
@@ -179,6 +225,9 @@ def build_manifest(
         },
         "records": accounting.to_dict(),
     }
+    if packing is not None:
+        manifest["packing"] = packing
+    return manifest
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ that never stopped. Nothing from a dead run is taken for finished output."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,10 +30,10 @@ def big_input(tmp_path_factory) -> Path:
     return path
 
 
-def command(big_input: Path, out: Path, workers: int) -> list[str]:
+def command(big_input: Path, out: Path, workers: int, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "lossmask.cli", "prepare", str(big_input), "--tokenizer", str(FIXTURE_TOKENIZER),
-        "--out", str(out), "--workers", str(workers), "--shard-max-rows", "150", "--batch-size", "64", "-q",
+        "--out", str(out), "--workers", str(workers), "--shard-max-rows", "150", "--batch-size", "64", "-q", *extra,
     ]  # fmt: skip
 
 
@@ -86,3 +87,37 @@ def test_a_changed_job_starts_over_instead_of_resuming(big_input, reference, tmp
     fresh = tmp_path / "fresh"
     subprocess.run([*command(big_input, fresh, 1), "--mask", "last-assistant"], check=True)
     assert outputs(out) == outputs(fresh)
+
+
+# Packed output: a shard can end in the middle of a window's rows (--pack) or of a document (--concat); the rerun
+# makes the rest of that window, or of that stream, again from the records and skips what is already written.
+PACKED = {
+    "pack": ["--pack", "256", "--pack-window", "700", "--shard-max-rows", "40"],
+    "concat": ["--concat", "128", "--shard-max-rows", "60"],
+}
+
+
+@pytest.fixture(scope="module")
+def packed_reference(big_input, tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    references = {}
+    for mode, extra in PACKED.items():
+        out = tmp_path_factory.mktemp(mode) / "out"
+        subprocess.run(command(big_input, out, 1, *extra), check=True)
+        references[mode] = outputs(out)
+        assert sum(name.endswith(".arrow") for name in references[mode]) > 8
+    return references
+
+
+@pytest.mark.parametrize(
+    ("mode", "crash_at", "workers"),
+    [("pack", "checkpoint-saved:4", 2), ("pack", "shard-half-written:7", 1), ("concat", "shard-renamed:5", 1)],
+)
+def test_a_killed_packed_run_resumes_byte_identical(big_input, packed_reference, tmp_path, mode, crash_at, workers):
+    out = tmp_path / "out"
+    run = command(big_input, out, workers, *PACKED[mode])
+    killed = subprocess.run(run, env={**os.environ, "LOSSMASK_CRASH_AT": crash_at})
+    assert killed.returncode == -signal.SIGKILL
+    checkpoint = json.loads((out / "_checkpoint.json").read_text())
+    assert checkpoint["replay"], "the kill should land where part of a window or document is carried over"
+    subprocess.run(run, check=True)
+    assert outputs(out) == packed_reference[mode]

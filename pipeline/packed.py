@@ -1,0 +1,88 @@
+"""A packed row: several shifted documents laid end to end, and its Arrow form (`PACKED_SHARD_SCHEMA`).
+
+Each document was shifted on its own (`shift.shift`), so a packed row is the concatenation of whole (input,
+target) pairs: no target ever crosses from one document into the next. Per position, `segment_ids` says which
+document of the row it belongs to (0, 1, ...) and `position_ids` restart at 0 with each document; per document,
+`source`, `record_index`, `part` and `flags` become lists in segment order.
+
+cu_seqlens (flash-attention's varlen boundaries) are not stored: they are where the segment changes,
+
+    starts = np.flatnonzero(np.diff(segment_ids, prepend=-1))      # == np.flatnonzero(position_ids == 0)
+    cu_seqlens = np.append(starts, len(segment_ids)).astype(np.int32)
+
+(docs/packing.md runs this as a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ..schemas.shards import PACKED_SHARD_SCHEMA
+from .shift import Row
+
+
+@dataclass(slots=True)
+class PackedRow:
+    documents: list[Row]  # in segment order
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(d.num_tokens for d in self.documents)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(d.num_loss_tokens for d in self.documents)
+
+
+def cu_seqlens(segment_ids: np.ndarray) -> np.ndarray:
+    """Document boundaries of one packed row: document k is positions [cu[k], cu[k + 1])."""
+    segments = np.asarray(segment_ids)
+    starts = np.flatnonzero(np.diff(segments, prepend=-1))
+    return np.append(starts, segments.size).astype(np.int32)
+
+
+def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
+    """Packed rows -> one Arrow record batch of `PACKED_SHARD_SCHEMA`, built from flat buffers."""
+    documents = [d for row in rows for d in row.documents]
+    doc_lengths = np.fromiter((d.num_tokens for d in documents), dtype=np.int64, count=len(documents))
+    docs_per_row = np.fromiter((len(row.documents) for row in rows), dtype=np.int64, count=len(rows))
+    doc_offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+    np.cumsum(doc_lengths, out=doc_offsets[1:])
+    row_docs = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(docs_per_row, out=row_docs[1:])
+    position_offsets = pa.array(doc_offsets[row_docs].astype(np.int32))  # row r: positions of its documents
+    document_offsets = pa.array(row_docs.astype(np.int32))  # row r: its documents
+
+    def flat(values: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype=dtype)
+
+    def per_position(values: np.ndarray) -> pa.ListArray:
+        return pa.ListArray.from_arrays(position_offsets, pa.array(values))
+
+    def per_document(values: pa.Array) -> pa.ListArray:
+        return pa.ListArray.from_arrays(document_offsets, values)
+
+    total = int(doc_offsets[-1])
+    positions = np.arange(total, dtype=np.int64) - np.repeat(doc_offsets[:-1], doc_lengths)
+    segment_of_doc = np.arange(len(documents), dtype=np.int64) - np.repeat(row_docs[:-1], docs_per_row)
+    segments = np.repeat(segment_of_doc, doc_lengths)
+    loss_mask = flat([d.loss_mask for d in documents], np.uint8)
+    row_of_position = np.repeat(np.arange(len(rows)), doc_offsets[row_docs[1:]] - doc_offsets[row_docs[:-1]])
+    columns = [
+        per_position(flat([d.input_ids for d in documents], np.int32)),
+        per_position(flat([d.target_ids for d in documents], np.int32)),
+        per_position(loss_mask),
+        per_position(positions.astype(np.int32)),
+        per_position(flat([d.token_class for d in documents], np.uint8)),
+        per_position(segments.astype(np.int32)),
+        pa.array(np.diff(doc_offsets[row_docs]).astype(np.int32), type=pa.int32()),
+        pa.array(np.bincount(row_of_position, weights=loss_mask, minlength=len(rows)).astype(np.int32)),
+        per_document(pa.array([d.source for d in documents], type=pa.string())),
+        per_document(pa.array([d.record_index for d in documents], type=pa.int64())),
+        per_document(pa.array([d.part for d in documents], type=pa.int32())),
+        per_document(pa.array([d.flags for d in documents], type=pa.uint32())),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=PACKED_SHARD_SCHEMA)
