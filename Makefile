@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint fixtures bench clean
+.PHONY: demo test lint fixtures bench bench-pack clean
 
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(BIN)/lossmask
 test: lint
 	$(BIN)/python scripts/make_fixtures.py --check
 	$(BIN)/pytest -n 2 -q
+
+# Packing benchmark (1M documents, real length mix, N = 2048 and 4096): prints a table, asserts nothing on time.
+bench-pack: $(BIN)/lossmask
+	$(BIN)/python bench/pack.py
 
 fixtures: $(BIN)/lossmask
 	$(BIN)/python scripts/make_fixtures.py
