@@ -11,8 +11,10 @@ prints, side by side:
 - next-fit (fill a row in input order, start a new one when the next document does not fit),
 
 with the time of each, the rows it needs, and its fill rate = tokens / (rows x N); "bound" is the fewest rows
-any packing could use (tokens / N rounded up). Timings are wall clock of one run on this machine, for
-information: nothing here asserts on time.
+any packing could use (tokens / N rounded up). Then the pipeline's packing stage itself (`combine.Packer` and the
+Arrow batches of its rows) on 100,000 documents of the same mix: time per document, and the memory a document
+takes while it waits in the window. Timings are wall clock of one run on this machine, for information: nothing
+here asserts on time.
 
     make bench-pack            # or: .venv/bin/python bench/pack.py [--documents 1000000]
 """
@@ -24,14 +26,18 @@ import math
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
 from lossmask.pipeline.binpack import best_fit_decreasing
+from lossmask.pipeline.combine import Packer
 from lossmask.pipeline.config import PrepareConfig
+from lossmask.pipeline.packed import packed_rows_to_batch
 from lossmask.pipeline.prepare import prepare
+from lossmask.pipeline.shift import Row
 
 REALWORLD = Path(__file__).resolve().parent.parent.parent / "shared" / "realworld"
 DATA_FILES = [
@@ -79,6 +85,49 @@ def best_fit_in_windows(window: int) -> Callable[[np.ndarray, int], int]:
     return pack
 
 
+def stage(sizes: np.ndarray, capacity: int) -> str:
+    """The pipeline's packing stage on `sizes` documents: Packer.add, packing the window, Arrow batches."""
+    rng = np.random.default_rng(0)
+    documents = []
+    for index, n in enumerate(sizes.tolist()):
+        tokens = rng.integers(0, 49152, n + 1, dtype=np.int32)
+        mask, classes = np.ones(n, np.uint8), np.full(n, 5, np.uint8)
+        documents.append(Row(tokens[:-1], tokens[1:], mask, classes, f"data/chat.jsonl:{index + 1}", index, 0, 0))
+    packer = Packer(capacity, window=0)
+    start = time.perf_counter()
+    for index, document in enumerate(documents):
+        packer.add(index, [document])
+    added = time.perf_counter()
+    rows = [row for output in packer.finish() for row in output.rows]
+    packed = time.perf_counter()
+    for first in range(0, len(rows), 1024):
+        packed_rows_to_batch(rows[first : first + 1024])
+    done = time.perf_counter()
+    tracemalloc.start()
+    window = Packer(capacity, window=0)
+    for index, document in enumerate(documents):
+        window.add(index, [document])
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    per_doc = 1e6 / sizes.size
+    return (
+        f"packing stage, {sizes.size:,} documents at N = {capacity}: {per_doc * (done - start):.1f} us per document "
+        f"(add to window {per_doc * (added - start):.1f}, pack {per_doc * (packed - added):.1f}, "
+        f"Arrow batches {per_doc * (done - packed):.1f}); a waiting document holds {held / sizes.size:,.0f} bytes "
+        f"({sizes.mean():.0f} positions on average)"
+    )
+
+
+def leftover(sizes: np.ndarray, capacity: int) -> str:
+    """Where best-fit decreasing's waste is: rows with room left, against the shortest document."""
+    room = np.array([capacity - int(sizes[items].sum()) for items in best_fit_decreasing(sizes, capacity)])
+    left = room[room > 0]
+    return (
+        f"best-fit decreasing at N = {capacity}: {left.size:,} rows have room left, {left.mean():.0f} positions on "
+        f"average, at most {left.max()}; the shortest document has {sizes.min()} positions"
+    )
+
+
 def row(capacity: int, name: str, seconds: str, rows: int, fill: float) -> str:
     return f"| {capacity:>5} | {name:<38} | {seconds:>7} | {rows:>8} | {fill:>9.4%} | {1 - fill:>8.4%} |"
 
@@ -119,6 +168,9 @@ def main() -> int:
             rows = method(sizes, capacity)
             elapsed = time.perf_counter() - start
             print(row(capacity, name, f"{elapsed:.2f}", rows, tokens / (rows * capacity)))
+    print()
+    print(leftover(np.minimum(repeated, 2048), 2048))
+    print(stage(np.minimum(repeated[:100_000], 2048), 2048))
     return 0
 
 

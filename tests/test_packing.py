@@ -4,6 +4,7 @@ the same facts end to end through `prepare`."""
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from lossmask.pipeline.packed import cu_seqlens, packed_rows_to_batch
 from lossmask.pipeline.shift import Row
 from lossmask.schemas.shards import PACKED_SHARD_SCHEMA, RowFlag
 
-from .conftest import DATA, read_rows, run_prepare
+from .conftest import DATA, ROOT, read_rows, run_prepare
 
 CHAT = [DATA / "openai.jsonl", DATA / "sharegpt.json", DATA / "tools.jsonl", DATA / "prompt_completion.jsonl"]
 
@@ -251,3 +252,17 @@ def test_concat_end_to_end_on_text(tmp_path):
 def test_packing_options_that_cannot_work_are_refused(options, message):
     with pytest.raises(SetupError, match=message):
         PrepareConfig.from_mapping({"inputs": ["x"], "tokenizer": "t", "out": "o", **options})
+
+
+def test_the_documented_cu_seqlens_snippet_runs_and_matches_the_shards(tmp_path):
+    """docs/packing.md's cu_seqlens block, run as written, then its function on real packed rows."""
+    docs = (ROOT / "docs" / "packing.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", docs, re.DOTALL) if "def cu_seqlens" in block)
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)
+    _, out = run_prepare(tmp_path, CHAT, pack=128)
+    for row in read_rows(out):
+        documented = scope["cu_seqlens"](row["segment_ids"])
+        assert documented.tolist() == cu_seqlens(np.array(row["segment_ids"])).tolist()
+        starts = np.flatnonzero(np.array(row["position_ids"]) == 0).tolist()
+        assert documented.tolist() == [*starts, row["num_tokens"]] and len(starts) == len(row["source"])
