@@ -129,7 +129,8 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
         if failure is not None:
             result.outcomes.append(Outcome.failed(raw.source, failure))
         elif not rows:
-            result.outcomes.append(Outcome.failed(raw.source, drops[0]))
+            nothing = RecordError("no_trainable_tokens", "the length policy left no row")
+            result.outcomes.append(Outcome.failed(raw.source, drops[0] if drops else nothing))
         else:
             outcome = Outcome(raw.source, "written", rows=len(rows))
             outcome.detail = ",".join(d.reason for d in drops)

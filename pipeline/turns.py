@@ -92,6 +92,9 @@ def fit_conversation(
     if policy.overflow == "drop" or not any(policy.too_long(e) for e in examples):
         return [row for example in examples for row in fit(example, policy)]
     parts = exchanges(conversation)
+    if not parts.starts:  # only system messages (--mask all): no turn to drop or regroup, so cut
+        cut = LengthPolicy(policy.max_length, "truncate", policy.truncate_side)
+        return [row for example in examples for row in fit(example, cut)]
     intent = message_intent(conversation, mask)
     tries = _Tries(conversation, parts, intent, encode, policy)
     tries.known[(0, len(parts.starts))] = examples

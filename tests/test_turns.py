@@ -177,3 +177,10 @@ def test_exchanges_start_at_user_turns_and_keep_tool_results_with_their_call():
     parts = exchanges(record)
     assert parts.lead == 1 and parts.starts == [1, 5, 7]
     assert parts.holding(4) == 0 and parts.holding(6) == 1 and parts.holding(0) == -1
+
+
+@pytest.mark.parametrize("overflow", ["truncate", "split"])
+def test_a_conversation_with_no_exchange_is_cut_like_text(tmp_path, overflow):
+    record = {"messages": [{"role": "system", "content": "word " * 50}]}
+    (row,) = positions_of(tmp_path, record, "system", max_length=20, overflow=overflow, mask="all")
+    assert row["num_tokens"] == 20 and row["flags"] & RowFlag.TRUNCATED
