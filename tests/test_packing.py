@@ -4,14 +4,17 @@ the same facts end to end through `prepare`."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lossmask.cli import main
 from lossmask.pipeline.combine import Concatenator, Output, Packer
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.errors import SetupError
@@ -19,7 +22,7 @@ from lossmask.pipeline.packed import cu_seqlens, packed_rows_to_batch
 from lossmask.pipeline.shift import Row
 from lossmask.schemas.shards import PACKED_SHARD_SCHEMA, RowFlag
 
-from .conftest import DATA, ROOT, read_rows, run_prepare
+from .conftest import DATA, FIXTURE_TOKENIZER, ROOT, read_rows, run_prepare
 
 CHAT = [DATA / "openai.jsonl", DATA / "sharegpt.json", DATA / "tools.jsonl", DATA / "prompt_completion.jsonl"]
 
@@ -266,3 +269,15 @@ def test_the_documented_cu_seqlens_snippet_runs_and_matches_the_shards(tmp_path)
         assert documented.tolist() == cu_seqlens(np.array(row["segment_ids"])).tolist()
         starts = np.flatnonzero(np.array(row["position_ids"]) == 0).tolist()
         assert documented.tolist() == [*starts, row["num_tokens"]] and len(starts) == len(row["source"])
+
+
+def test_the_command_line_packs_and_reports_the_fill_rate(tmp_path):
+    args = ["prepare", *map(str, CHAT), "--tokenizer", str(FIXTURE_TOKENIZER), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--pack", "200", "--pack-window", "300"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    packing = manifest["packing"]
+    assert manifest["config"]["pack"] == 200 and packing["window"] == 300
+    assert f"packing:  pack 200: {packing['rows']} rows, fill rate {100 * packing['fill_rate']:.2f}%" in result.output
+    refused = CliRunner().invoke(main, [*args, "--pack", "64", "--concat", "64"])
+    assert refused.exit_code == 2 and "choose one" in refused.output
