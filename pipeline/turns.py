@@ -109,13 +109,11 @@ class _Tries:
     def __init__(
         self, conversation: Conversation, parts: Exchanges, intent: list[bool], encode: Encode, policy: LengthPolicy
     ):
-        self.conversation, self.parts, self.intent, self.encode, self.policy = (
-            conversation,
-            parts,
-            intent,
-            encode,
-            policy,
-        )
+        self.conversation = conversation
+        self.parts = parts
+        self.intent = intent
+        self.encode = encode
+        self.policy = policy
         self.known: dict[tuple[int, int], list[TokenizedExample] | RecordError] = {}
 
     def rows(self, first: int, stop: int) -> list[TokenizedExample] | RecordError:
@@ -136,9 +134,9 @@ def _truncate(tries: _Tries, policy: LengthPolicy) -> Result:
     count = len(tries.parts.starts)
     trained = [i for i, wanted in enumerate(tries.intent) if wanted]
     droppable = tries.parts.holding(trained[-1]) if trained else 0  # exchanges before the last trained one
-    rows = tries.known[(0, count)]
-    assert not isinstance(rows, RecordError)
-    chosen: list[TokenizedExample] = rows
+    whole = tries.known[(0, count)]
+    assert not isinstance(whole, RecordError)
+    chosen: list[TokenizedExample] = whole
     if droppable > 0:
         if tries.fits(droppable, count):
             low, high = 1, droppable  # the fewest dropped exchanges that fit: fits(high) holds throughout
