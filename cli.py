@@ -125,5 +125,9 @@ def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
     click.echo(f"time:     {elapsed:.2f} s ({rate:,.0f} tokens/s)")
 
 
+from .audit.cli import audit  # noqa: E402
+
+main.add_command(audit)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

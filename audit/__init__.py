@@ -10,3 +10,8 @@
 """
 
 from __future__ import annotations
+
+from .report import AuditReport, run_audit
+from .source import open_shards, run_sample
+
+__all__ = ["AuditReport", "open_shards", "run_audit", "run_sample"]
