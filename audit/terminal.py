@@ -21,7 +21,7 @@ from .views import RowView, TokenView
 
 OPEN, CLOSE = "⟦", "⟧"
 NEWLINE_MARK = "↵"
-CONTEXT_CHARS = 28  # tail of the context shown per line of the --explain table
+CONTEXT_CHARS = 24  # tail of the context shown per line of the --explain table
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
 
@@ -128,9 +128,9 @@ def stats_table(report: AuditReport) -> Table:
 def explain_table(view: RowView, console: Console) -> Table:
     """The lesson's table: at each position the model reads the context and must predict the next token."""
     table = Table(title=f"row {view.row}: context -> next token -> counted?", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("pos", justify="right")
-    table.add_column("context (what the model reads)", no_wrap=True, min_width=CONTEXT_CHARS + 1)
-    table.add_column("next token", no_wrap=True, max_width=16)
+    table.add_column("pos", justify="right", no_wrap=True, min_width=3)
+    table.add_column("context (model reads)", no_wrap=True, min_width=CONTEXT_CHARS + 1)
+    table.add_column("next token", no_wrap=True, max_width=12)
     table.add_column("id", justify="right", no_wrap=True)
     table.add_column("class", no_wrap=True, min_width=11)
     table.add_column("counted?", no_wrap=True, min_width=8)
