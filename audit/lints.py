@@ -203,11 +203,21 @@ class Duplicates:
 
     @classmethod
     def find(cls, frame: pl.LazyFrame) -> Duplicates:
-        """Exact: rows grouped by their whole token sequence and mask (input_ids, last target, loss_mask)."""
+        """Rows keyed by their whole token sequence and mask (input_ids, last target, loss_mask).
+
+        The key is two 64-bit hashes with different seeds, computed in polars' streaming engine so that only
+        16 bytes per row are held, not the tokens: two different rows share it with probability about
+        n^2 / 2^129 (1e-26 for a million rows).
+        """
+        key = [pl.col("input_ids"), pl.col("target_ids").list.last(), pl.col("loss_mask")]
+        hashes = (
+            frame.select(pl.struct(key).hash(seed=1).alias("h1"), pl.struct(key).hash(seed=2).alias("h2"))
+            .with_row_index("row")
+            .collect(engine="streaming")
+        )
         found = (
-            frame.with_row_index("row")
-            .select("row", "input_ids", pl.col("target_ids").list.last().alias("last"), "loss_mask")
-            .with_columns(pl.col("row").min().over("input_ids", "last", "loss_mask").alias("first"))
+            hashes.lazy()
+            .with_columns(pl.col("row").min().over("h1", "h2").alias("first"))
             .filter(pl.col("row") != pl.col("first"))
             .select("row", "first")
             .sort("row")

@@ -16,6 +16,7 @@ from .lints import CODES, SEVERITIES, Duplicates, Evidence, LintResult, RowFacts
 from .source import AuditSource
 from .stats import DatasetStats, compute_stats
 from .templatecheck import TemplateReport, check_template
+from .tokenscan import COLUMNS as SCAN_COLUMNS
 from .tokenscan import scan, whitespace_table
 from .views import RowView, build_view, fetch_rows
 
@@ -99,7 +100,7 @@ def run_audit(
     whitespace = whitespace_table(tokenizer.tokenizer) if tokenizer is not None else None
     evidence = Evidence(
         facts=RowFacts.collect(source.frame),
-        scan=scan(source.batches(), whitespace),
+        scan=scan(source.batches(SCAN_COLUMNS), whitespace),
         duplicates=Duplicates.find(source.frame),
         records=source.records,
         rejects=source.rejects,

@@ -36,7 +36,8 @@ class AuditSource:
     kind: str  # "shards" or "sample"
     label: str  # what was audited, as the user named it
     frame: pl.LazyFrame  # the rows, SHARD_SCHEMA columns, in order (row index = position in this frame)
-    batches: Callable[[], Iterator[pa.RecordBatch]]  # the same rows streamed, for scans that polars cannot express
+    # The same rows streamed as Arrow batches (optionally only some columns), for scans polars cannot express.
+    batches: Callable[[list[str] | None], Iterator[pa.RecordBatch]]
     records: dict[str, Any] | None  # read/written/rejected/dropped/by_reason/rows_dropped, when known
     rejects: list[dict[str, Any]] = field(default_factory=list)  # examples: source, status, reason, detail
     tokenizer: TokenizerInfo | None = None
@@ -81,10 +82,13 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
     paths = [str(p) for p in shard_files]
     frame = pl.scan_ipc(paths) if paths else empty_frame()
 
-    def batches() -> Iterator[pa.RecordBatch]:
+    def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         for shard in paths:
             with pa.memory_map(shard) as source:
                 reader = pa.ipc.open_file(source)
+                if columns is not None:  # decompress only these columns
+                    wanted = [reader.schema.get_field_index(name) for name in columns]
+                    reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted))
                 for i in range(reader.num_record_batches):
                     yield reader.get_batch(i)
 
@@ -171,12 +175,12 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
     """The first `sample` records of the inputs through `process_batch`, exactly as `prepare` runs them."""
     if not config.inputs:
         raise SetupError("no input given: pass a shards folder, or INPUT files with --tokenizer")
+    paths = expand_inputs(config.inputs)  # first: a mistyped path is the likelier mistake
     if not config.tokenizer:
         raise SetupError("auditing raw inputs needs --tokenizer PATH (a tokenizer.json or a model folder)")
     if sample < 1:
         raise SetupError("--sample must be at least 1")
     config.validate()
-    paths = expand_inputs(config.inputs)
     context = JobContext.from_config(config)
     accounting = Accounting()
     rows = []
@@ -211,7 +215,9 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
         kind="sample",
         label=" ".join(config.inputs),
         frame=pl.from_arrow(table).lazy(),  # type: ignore[union-attr]
-        batches=lambda: iter(table.to_batches()),
+        batches=lambda columns=None: iter(
+            table.to_batches() if columns is None else table.select(columns).to_batches()
+        ),
         records=accounting.to_dict(),
         rejects=rejects,
         tokenizer=context.tokenizer,

@@ -18,7 +18,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +28,11 @@ from ..schemas.classes import TokenClass
 from ..schemas.shards import RowFlag
 from .palette import CONTENT_CLASSES
 
-_CONTENT = np.array(sorted(int(c) for c in CONTENT_CLASSES), dtype=np.uint8)
+_CONTENT_TABLE = np.zeros(256, dtype=bool)  # class id -> is content
+_CONTENT_TABLE[[int(c) for c in CONTENT_CLASSES]] = True
 _EOT = np.uint8(TokenClass.END_OF_TURN)
 RULES = ("eot_not_counted", "eot_missing", "empty_assistant")
+COLUMNS = ["token_class", "loss_mask", "target_ids", "flags"]  # what the scan reads
 
 
 @dataclass
@@ -57,69 +59,105 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
     offsets, cls = _list_parts(batch.column("token_class"))
     _, mask = _list_parts(batch.column("loss_mask"))
     _, targets = _list_parts(batch.column("target_ids"))
-    flags = batch.column("flags").to_numpy(zero_copy_only=False)
+    flags = batch.column("flags").to_numpy(zero_copy_only=False).astype(np.int64)
     out = {rule: np.full(n_rows, -1, dtype=np.int64) for rule in RULES}
     n = cls.size
     if n == 0:
         return out
+    offsets = offsets.astype(np.int64)
     lengths = np.diff(offsets)
-    row_of = np.repeat(np.arange(n_rows), lengths)
-    row_start = offsets[:-1][row_of]
-    row_end = offsets[1:][row_of]
-    index = np.arange(n)
+    filled = lengths > 0
+    row_start = np.repeat(offsets[:-1].astype(np.int32), lengths)
+    first_in_row = np.zeros(n, dtype=bool)
+    first_in_row[offsets[:-1][filled]] = True
+    last_in_row = np.zeros(n, dtype=bool)
+    last_in_row[offsets[1:][filled] - 1] = True
 
     counted = mask.astype(bool)
     is_eot = cls == _EOT
-    content = np.isin(cls, _CONTENT) & counted  # counted content
+    content = _CONTENT_TABLE[cls] & counted  # counted content
 
     # The anchor of a position: the last non-END_OF_TURN position at or before it, within the row.
-    anchor = np.maximum.accumulate(np.where(is_eot, -1, index))
-    has_anchor = anchor >= row_start
-    safe_anchor = np.where(has_anchor, anchor, 0)
-    anchor_content = has_anchor & content[safe_anchor]
+    anchor = np.maximum.accumulate(np.where(is_eot, np.int32(-1), np.arange(n, dtype=np.int32)))
+    anchor_content = (anchor >= row_start) & content[np.maximum(anchor, 0)]
 
-    _record(out["eot_not_counted"], row_of, offsets, is_eot & ~counted & anchor_content)
+    _record(out["eot_not_counted"], offsets, is_eot & ~counted & anchor_content)
 
     # The start of a run of END_OF_TURN targets: the first one, or one right after a non-END_OF_TURN target.
-    previous_eot = np.zeros(n, dtype=bool)
-    previous_eot[1:] = is_eot[:-1]
-    run_start = is_eot & ((index == row_start) | ~previous_eot)
+    run_start = is_eot.copy()
+    run_start[1:] &= ~is_eot[:-1] | first_in_row[1:]
     empty = run_start & counted & ~anchor_content
     if whitespace is not None:
-        # Counted content made only of whitespace: find where the content run that ends at the anchor begins.
-        content_start = np.maximum.accumulate(np.where(content, 0, index + 1))
-        safe_ids = np.clip(targets, 0, whitespace.size - 1)
-        solid = np.concatenate([[0], np.cumsum(~whitespace[safe_ids], dtype=np.int64)])
-        begin = np.maximum(content_start[safe_anchor], row_start)
-        blank = (solid[safe_anchor + 1] - solid[begin]) == 0
-        empty |= run_start & counted & anchor_content & blank
-    _record(out["empty_assistant"], row_of, offsets, empty)
+        candidates = np.flatnonzero(run_start & counted & anchor_content)
+        blank = _blank_runs(anchor[candidates], row_start, content, targets, whitespace)
+        empty[candidates[blank]] = True
+    _record(out["empty_assistant"], offsets, empty)
 
-    # The end of a run of counted content, and what follows it.
-    next_content = np.zeros(n, dtype=bool)
-    next_content[:-1] = content[1:]
-    last_in_row = index == row_end - 1
-    run_end = content & (last_in_row | ~next_content)
-    following = np.minimum(index + 1, n - 1)
-    truncated = (flags.astype(np.int64) & int(RowFlag.TRUNCATED)) != 0
-    missing = run_end & np.where(last_in_row, ~truncated[row_of], ~is_eot[following])
-    _record(out["eot_missing"], row_of, offsets, missing)
+    # The end of a run of counted content, and what follows it: an END_OF_TURN target, or a cut row.
+    run_end = content.copy()
+    run_end[:-1] &= ~content[1:] | last_in_row[:-1]
+    next_eot = np.zeros(n, dtype=bool)
+    next_eot[:-1] = is_eot[1:]
+    missing = run_end & ~last_in_row & ~next_eot
+    at_end = np.flatnonzero(run_end & last_in_row)
+    rows = np.searchsorted(offsets, at_end, side="right") - 1
+    missing[at_end[(flags[rows] & int(RowFlag.TRUNCATED)) == 0]] = True
+    _record(out["eot_missing"], offsets, missing)
     return out
 
 
-def _record(first: np.ndarray, row_of: np.ndarray, offsets: np.ndarray, hits: np.ndarray) -> None:
+def _blank_runs(
+    ends: np.ndarray, row_start: np.ndarray, content: np.ndarray, targets: np.ndarray, whitespace: np.ndarray
+) -> np.ndarray:
+    """For content runs ending at `ends`: whether every token of the run is whitespace.
+
+    Walks back from the end of all runs at once and stops a run at its first solid token, which for real
+    answers is almost always the last one, so this takes a few vectorized steps, not one per token.
+    """
+    blank = np.zeros(ends.size, dtype=bool)
+    active = np.arange(ends.size)
+    position = ends.astype(np.int64)
+    while active.size:
+        ids = np.clip(targets[position], 0, whitespace.size - 1)
+        keep = whitespace[ids]  # a solid token ends the walk: the run is not blank
+        active, position = active[keep], position[keep]
+        previous = position - 1
+        done = (previous < row_start[position]) | ~content[np.maximum(previous, 0)]
+        blank[active[done]] = True
+        active, position = active[~done], previous[~done]
+    return blank
+
+
+def _record(first: np.ndarray, offsets: np.ndarray, hits: np.ndarray) -> None:
     """Set first[row] = the row-relative position of its first hit (positions ascend, so keep the smallest)."""
     positions = np.flatnonzero(hits)
     if positions.size == 0:
         return
-    rows = row_of[positions]
+    rows = np.searchsorted(offsets, positions, side="right") - 1
     unique_rows, first_index = np.unique(rows, return_index=True)
     first[unique_rows] = positions[first_index] - offsets[unique_rows]
 
 
+CHUNK_POSITIONS = 4_000_000  # batches are merged up to about this many targets: numpy's per-call cost amortizes
+
+
+def _chunks(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches, merged into larger ones (shards hold batches of ~1024 rows), in order."""
+    group: list[pa.RecordBatch] = []
+    positions = 0
+    for batch in batches:
+        group.append(batch)
+        positions += len(batch.column("token_class").values)
+        if positions >= CHUNK_POSITIONS:
+            yield pa.Table.from_batches(group).combine_chunks().to_batches()[0]
+            group, positions = [], 0
+    if group:
+        yield from pa.Table.from_batches(group).combine_chunks().to_batches()[:1]
+
+
 def scan(batches: Iterable[pa.RecordBatch], whitespace: np.ndarray | None) -> ScanResult:
     parts: dict[str, list[np.ndarray]] = {rule: [] for rule in RULES}
-    for batch in batches:
+    for batch in _chunks(batches):
         for rule, first in scan_batch(batch, whitespace).items():
             parts[rule].append(first)
     return ScanResult(
