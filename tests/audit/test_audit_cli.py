@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from audit_testkit import FIXTURE_DATA, LESSON, TOKENIZER, audit_shards, prepare_shards, write_jsonl
@@ -14,6 +15,7 @@ from lossmask.audit import AuditReport, run_audit, run_sample
 from lossmask.audit.terminal import CLOSE, OPEN, row_text
 from lossmask.cli import main
 from lossmask.pipeline.config import PrepareConfig
+from lossmask.schemas.shards import PACKED_SHARD_SCHEMA
 from rich.console import Console
 
 
@@ -141,3 +143,14 @@ def test_audit_accepts_every_option_of_prepare_that_shapes_rows() -> None:
     for param in prepare.params:
         if param.name in by_name and param.name not in ("inputs", "tokenizer"):
             assert by_name[param.name].opts == param.opts, param.name
+
+
+def test_packed_shards_are_refused_with_a_reason(tmp_path: Path) -> None:
+    """The audit reads the rows layout; a packed shard set stops with one message instead of wrong numbers."""
+    folder = tmp_path / "packed"
+    folder.mkdir()
+    path = str(folder / "shard-00000.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, PACKED_SHARD_SCHEMA) as writer:
+        writer.write_table(PACKED_SHARD_SCHEMA.empty_table())
+    code, _, err = invoke(str(folder))
+    assert code == 2 and "packed shards" in err and "rows layout" in err
