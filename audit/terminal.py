@@ -172,6 +172,10 @@ def print_report(report: AuditReport, console: Console, elapsed: float | None = 
     if report.template is not None:
         console.print()
         console.print(Text(f"template {report.template.name}", style="bold"))
+        markers = report.template.end_of_turn_markers
+        status = ("ok", "green") if markers else ("problem", "bold red")
+        found = ", ".join(markers) if markers else "no end-of-turn marker found after an assistant turn"
+        console.print(Text.assemble("  ", (f"{status[0]:<8}", status[1]), f"end_of_turn: {found}"))
         for check in report.template.checks:
             mark = {"ok": ("ok", "green"), "problem": ("problem", "bold red"), "note": ("note", "yellow")}[check.status]
             console.print(Text.assemble("  ", (f"{mark[0]:<8}", mark[1]), f"{check.name}: {check.detail}"))
