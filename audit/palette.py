@@ -45,8 +45,6 @@ CONTENT_CLASSES = frozenset(
     {TokenClass.ASSISTANT, TokenClass.REASONING, TokenClass.TOOL_CALL, TokenClass.ASSISTANT_MARKUP}
 )
 
-FIRST_TOKEN_LABEL = "first"  # the first token of a row is read, never predicted: it has no class in the shards
-
 
 def style(cls: int) -> ClassStyle:
     """The style of a class id; an unknown id (a newer schema) shows as template text rather than failing."""

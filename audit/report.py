@@ -53,6 +53,7 @@ class AuditReport:
             "layout": LAYOUT_ROWS,
             "statistics": self.stats.to_dict(),
             "records": self.source.records,
+            "config": self.source.config,  # how the rows were made (mask, template, lengths...)
             "template": None if self.template is None else self.template.to_dict(),
             "lints": [lint.to_dict() for lint in self.lints],
             "fired": [lint.code for lint in self.fired()],

@@ -140,7 +140,7 @@ def explain_table(view: RowView, console: Console) -> Table:
             tail = "…" + tail
         counted = Text("yes", style="bold green") if token.counted else Text("no", style="dim")
         next_token = Text(repr(token.text)[1:-1], style=token_style(token) if not plain(console) else "")
-        table.add_row(str(position), tail, next_token, str(token.id), style(token.cls or 0).label, counted)
+        table.add_row(str(position), tail, next_token, str(token.id), token.label, counted)
     return table
 
 
