@@ -138,7 +138,7 @@ def audit(
     elif not quiet:
         from .terminal import print_report
 
-        console = Console(highlight=False)
+        console = Console(highlight=False, markup=False)  # data and paths are printed as they are
         print_report(report, console, time.perf_counter() - started)
         if html_path:
             console.print(f"html:     {html_path}")

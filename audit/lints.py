@@ -245,8 +245,16 @@ def _reason_count(records: dict[str, Any] | None, status: str, reason: str) -> i
     return int(records.get("by_reason", {}).get(status, {}).get(reason, 0))
 
 
+FLAG_PHRASES = {
+    RowFlag.GEN_PROMPT_MISMATCH: "the context of a trained turn differs from the inference prompt",
+    RowFlag.UNFAITHFUL_TRAINED: "a turn trained as rendered, unlike inference",
+    RowFlag.UNFAITHFUL_MASKED: "a turn rendered unlike inference left untrained",
+    RowFlag.SPLIT_TURN: "one row per turn context",
+}
+
+
 def _flag_names(flags: int, wanted: tuple[RowFlag, ...]) -> str:
-    return ", ".join(f.name.lower() for f in wanted if flags & int(f))
+    return "; ".join(f"{FLAG_PHRASES[f]} ({f.name.lower()})" for f in wanted if flags & int(f))
 
 
 class _Builder:

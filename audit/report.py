@@ -34,7 +34,9 @@ class AuditReport:
     explain: RowView | None = None  # the row of --explain R
 
     def fired(self) -> list[LintResult]:
-        return [lint for lint in self.lints if lint.fired]
+        """Fired lints, errors first, each severity in code order (the order of `lints.SPECS`)."""
+        fired = [lint for lint in self.lints if lint.fired]
+        return sorted(fired, key=lambda lint: SEVERITIES.index(lint.spec.severity))
 
     def failing(self, selectors: list[str]) -> list[LintResult]:
         """Fired lints matched by codes, severities ('error', 'warning') or 'all'."""

@@ -93,9 +93,9 @@ def lint_table(report: AuditReport) -> Table:
         count = str(lint.count) if lint.count else "template"
         table.add_row(
             Text(lint.spec.severity, style=SEVERITY_STYLE[lint.spec.severity]),
-            lint.code,
-            count,
-            lint.spec.title,
+            Text(lint.code),
+            Text(count),
+            Text(lint.spec.title),
         )
     return table
 
@@ -121,7 +121,7 @@ def stats_table(report: AuditReport) -> Table:
     table.add_column("counted %", justify="right")
     for role in report.stats.roles:
         share = 100 * role.counted / role.positions if role.positions else 0.0
-        table.add_row(role.role, f"{role.positions:,}", f"{role.counted:,}", f"{share:.1f}")
+        table.add_row(*(Text(v) for v in (role.role, f"{role.positions:,}", f"{role.counted:,}", f"{share:.1f}")))
     return table
 
 
@@ -140,7 +140,8 @@ def explain_table(view: RowView, console: Console) -> Table:
             tail = "…" + tail
         counted = Text("yes", style="bold green") if token.counted else Text("no", style="dim")
         next_token = Text(repr(token.text)[1:-1], style=token_style(token) if not plain(console) else "")
-        table.add_row(str(position), tail, next_token, str(token.id), token.label, counted)
+        # Text, never str: data such as "[/INST]" must not be read as rich markup.
+        table.add_row(Text(str(position)), Text(tail), next_token, Text(str(token.id)), Text(token.label), counted)
     return table
 
 

@@ -154,3 +154,13 @@ def test_packed_shards_are_refused_with_a_reason(tmp_path: Path) -> None:
         writer.write_table(PACKED_SHARD_SCHEMA.empty_table())
     code, _, err = invoke(str(folder))
     assert code == 2 and "packed shards" in err and "rows layout" in err
+
+
+def test_data_that_looks_like_markup_is_printed_as_is(tmp_path: Path) -> None:
+    """Mistral's "[/INST]" or "[bold]" in a message must reach the terminal verbatim, never as rich markup."""
+    text = "Use [/INST] and [bold]this[/bold] literally."
+    data = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": text}, LESSON[1]]}])
+    code, out, err = invoke(data, "--tokenizer", TOKENIZER, "--row", "0", "--explain", "0")
+    assert code == 0, err
+    assert text in out  # the row view
+    assert "[/INST]" in out.split("context -> next token")[1]  # and the lesson's table
