@@ -6,6 +6,7 @@ a counted part and an uncounted part. Each bar has a <title>, which browsers sho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
 
@@ -13,15 +14,12 @@ WIDTH, HEIGHT = 520, 230
 LEFT, RIGHT, TOP, BOTTOM = 52, 12, 14, 40
 
 
-def _nice_ceiling(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 x 10^k at or above value (for axis maxima)."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1
-    for step in (1, 2, 2.5, 5, 10):
-        if step * power >= value:
-            return step * power
-    return 10.0 * power  # pragma: no cover
+def _axis(maximum: int) -> tuple[int, int]:
+    """(top, step) of a count axis: a round step (1, 2 or 5 x 10^k) giving at most 4 intervals up to the top."""
+    raw = max(maximum, 1) / 4
+    power = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    step = next(int(m * power) for m in (1, 2, 5, 10) if m * power >= raw)
+    return step * math.ceil(max(maximum, 1) / step), step
 
 
 def _fmt(value: float) -> str:
@@ -36,13 +34,12 @@ def histogram(counts: list[int], edges: list[float], color: str, x_label: str, p
     """Vertical bars, one per bin; x ticks at a few bin edges, y ticks at quarters of a round maximum."""
     if not counts:
         return '<p class="empty">no rows</p>'
-    top = _nice_ceiling(max(counts))
+    top, tick = _axis(max(counts))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / len(counts)
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(x_label)}">']
-    for i in range(5):
-        value = top * i / 4
-        y = TOP + plot_h - plot_h * i / 4
+    for value in range(0, top + 1, tick):
+        y = TOP + plot_h - plot_h * value / top
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(value)}</text>')
 

@@ -122,3 +122,12 @@ def test_token_texts_keep_sentencepiece_spaces() -> None:
 
 def test_token_texts_without_a_tokenizer_show_ids() -> None:
     assert token_texts(None, [5, 17]) == ["⟨5⟩", "⟨17⟩"]
+
+
+def test_chart_axes_are_round_and_cover_the_data() -> None:
+    from lossmask.audit.charts import _axis
+
+    for maximum in (0, 1, 3, 7, 62, 222, 999, 1000, 4001, 123_456):
+        top, step = _axis(maximum)
+        assert top >= maximum and top % step == 0 and top // step <= 4
+        assert str(step).rstrip("0") in ("1", "2", "5")
