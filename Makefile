@@ -15,14 +15,17 @@ $(BIN)/lossmask: pyproject.toml
 DEMO_INPUTS := fixtures/data/openai.jsonl fixtures/data/sharegpt.json fixtures/data/alpaca.json \
 	fixtures/data/prompt_completion.jsonl fixtures/data/tools.jsonl
 
-# The main job end to end on the bundled fixtures: prepare -> train (the proof) -> export; then where it all is.
+# The main job end to end on the bundled fixtures: prepare -> audit -> train (the proof) -> export; then where
+# it all is.
 demo: $(BIN)/lossmask
 	$(BIN)/lossmask prepare $(DEMO_INPUTS) --tokenizer fixtures/tokenizer --out $(DEMO_OUT)/shards
+	$(BIN)/lossmask audit $(DEMO_OUT)/shards --show 1 --html $(DEMO_OUT)/audit.html
 	$(BIN)/lossmask train $(DEMO_OUT)/shards --out $(DEMO_OUT)/run --steps 300 --batch-size 4
 	$(BIN)/lossmask explain $(DEMO_OUT)/shards --row 0 --run $(DEMO_OUT)/run
 	$(BIN)/lossmask export $(DEMO_OUT)/shards --to hf $(DEMO_OUT)/hf -q
 	@echo
 	@echo "shards:    $(DEMO_OUT)/shards/*.arrow  (manifest: $(DEMO_OUT)/shards/_manifest.json)"
+	@echo "audit:     $(DEMO_OUT)/audit.html"
 	@echo "training:  $(DEMO_OUT)/run/metrics.jsonl, curve $(DEMO_OUT)/run/loss.svg"
 	@echo "hf export: $(DEMO_OUT)/hf"
 

@@ -135,8 +135,11 @@ def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
     click.echo(f"time:     {elapsed:.2f} s ({rate:,.0f} tokens/s)")
 
 
-from .trainer.cli import explain, train  # noqa: E402  (registered here, defined with the trainer)
+# Commands defined with their stage, registered here (imported last: they import the pipeline, not this module).
+from .audit.cli import audit  # noqa: E402
+from .trainer.cli import explain, train  # noqa: E402
 
+main.add_command(audit)
 main.add_command(train)
 main.add_command(explain)
 main.add_command(export_command)

@@ -23,7 +23,8 @@ import zstandard
 from ..schemas.records import RawRecord, SourceRef
 from .errors import SetupError
 
-JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSON_SUFFIXES = (".json",)
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
@@ -62,12 +63,15 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 
 def input_kind(path: Path) -> str | None:
-    """'json' (JSONL or JSON array, possibly compressed), 'parquet' or 'arrow'; None when unknown."""
+    """'jsonl' (always one record per line), 'json' (a JSON array, or JSONL when it does not start with '['),
+    'parquet' or 'arrow', each possibly compressed; None when unknown."""
     name = path.name.lower()
     for suffix in COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
     if name.endswith(JSON_SUFFIXES):
         return "json"
     if name.endswith(PARQUET_SUFFIXES):
@@ -91,8 +95,8 @@ def open_binary(path: Path) -> IO[bytes]:
 def iter_file(path: Path, display_name: str, start_index: int = 0) -> Iterator[RawRecord]:
     """All records of one file, in order. `start_index` is the global index of its first record."""
     kind = input_kind(path)
-    if kind == "json":
-        yield from _iter_json(path, display_name, start_index)
+    if kind in ("json", "jsonl"):
+        yield from _iter_json(path, display_name, start_index, arrays=kind == "json")
     elif kind == "parquet":
         yield from _iter_table_rows(_parquet_batches(path), display_name, start_index)
     elif kind == "arrow":
@@ -110,7 +114,7 @@ def iter_inputs(paths: list[Path]) -> Iterator[RawRecord]:
             yield decode(record)
 
 
-def _iter_json(path: Path, name: str, start_index: int) -> Iterator[RawRecord]:
+def _iter_json(path: Path, name: str, start_index: int, arrays: bool) -> Iterator[RawRecord]:
     """JSONL, or a JSON array when the first non-blank character is '['. Line numbers are the file's real lines."""
     stream = open_binary(path)
     try:
@@ -126,7 +130,7 @@ def _iter_json(path: Path, name: str, start_index: int) -> Iterator[RawRecord]:
             return
         if not line:
             return  # an empty file holds no records
-        if line.lstrip().startswith(b"["):
+        if arrays and line.lstrip().startswith(b"["):
             yield from _iter_json_array(b"".join(leading) + line, stream, name, start_index)
         else:
             yield from _iter_jsonl(iter([*leading, line]), stream, name, start_index)

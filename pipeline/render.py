@@ -169,8 +169,17 @@ class Renderer:
                     rows.append((turn + 1, self._plan(messages[: turn + 1], tools, only), int(RowFlag.SPLIT_TURN)))
                 if any(kept):
                     rows.append((len(messages), self._plan(messages, tools, kept), int(RowFlag.SPLIT_TURN)))
+        # An assistant message with nothing to say: its end-of-turn alone would teach the model to answer with
+        # nothing (whitespace-only content trains exactly that). The audit reports rows that hold one.
+        blank = [
+            i
+            for i, m in enumerate(conversation.messages)
+            if m.role == "assistant" and not m.content.strip() and not m.tool_calls
+        ]
         examples = []
         for part, (count, plan, row_flags) in enumerate(rows):
+            if blank and blank[0] < count:
+                row_flags |= RowFlag.EMPTY_ASSISTANT
             if plan.dropped:
                 if self.options.dropped_messages == "reject":
                     what = "; ".join(

@@ -64,6 +64,7 @@ class RowFlag(IntFlag):
     SPLIT_TURN = 1024  # one of several rows made from one conversation, each training one turn's context
     DOUBLE_BOS = 2048  # the row starts with two BOS tokens
     GENERATION_TAGS = 4096  # the trained spans come from the template's {% generation %} blocks
+    EMPTY_ASSISTANT = 8192  # an assistant message in the row has blank content and no tool calls
     TURNS_DROPPED = 16384  # the earliest whole turns were left out to fit --max-length (turn-aware truncation)
     WINDOW = 32768  # one of several windows of a longer example (--overflow split, or a document cut by --concat)
 

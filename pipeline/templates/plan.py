@@ -213,8 +213,14 @@ class PlanBuilder:
                 if skeleton.startswith(prompt):
                     start = len(prompt)
                 else:
-                    start = _common_prefix(prompt, skeleton)
                     context_faithful = False
+                    start = _common_prefix(prompt, skeleton)
+                    # The prompt differs earlier (history rewritten, a system prompt moved into the last user
+                    # turn) but may still end exactly like the text before this turn: the turn starts there,
+                    # never inside the prompt's own text (Mistral's [/INST] must not train).
+                    aligned = _aligned_prompt_end(prompt, skeleton, previous_end, upper)
+                    if aligned is not None:
+                        start = max(start, aligned)
         start = min(max(start, previous_end), upper)
         text_end = data_end if data_end is not None else start
         rendered_as_last: str | None = None
@@ -366,6 +372,14 @@ def _alternation(strings: tuple[str, ...]) -> re.Pattern[str] | None:
     if not strings:
         return None
     return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)))
+
+
+def _aligned_prompt_end(prompt: str, skeleton: str, lower: int, upper: int) -> int | None:
+    """The furthest j in (lower, upper] where the template text skeleton[lower:j] is how the prompt ends."""
+    for j in range(upper, lower, -1):
+        if prompt.endswith(skeleton[lower:j]):
+            return j
+    return None
 
 
 def _common_prefix(a: str, b: str) -> int:

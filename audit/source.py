@@ -1,0 +1,231 @@
+"""What the audit reads: a shards folder written by `prepare`, or raw inputs run through the same stages.
+
+Either way the result is one `AuditSource`: the rows (a polars LazyFrame in `SHARD_SCHEMA`, plus a way to
+stream them as Arrow batches for the token scans), the record accounting with example rejects, and the
+tokenizer and chat template when they can be loaded. The sample mode calls `process_batch`, the very function
+`prepare` runs, on the first N records and keeps the rows in memory: nothing is written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from ..pipeline.accounting import Accounting
+from ..pipeline.batch import JobContext, load_job_template, process_batch
+from ..pipeline.config import PrepareConfig
+from ..pipeline.errors import SetupError
+from ..pipeline.prepare import batched, iter_raw_records
+from ..pipeline.read import expand_inputs
+from ..pipeline.shift import rows_to_batch
+from ..pipeline.templates import ChatTemplate
+from ..pipeline.tokenize import TokenizerInfo, load_tokenizer
+from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS, MANIFEST_NAME, REJECTS_NAME, SHARD_SCHEMA, SHARD_SUFFIX
+
+REJECT_EXAMPLES = 5  # example records kept per (status, reason)
+
+
+@dataclass
+class AuditSource:
+    kind: str  # "shards" or "sample"
+    label: str  # what was audited, as the user named it
+    frame: pl.LazyFrame  # the rows, SHARD_SCHEMA columns, in order (row index = position in this frame)
+    # The same rows streamed as Arrow batches (optionally only some columns), for scans polars cannot express.
+    batches: Callable[[list[str] | None], Iterator[pa.RecordBatch]]
+    records: dict[str, Any] | None  # read/written/rejected/dropped/by_reason/rows_dropped, when known
+    rejects: list[dict[str, Any]] = field(default_factory=list)  # examples: source, status, reason, detail
+    tokenizer: TokenizerInfo | None = None
+    template: ChatTemplate | None = None
+    template_profile: dict[str, Any] | None = None  # the manifest's "template" section (end_of_turn_markers...)
+    config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what could not be checked, and why
+
+
+def is_shards_folder(target: str) -> bool:
+    path = Path(target)
+    return path.is_dir() and ((path / MANIFEST_NAME).is_file() or any(path.glob(f"shard-*{SHARD_SUFFIX}")))
+
+
+# shards written by `prepare`
+
+
+def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
+    """A shards folder: rows from `shard-*.arrow`, accounting from `_manifest.json`, examples from `_rejects.jsonl`."""
+    path = Path(folder)
+    manifest: dict[str, Any] = {}
+    notes: list[str] = []
+    manifest_path = path / MANIFEST_NAME
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SetupError(f"{manifest_path} is not valid JSON: {exc}") from None
+        shard_files = [path / s["file"] for s in manifest.get("shards", [])]
+    else:
+        shard_files = sorted(path.glob(f"shard-*{SHARD_SUFFIX}"))
+        notes.append(f"{folder} has no {MANIFEST_NAME}: record accounting, rejects and the template are unknown")
+    missing = [str(p) for p in shard_files if not p.is_file()]
+    if missing:
+        raise SetupError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:3])}")
+    if manifest.get("layout", LAYOUT_ROWS) == LAYOUT_PACKED or _layout(shard_files) == LAYOUT_PACKED:
+        raise SetupError(
+            f"{folder} holds packed shards; the audit reads the rows layout (one example per row): "
+            "audit the shards prepared without packing"
+        )
+
+    paths = [str(p) for p in shard_files]
+    frame = pl.scan_ipc(paths) if paths else empty_frame()
+
+    def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        for shard in paths:
+            with pa.memory_map(shard) as source:
+                reader = pa.ipc.open_file(source)
+                if columns is not None:  # decompress only these columns
+                    wanted = [reader.schema.get_field_index(name) for name in columns]
+                    reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted))
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
+
+    config = manifest.get("config", {})
+    tokenizer = _shards_tokenizer(tokenizer_path, config.get("tokenizer"), notes)
+    template = _shards_template(manifest, tokenizer, notes) if tokenizer is not None else None
+    records = manifest.get("records")
+    return AuditSource(
+        kind="shards",
+        label=folder,
+        frame=frame,
+        batches=batches,
+        records=records,
+        rejects=read_reject_examples(path / REJECTS_NAME),
+        tokenizer=tokenizer,
+        template=template,
+        template_profile=manifest.get("template"),
+        config=config,
+        notes=notes,
+    )
+
+
+def _layout(shard_files: list[Path]) -> str:
+    if not shard_files:
+        return LAYOUT_ROWS
+    metadata = pa.ipc.open_file(str(shard_files[0])).schema.metadata or {}
+    return metadata.get(b"lossmask.layout", LAYOUT_ROWS.encode()).decode()
+
+
+def _shards_tokenizer(override: str | None, recorded: str | None, notes: list[str]) -> TokenizerInfo | None:
+    """The tokenizer named on the command line (must load), else the one in the manifest (may have moved)."""
+    if override:
+        return load_tokenizer(override)
+    if not recorded:
+        notes.append("no tokenizer recorded: tokens are shown as ids; pass --tokenizer to see their text")
+        return None
+    try:
+        return load_tokenizer(recorded)
+    except SetupError as exc:
+        notes.append(f"the tokenizer recorded in the manifest could not be loaded ({exc}); pass --tokenizer")
+        return None
+
+
+def _shards_template(manifest: dict[str, Any], tokenizer: TokenizerInfo, notes: list[str]) -> ChatTemplate | None:
+    """The chat template the shards were made with, only if it is byte-identical to the one recorded."""
+    recorded = (manifest.get("fingerprints") or {}).get("template")
+    if not recorded:
+        return None
+    known = {f.name for f in fields(PrepareConfig)}
+    values = {k: v for k, v in manifest.get("config", {}).items() if k in known}
+    try:
+        config = PrepareConfig.from_mapping(values)
+        template = load_job_template(config, tokenizer)
+    except SetupError as exc:
+        notes.append(f"the chat template could not be loaded ({exc}); template checks skipped")
+        return None
+    if template is None or template.sha256 != recorded.get("sha256"):
+        notes.append(f"the chat template {recorded.get('name')} changed since prepare; template checks skipped")
+        return None
+    return template
+
+
+def read_reject_examples(path: Path, per_reason: int = REJECT_EXAMPLES) -> list[dict[str, Any]]:
+    """The first few records not written, per (status, reason), in file order. Counts come from the manifest."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    schema = {"source": pl.String, "status": pl.String, "reason": pl.String, "detail": pl.String}
+    frame = (
+        pl.scan_ndjson(path, schema=schema)
+        .filter(pl.int_range(pl.len()).over("status", "reason") < per_reason)
+        .collect()
+    )
+    return frame.to_dicts()
+
+
+def empty_frame() -> pl.LazyFrame:
+    return pl.from_arrow(SHARD_SCHEMA.empty_table()).lazy()  # type: ignore[union-attr]
+
+
+# raw inputs, run through the pipeline on a sample
+
+
+def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
+    """The first `sample` records of the inputs through `process_batch`, exactly as `prepare` runs them."""
+    if not config.inputs:
+        raise SetupError("no input given: pass a shards folder, or INPUT files with --tokenizer")
+    paths = expand_inputs(config.inputs)  # first: a mistyped path is the likelier mistake
+    if not config.tokenizer:
+        raise SetupError("auditing raw inputs needs --tokenizer PATH (a tokenizer.json or a model folder)")
+    if sample < 1:
+        raise SetupError("--sample must be at least 1")
+    config.validate()
+    context = JobContext.from_config(config)
+    accounting = Accounting()
+    rows = []
+    rejects: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], int] = {}
+    records = itertools.islice(iter_raw_records(paths, config.format, context.format_options), sample)
+    for batch in batched(records, config.batch_size):
+        result = process_batch(batch, context)
+        for outcome in result.outcomes:
+            accounting.add(outcome)
+            if outcome.status == "written":
+                if outcome.detail:
+                    accounting.rows_dropped.update(outcome.detail.split(","))
+                continue
+            key = (outcome.status, outcome.reason or "")
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] <= REJECT_EXAMPLES:
+                reject = {"source": str(outcome.source), "status": outcome.status, "reason": outcome.reason}
+                rejects.append({**reject, "detail": outcome.detail})
+        for row in result.rows:
+            accounting.add_row_flags(row.flags)
+        rows.extend(result.rows)
+    table = pa.Table.from_batches(
+        [rows_to_batch(rows[i : i + 1024]) for i in range(0, len(rows), 1024)], schema=SHARD_SCHEMA
+    )
+    profile = context.renderer.profile
+    template = context.template
+    notes = []
+    if accounting.read == sample:
+        notes.append(f"sample: the first {sample} records of the inputs (--sample N to change)")
+    return AuditSource(
+        kind="sample",
+        label=" ".join(config.inputs),
+        frame=pl.from_arrow(table).lazy(),  # type: ignore[union-attr]
+        batches=lambda columns=None: iter(
+            table.to_batches() if columns is None else table.select(columns).to_batches()
+        ),
+        records=accounting.to_dict(),
+        rejects=rejects,
+        tokenizer=context.tokenizer,
+        template=template,
+        template_profile=None
+        if template is None or profile is None
+        else {"name": template.name, "end_of_turn_markers": list(profile.eot_markers)},
+        config=config.to_dict(),
+        notes=notes,
+    )

@@ -1,0 +1,42 @@
+"""Determinism across engines and worker counts: the same inputs and config give the same bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import DATA, FIXTURES, run_prepare
+
+INPUTS = [DATA / "openai.jsonl", DATA / "tools.jsonl", FIXTURES / "bad" / "malformed.jsonl", DATA / "text.jsonl"]
+
+
+def files(out):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def single_worker(tmp_path_factory):
+    _, out = run_prepare(tmp_path_factory.mktemp("w1"), INPUTS, workers=1, shard_max_rows=120, batch_size=32)
+    return files(out)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_worker_count_does_not_change_a_byte(tmp_path, single_worker, workers):
+    _, out = run_prepare(tmp_path, INPUTS, workers=workers, shard_max_rows=120, batch_size=32)
+    assert sum(name.endswith(".arrow") for name in single_worker) > 3
+    assert files(out) == single_worker
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session, stopped with ray.shutdown() (never `ray stop`, which kills every
+    Ray process on the machine). Offline, Ray's probe of an outside address fails at once, harmlessly."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_engine_gives_the_local_engine_bytes(tmp_path, single_worker, ray_cluster):
+    _, out = run_prepare(tmp_path, INPUTS, engine="ray", shard_max_rows=120, batch_size=32)
+    assert files(out) == single_worker
