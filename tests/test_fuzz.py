@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from lossmask.pipeline.batch import JobContext, process_batch
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.schemas.records import RawRecord, SourceRef
+from lossmask.schemas.shards import RowFlag
 
-from .conftest import FIXTURE_TOKENIZER, read_rejects, run_prepare
+from .conftest import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare
 
 CONTEXT = JobContext.from_config(PrepareConfig(tokenizer=str(FIXTURE_TOKENIZER)))
 FORMATS = [None, "openai", "sharegpt", "alpaca", "prompt_completion", "text"]
@@ -110,9 +111,12 @@ def test_deep_nesting_and_huge_lines(tmp_path):
     assert records["read"] == 5 == records["written"] + records["rejected"] + records["dropped"]
     reasons = {r["source"].rsplit(":", 1)[1]: r["reason"] for r in read_rejects(out)}
     assert reasons["1"] == "invalid_json" and reasons["3"] == "invalid_json"
-    # Both long conversations (1000 turns, 2 MB of text) put the answer past --max-length: dropped, not lost.
-    assert reasons["2"] == reasons["4"] == "no_trainable_tokens"
-    assert records["written"] == 1
+    # 2 MB of text in one turn puts the answer past --max-length: dropped, not lost. The 1000-turn conversation
+    # loses its earliest turns instead (turn-aware truncation) and keeps its answer.
+    assert reasons["4"] == "no_trainable_tokens" and "2" not in reasons
+    assert records["written"] == 2
+    kept = next(row for row in read_rows(out) if row["source"].endswith(":2"))
+    assert kept["flags"] & RowFlag.TURNS_DROPPED and kept["num_loss_tokens"] > 0
 
 
 @pytest.mark.parametrize("content", ["", " ", "\x00", "\ud800" * 0 + "\u0000\u0001", "🙂" * 1000])
