@@ -54,7 +54,14 @@ def _choice(name: str) -> click.Choice:
     help="Honor {% generation %} blocks when the template has them.",
 )
 @click.option("--max-length", type=int, help="Maximum positions per row (tokens - 1).")
-@click.option("--overflow", type=_choice("overflow"), help="Over-long examples: truncate (right) or drop.")
+@click.option(
+    "--overflow",
+    type=_choice("overflow"),
+    help="Over-long examples: truncate (default; chat drops the earliest whole turns first), drop, or split.",
+)
+@click.option(
+    "--truncate-side", type=_choice("truncate_side"), help="Which end truncation cuts: right (default) or left."
+)
 @click.option(
     "--special-tokens-in-content",
     type=_choice("special_tokens_in_content"),

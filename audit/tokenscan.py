@@ -101,7 +101,8 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
     missing = run_end & ~last_in_row & ~next_eot
     at_end = np.flatnonzero(run_end & last_in_row)
     rows = np.searchsorted(offsets, at_end, side="right") - 1
-    missing[at_end[(flags[rows] & int(RowFlag.TRUNCATED)) == 0]] = True
+    cut = int(RowFlag.TRUNCATED | RowFlag.WINDOW)  # a row cut to fit (or one window of a longer example)
+    missing[at_end[(flags[rows] & cut) == 0]] = True
     _record(out["eot_missing"], offsets, missing)
     return out
 

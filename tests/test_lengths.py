@@ -7,12 +7,15 @@ import itertools
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lossmask.audit.report import run_audit
+from lossmask.audit.source import run_sample
+from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.fit import TRUNCATE_SIDES, LengthPolicy, cut, windows
 from lossmask.schemas.examples import TokenizedExample
 from lossmask.schemas.records import SourceRef
 from lossmask.schemas.shards import RowFlag
 
-from .conftest import read_rejects, read_rows, run_prepare, write_jsonl
+from .conftest import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare, write_jsonl
 
 LONG = {
     "messages": [
@@ -101,3 +104,14 @@ def test_token_policies_keep_rows_within_the_limit_and_lose_exactly_what_they_fl
     assert [int(t) for p in pieces for t in p.trainable[1:]] == flags[1:]
     for before, after in itertools.pairwise(pieces):
         assert before.ids[-1] == after.ids[0]  # the next window starts with the previous window's last target
+
+
+def test_the_audit_takes_a_window_end_for_a_cut_not_a_missing_end_of_turn(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Tell me a story. ", "completion": "Once upon a time " * 20}])
+
+    def lints(**options):
+        config = PrepareConfig(inputs=[str(path)], tokenizer=str(FIXTURE_TOKENIZER), max_length=20, **options)
+        return {lint.code for lint in run_audit(run_sample(config, 10)).fired()}
+
+    assert "eot-missing" not in lints(overflow="split")  # fired on every window but the last before WINDOW counted
+    assert "answer-truncated" in lints(overflow="truncate")
