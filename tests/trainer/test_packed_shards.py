@@ -3,7 +3,8 @@ reference model (float64) the same loss on every token of every document, and th
 
 Per token, packed and unpacked agree to 1e-9 only if, in the packed rows, each document attends to itself alone
 (segment_ids), its positions restart at 0 (position_ids), and its targets are its own (each document shifted
-before packing). The last test shows the comparison fails when attention may cross documents.
+before packing). The last test shows the comparison fails when attention may cross documents, or when positions do
+not restart.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def documents(shards: Path) -> list[list[Key]]:
 
 
 def per_document_losses(
-    shards: Path, model: tuple[ModelConfig, Params], segments_of: str = "rows"
+    shards: Path, model: tuple[ModelConfig, Params], leak: str | None = None
 ) -> tuple[dict[Key, np.ndarray], dict[Key, np.ndarray]]:
     """-log p(target) at every position of every document, and its loss mask, keyed by document."""
     config, params = model
@@ -85,8 +86,11 @@ def per_document_losses(
     for start in range(0, len(examples), 16):
         chunk: list[Example] = examples[start : start + 16]
         batch = collate(chunk)
-        if segments_of == "one":  # the leak: attention may cross documents in a packed row
+        if leak == "attention":  # attention may cross documents in a packed row
             batch = Batch(**{**vars(batch), "segment_ids": np.where(batch.segment_ids >= 0, 0, -1)})
+        elif leak == "positions":  # positions count on across the row instead of restarting per document
+            rows = np.broadcast_to(np.arange(batch.position_ids.shape[1]), batch.position_ids.shape)
+            batch = Batch(**{**vars(batch), "position_ids": np.where(batch.segment_ids >= 0, rows, 0)})
         logits, _ = forward(params, config, batch.input_ids, batch.position_ids, batch.segment_ids)
         weights = loss_weights(batch.loss_mask, batch.segment_ids)
         _, nll, _ = masked_cross_entropy(logits, batch.target_ids, weights)
@@ -119,8 +123,10 @@ def test_packed_and_unpacked_give_the_same_per_token_and_total_loss(prepared, mo
     assert plain_total > 1.0  # a real loss, not a degenerate model
 
 
-def test_the_comparison_fails_when_attention_crosses_documents(prepared, model):
+@pytest.mark.parametrize("leak", ["attention", "positions"])
+def test_the_comparison_fails_when_packing_leaks(prepared, model, leak):
+    """Attention across documents, or positions that do not restart: the per-token comparison above would fail."""
     plain_nll, _ = per_document_losses(prepared["rows"], model)
-    leaky_nll, _ = per_document_losses(prepared["packed"], model, segments_of="one")
+    leaky_nll, _ = per_document_losses(prepared["packed"], model, leak=leak)
     worst = max(float(np.abs(leaky_nll[key] - nll).max()) for key, nll in plain_nll.items())
     assert worst > 1e-3
