@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint fixtures bench clean
+.PHONY: demo test lint fixtures bench bench-prepare clean
 
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: $(BIN)/lossmask
 test: lint
 	$(BIN)/python scripts/make_fixtures.py --check
 	$(BIN)/pytest -n 2 -q
+
+# Benchmarks live apart from the tests: numbers to read, never timed assertions. They need ../shared/realworld.
+bench: bench-prepare
+
+bench-prepare: $(BIN)/lossmask
+	$(BIN)/python bench/prepare.py
 
 fixtures: $(BIN)/lossmask
 	$(BIN)/python scripts/make_fixtures.py

@@ -39,6 +39,8 @@ _ALLOWED, _STRADDLE, _ESCAPED, _DOUBLE_BOS = (
     int(RowFlag.DOUBLE_BOS),
 )
 
+_EDGE_TOKENS = 4  # tokens decoded at each end of a trained turn to verify it
+
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
     "eos_token",
@@ -459,8 +461,23 @@ def _verify_batch(
                 f"no token trains the turn at chars {turn_start[k] - char_base[row]}-{turn_end[k] - char_base[row]}"
             )
             failures[row] = RecordError("mask_verification_failed", detail)
-    decoded = info.tokenizer.decode_batch([ids[a : b + 1].tolist() for _, a, b in checks], skip_special_tokens=False)
-    for (row, first, last), text in zip(checks, decoded, strict=True):
+    # Decode the first and last tokens of each trained turn, where a wrong span or offset would show, and compare
+    # them with the rendered text they cover (whitespace aside: decoders differ on leading spaces).
+    pieces: list[tuple[int, int, int]] = []  # (row, first token, last token) of each piece to decode
+    for row, first, last in checks:
+        head = first + _EDGE_TOKENS - 1
+        while head < last and starts[head + 1] < ends[head]:  # never cut through a character split over tokens
+            head += 1
+        tail = last - _EDGE_TOKENS + 1
+        while tail > head + 1 and ends[tail - 1] > starts[tail]:
+            tail -= 1
+        if tail <= head + 1:
+            pieces.append((row, first, last))
+        else:
+            pieces.append((row, first, head))
+            pieces.append((row, tail, last))
+    decoded = info.tokenizer.decode_batch([ids[a : b + 1].tolist() for _, a, b in pieces], skip_special_tokens=False)
+    for (row, first, last), text in zip(pieces, decoded, strict=True):
         base = int(char_base[row])
         covered = examples[row].text[int(starts[first]) - base : int(ends[last]) - base]
         if "".join(text.split()) != "".join(covered.split()) and row not in failures:
