@@ -20,7 +20,8 @@ from .read import decode
 from .render import Renderer
 from .shift import Row, shift
 from .templates import ChatTemplate, resolve_template_source
-from .tokenize import TokenizerInfo, load_tokenizer, tokenize_batch
+from .tokenize import tokenize_batch
+from .tokenizer import TokenizerInfo, load_tokenizer
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .templates import ChatTemplate
 from .templates.plan import Plan, PlanBuilder
 from .templates.probe import TemplateProfile, profile_template, to_parts
 from .templates.sentinels import CONTENT, REASONING, sentinel
-from .tokenize import TokenizerInfo
+from .tokenizer import TokenizerInfo
 
 UNFAITHFUL_POLICIES = ("split", "faithful-only", "as-rendered", "reject")
 DROPPED_POLICIES = ("reject", "keep")
