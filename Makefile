@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint fixtures bench bench-pack clean
+.PHONY: demo test lint fixtures bench bench-prepare bench-pack clean
 
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ test: lint
 	$(BIN)/python scripts/make_fixtures.py --check
 	$(BIN)/pytest -n 2 -q
 
-# Packing benchmark (1M documents, real length mix, N = 2048 and 4096): prints a table, asserts nothing on time.
+# Benchmarks live apart from the tests: numbers to read, never timed assertions. They need ../shared/realworld.
+bench: bench-prepare bench-pack
+
+bench-prepare: $(BIN)/lossmask
+	$(BIN)/python bench/prepare.py
+
+# Packing: 1M documents with the real length mix at N = 2048 and 4096, best-fit decreasing against baselines.
 bench-pack: $(BIN)/lossmask
 	$(BIN)/python bench/pack.py
 

@@ -26,7 +26,7 @@ from ..pipeline.prepare import batched, iter_raw_records
 from ..pipeline.read import expand_inputs
 from ..pipeline.shift import rows_to_batch
 from ..pipeline.templates import ChatTemplate
-from ..pipeline.tokenize import TokenizerInfo, load_tokenizer
+from ..pipeline.tokenizer import TokenizerInfo, load_tokenizer
 from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS, MANIFEST_NAME, REJECTS_NAME, SHARD_SCHEMA, SHARD_SUFFIX
 
 REJECT_EXAMPLES = 5  # example records kept per (status, reason)

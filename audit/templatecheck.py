@@ -20,7 +20,7 @@ from typing import Any
 
 from ..pipeline.errors import RecordError
 from ..pipeline.templates import ChatTemplate
-from ..pipeline.tokenize import TokenizerInfo
+from ..pipeline.tokenizer import TokenizerInfo
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant."}
 TURNS = [

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from ..pipeline.errors import SetupError
-from ..pipeline.tokenize import TokenizerInfo
+from ..pipeline.tokenizer import TokenizerInfo
 from .palette import style
 
 WINDOW = 8  # tokens of left context per decode; a character spans at most 4 byte-level tokens

@@ -77,7 +77,7 @@ def inspect_command(
 ) -> None:
     """Show SHARDS_DIR: the manifest (config, fingerprints, counts), the schema and a few decoded rows."""
     from ..loader.shards import ShardSet
-    from ..pipeline.tokenize import TokenizerInfo, load_tokenizer
+    from ..pipeline.tokenizer import TokenizerInfo, load_tokenizer
     from .report import CLOSE, OPEN, describe_manifest, describe_rows, describe_schema
 
     shards = ShardSet(shards_dir)

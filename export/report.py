@@ -15,7 +15,7 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from ..pipeline.tokenize import TokenizerInfo
+from ..pipeline.tokenizer import TokenizerInfo
 from ..schemas.shards import RowFlag
 from .unshift import unshift_batch
 

@@ -54,7 +54,7 @@ class Accounting:
     rows: int = 0
     by_reason: dict[str, Counter[str]] = field(default_factory=lambda: {"rejected": Counter(), "dropped": Counter()})
     rows_dropped: Counter[str] = field(default_factory=Counter)
-    row_flags: Counter[str] = field(default_factory=Counter)
+    _flag_values: Counter[int] = field(default_factory=Counter)  # raw RowFlag ints; named only when reported
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Accounting:
@@ -69,7 +69,8 @@ class Accounting:
         for status, counts in data["by_reason"].items():
             accounting.by_reason[status].update(counts)
         accounting.rows_dropped.update(data["rows_dropped"])
-        accounting.row_flags.update(data["row_flags"])
+        for name, count in data["row_flags"].items():
+            accounting._flag_values[int(RowFlag[name.upper()])] += count
         return accounting
 
     def add(self, outcome: Outcome) -> None:
@@ -87,9 +88,18 @@ class Accounting:
         self.by_reason[outcome.status][outcome.reason or "unknown"] += 1
 
     def add_row_flags(self, flags: int) -> None:
-        for flag in RowFlag:
-            if flags & flag:
-                self.row_flags[flag.name.lower()] += 1
+        if flags:
+            self._flag_values[flags] += 1
+
+    @property
+    def row_flags(self) -> Counter[str]:
+        """Rows per flag name (a row with several flags counts under each)."""
+        named: Counter[str] = Counter()
+        for value, count in self._flag_values.items():
+            for flag in RowFlag:
+                if value & flag:
+                    named[flag.name.lower()] += count
+        return named
 
     def check(self) -> None:
         if self.read != self.written + self.rejected + self.dropped:  # pragma: no cover - a bug if it fires

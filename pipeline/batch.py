@@ -21,7 +21,8 @@ from .read import decode
 from .render import Renderer
 from .shift import Row, shift
 from .templates import ChatTemplate, resolve_template_source
-from .tokenize import TokenizerInfo, load_tokenizer, tokenize_batch
+from .tokenize import tokenize_batch
+from .tokenizer import TokenizerInfo, load_tokenizer
 from .turns import fit_conversation
 
 

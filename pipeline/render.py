@@ -30,7 +30,7 @@ from .templates import ChatTemplate
 from .templates.plan import Plan, PlanBuilder
 from .templates.probe import TemplateProfile, profile_template, to_parts
 from .templates.sentinels import CONTENT, REASONING, sentinel
-from .tokenize import TokenizerInfo
+from .tokenizer import TokenizerInfo
 
 UNFAITHFUL_POLICIES = ("split", "faithful-only", "as-rendered", "reject")
 DROPPED_POLICIES = ("reject", "keep")
@@ -183,8 +183,8 @@ class Renderer:
             if plan.dropped:
                 if self.options.dropped_messages == "reject":
                     what = "; ".join(
-                        f"the {part} of message {i} ({conversation.messages[i].role})" if i >= 0 else f"the {part}"
-                        for i, part in plan.dropped
+                        f"the {lost} of message {i} ({conversation.messages[i].role})" if i >= 0 else f"the {lost}"
+                        for i, lost in plan.dropped
                     )
                     hint = " (use a template that renders tools)" if any("tool" in p for _, p in plan.dropped) else ""
                     raise RecordError("template_dropped_message", f"{self.template.name} leaves out {what}{hint}")

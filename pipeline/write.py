@@ -54,11 +54,13 @@ def estimated_bytes(row: Row | PackedRow) -> int:
 
 
 class ShardWriter:
-    """Collects rows and writes a shard once it holds `max_rows` rows or about `max_bytes` bytes.
+    """Writes rows into shards of at most `max_rows` rows or about `max_bytes` bytes, streaming.
 
-    A shard ends only after a whole record, so that a record's rows (several when turns are split) are never
-    spread over two shards and a checkpoint can say "every record before this one is done". With `packed`, the
-    rows are `PackedRow`s (`PACKED_SHARD_SCHEMA`), each added on its own.
+    Rows are written to the open shard's temporary file in record batches of `batch_rows` rows as they arrive,
+    so memory holds one record batch, not a shard. A shard ends only after a whole record, so that a record's
+    rows (several when turns are split) are never spread over two shards and a checkpoint can say "every record
+    before this one is done"; then it is closed, synced and renamed. With `packed`, the rows are `PackedRow`s
+    (`PACKED_SHARD_SCHEMA`), each added on its own.
     """
 
     def __init__(
@@ -76,49 +78,82 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.batch_rows = batch_rows
         self.shards: list[ShardInfo] = list(shards or [])
-        self._pending: list[Any] = []
-        self._pending_bytes = 0
+        self._open: _OpenShard | None = None
 
     def add_record(self, rows: list[Row] | list[PackedRow]) -> ShardInfo | None:
         """Add one record's rows; returns the shard this completed, if it did."""
-        for row in rows:
-            self._pending.append(row)
-            self._pending_bytes += estimated_bytes(row)
-        if len(self._pending) >= self.max_rows or self._pending_bytes >= self.max_bytes:
-            return self._flush()
+        if not rows:
+            return None
+        if self._open is None:
+            self._open = _OpenShard(self.out_dir / shard_name(len(self.shards)), self.batch_rows, self.packed)
+        self._open.add(rows)
+        if self._open.rows >= self.max_rows or self._open.bytes >= self.max_bytes:
+            return self._finish()
         return None
 
     def close(self) -> ShardInfo | None:
-        return self._flush() if self._pending else None
+        return self._finish() if self._open is not None else None
 
-    def _flush(self) -> ShardInfo:
-        rows, self._pending, self._pending_bytes = self._pending, [], 0
-        info = write_shard(self.out_dir / shard_name(len(self.shards)), rows, self.batch_rows, self.packed)
+    def _finish(self) -> ShardInfo:
+        assert self._open is not None
+        info, self._open = self._open.finish(), None
         self.shards.append(info)
         return info
 
 
+class _OpenShard:
+    """A shard being written: its temporary file, the rows not yet in a record batch, and running totals."""
+
+    def __init__(self, path: Path, batch_rows: int, packed: bool = False):
+        self.path = path
+        self.batch_rows = batch_rows
+        self.temp = temp_path(path)
+        schema, self.to_batch = (PACKED_SHARD_SCHEMA, packed_rows_to_batch) if packed else (SHARD_SCHEMA, rows_to_batch)
+        self.sink = pa.OSFile(str(self.temp), "wb")
+        self.writer = pa.ipc.new_file(self.sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
+        self.pending: list[Any] = []
+        self.rows = self.tokens = self.loss_tokens = self.bytes = 0
+
+    def add(self, rows: list[Row] | list[PackedRow]) -> None:
+        for row in rows:
+            self.pending.append(row)
+            self.rows += 1
+            self.tokens += row.num_tokens
+            self.loss_tokens += row.num_loss_tokens
+            self.bytes += estimated_bytes(row)
+            if len(self.pending) == self.batch_rows:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        self.writer.write_batch(self.to_batch(self.pending))
+        self.pending = []
+        self.sink.flush()
+        crash_point("shard-half-written")
+
+    def finish(self) -> ShardInfo:
+        if self.pending:
+            self._write_pending()
+        self.writer.close()
+        self.sink.close()
+        with open(self.temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.temp, self.path)
+        crash_point("shard-renamed")
+        return ShardInfo(
+            file=self.path.name,
+            rows=self.rows,
+            tokens=self.tokens,
+            loss_tokens=self.loss_tokens,
+            bytes=self.path.stat().st_size,
+            sha256=file_sha256(self.path),
+        )
+
+
 def write_shard(path: Path, rows: list[Any], batch_rows: int = 1024, packed: bool = False) -> ShardInfo:
-    temp = temp_path(path)
-    options = pa.ipc.IpcWriteOptions(compression="zstd")
-    schema, to_batch = (PACKED_SHARD_SCHEMA, packed_rows_to_batch) if packed else (SHARD_SCHEMA, rows_to_batch)
-    with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
-        for start in range(0, len(rows), batch_rows):
-            writer.write_batch(to_batch(rows[start : start + batch_rows]))
-            sink.flush()
-            crash_point("shard-half-written")
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    crash_point("shard-renamed")
-    return ShardInfo(
-        file=path.name,
-        rows=len(rows),
-        tokens=sum(r.num_tokens for r in rows),
-        loss_tokens=sum(r.num_loss_tokens for r in rows),
-        bytes=path.stat().st_size,
-        sha256=file_sha256(path),
-    )
+    """Write one complete shard from rows already in memory."""
+    shard = _OpenShard(path, batch_rows, packed)
+    shard.add(rows)
+    return shard.finish()
 
 
 def file_sha256(path: Path) -> str:

@@ -76,7 +76,7 @@ BUILTIN_SPECIALS: dict[str, dict[str, Any]] = {
 def builtin_setup(name: str) -> tuple[Any, Any]:
     """(TokenizerInfo, ChatTemplate) for a built-in template, on the fixture tokenizer plus its family's tokens."""
     from lossmask.pipeline.templates import ChatTemplate, builtin_source
-    from lossmask.pipeline.tokenize import TokenizerInfo
+    from lossmask.pipeline.tokenizer import TokenizerInfo
     from tokenizers import AddedToken, Tokenizer
 
     spec = BUILTIN_SPECIALS[name]

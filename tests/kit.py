@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from lossmask.pipeline.tokenize import TokenizerInfo
+from lossmask.pipeline.tokenizer import TokenizerInfo
 from tokenizers import AddedToken, Tokenizer
 
 from .conftest import REALWORLD

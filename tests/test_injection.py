@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lossmask.pipeline.render import Renderer, RenderOptions
-from lossmask.pipeline.tokenize import load_tokenizer, tokenize_batch
+from lossmask.pipeline.tokenize import tokenize_batch
+from lossmask.pipeline.tokenizer import load_tokenizer
 from lossmask.schemas.classes import TokenClass
 from lossmask.schemas.records import Conversation, Message, SourceRef
 from lossmask.schemas.shards import RowFlag

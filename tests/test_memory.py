@@ -1,13 +1,15 @@
-"""Memory stays flat: peak RSS of `prepare` on 8x the input is about the same as on 1x (keeping every row would
-add about 30 MB here and fail the bound).
+"""Memory stays flat: peak RSS of `prepare` on 8x the input is about the same as on 1x, with the default shard
+size (100k rows), so every row here lands in one shard (keeping rows until a shard is full added ~40 MB and
+failed this bound).
 
-Memory is bounded by what is in flight (a few batches per worker) and by one shard's rows in the writer, never
-by the input's size. Each run is a fresh subprocess that reports its own peak RSS.
+Memory is bounded by what is in flight (a few batches per worker, one record batch in the writer), never by the
+input's size or the shard size. Each run is a fresh subprocess that reports its own peak RSS.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +25,7 @@ MEASURE = """
 import sys
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.prepare import prepare
-config = PrepareConfig(inputs=[sys.argv[1]], out=sys.argv[2], tokenizer=sys.argv[3], workers=1, batch_size=64,
-                       shard_max_rows=500)
+config = PrepareConfig(inputs=[sys.argv[1]], out=sys.argv[2], tokenizer=sys.argv[3], workers=1, batch_size=64)
 manifest = prepare(config)
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]
 print(manifest["records"]["read"], peak)
@@ -46,11 +47,12 @@ def long_conversations(count: int) -> str:
 def peak_rss_kb(tmp_path: Path, count: int) -> tuple[int, int]:
     path = tmp_path / f"x{count}.jsonl"
     path.write_text(long_conversations(count))
-    out = subprocess.run(
+    out = subprocess.run(  # one tokenizer thread: fewer allocator arenas, steadier peaks
         [sys.executable, "-c", MEASURE, str(path), str(tmp_path / f"out{count}"), str(FIXTURE_TOKENIZER)],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, "RAYON_NUM_THREADS": "1"},
     ).stdout.split()
     return int(out[0]), int(out[1])
 
@@ -61,4 +63,4 @@ def test_peak_memory_does_not_grow_with_the_input(tmp_path):
     large_records, large = peak_rss_kb(tmp_path, 16000)
     assert large_records == 8 * small_records
     print(f"\npeak RSS: {small_records} records {small / 1024:.0f} MB, {large_records} records {large / 1024:.0f} MB")
-    assert large <= small * 1.10, (small, large)
+    assert large <= small * 1.15, (small, large)  # run-to-run noise is ~5%; holding rows grew ~30%

@@ -16,7 +16,8 @@ from lossmask.pipeline.errors import RecordError, SetupError
 from lossmask.pipeline.render import Renderer, RenderOptions
 from lossmask.pipeline.templates import ChatTemplate
 from lossmask.pipeline.templates.environment import DEFAULT_TEMPLATE_DATE
-from lossmask.pipeline.tokenize import load_tokenizer, tokenize_batch
+from lossmask.pipeline.tokenize import tokenize_batch
+from lossmask.pipeline.tokenizer import load_tokenizer
 from lossmask.schemas.classes import GENERATED_CLASSES
 from lossmask.schemas.reasons import REJECT_REASONS
 from lossmask.schemas.records import Conversation, Message, SourceRef

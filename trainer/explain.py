@@ -18,7 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..pipeline.errors import SetupError
-from ..pipeline.tokenize import load_tokenizer
+from ..pipeline.tokenizer import load_tokenizer
 from .batches import collate
 from .loss import loss_weights, masked_cross_entropy
 from .model import ModelConfig, Params, forward, init_params, load

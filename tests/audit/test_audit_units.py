@@ -12,7 +12,7 @@ from lossmask.audit.stats import compute_stats, nice_width
 from lossmask.audit.tokenscan import scan_batch, whitespace_table
 from lossmask.audit.views import token_texts
 from lossmask.pipeline.shift import Row, rows_to_batch
-from lossmask.pipeline.tokenize import load_tokenizer
+from lossmask.pipeline.tokenizer import load_tokenizer
 from lossmask.schemas.classes import TokenClass as C
 from lossmask.schemas.shards import RowFlag
 

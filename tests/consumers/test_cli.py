@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from lossmask.cli import main
 from lossmask.export.report import CLOSE, OPEN
-from lossmask.pipeline.tokenize import load_tokenizer
+from lossmask.pipeline.tokenizer import load_tokenizer
 
 
 def run(*args: str):

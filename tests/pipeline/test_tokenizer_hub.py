@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from lossmask.cli import main
 from lossmask.pipeline.errors import SetupError
 from lossmask.pipeline.hub import TOKENIZER_FILES, looks_like_hub_id
-from lossmask.pipeline.tokenize import load_tokenizer
+from lossmask.pipeline.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = ROOT / "fixtures" / "tokenizer"
