@@ -13,8 +13,9 @@ from typing import Any
 import click
 
 from . import __version__
+from .cli_options import choice, row_options
 from .export.cli import export_command, inspect_command
-from .pipeline.config import CHOICES, PrepareConfig, load_config_file
+from .pipeline.config import PrepareConfig, load_config_file
 from .pipeline.errors import fails_cleanly
 
 
@@ -24,10 +25,6 @@ def main() -> None:
     """Chat transcripts and raw text -> training-ready token shards with verified loss masks."""
 
 
-def _choice(name: str) -> click.Choice:
-    return click.Choice(CHOICES[name])
-
-
 @main.command()
 @click.argument("inputs", nargs=-1)
 @click.option(
@@ -35,53 +32,15 @@ def _choice(name: str) -> click.Choice:
     help="A tokenizer.json, a model folder (tokenizer.json + tokenizer_config.json), or a Hub id org/name[@revision].",
 )
 @click.option("--out", help="Output folder for the shards, _manifest.json and _rejects.jsonl.")
-@click.option(
-    "--chat-template", help="A .jinja file or a built-in name (chatml, llama3, mistral, gemma, phi3, zephyr, alpaca)."
-)
-@click.option("--format", "format_", type=_choice("format"), help="Input format (default: detected per file).")
-@click.option("--mask", type=_choice("mask"), help="What trains: assistant turns (default), the last one, or all.")
-@click.option("--train-roles", help="Comma-separated roles whose messages train (default: assistant).")
-@click.option("--train-eot/--no-train-eot", "train_end_of_turn", default=None, help="Train end-of-turn markers.")
-@click.option("--train-reasoning/--no-train-reasoning", default=None, help="Train reasoning (<think>) text.")
-@click.option(
-    "--generation-tags/--no-generation-tags",
-    "use_generation_tags",
-    default=None,
-    help="Honor {% generation %} blocks when the template has them.",
-)
-@click.option("--max-length", type=int, help="Maximum positions per row (tokens - 1).")
-@click.option(
-    "--overflow",
-    type=_choice("overflow"),
-    help="Over-long examples: truncate (default; chat drops the earliest whole turns first), drop, or split "
-    "(text: consecutive windows; chat: runs of whole turns).",
-)
-@click.option(
-    "--truncate-side", type=_choice("truncate_side"), help="Which end truncation cuts: right (default) or left."
-)
+@row_options
 @click.option("--pack", type=int, help="Pack whole documents into rows of at most N positions (best-fit decreasing).")
 @click.option("--concat", type=int, help="Join documents and cut rows of exactly N positions (pretraining text).")
 @click.option("--pack-window", type=int, help="Documents packed together (default 100000; 0 = the whole dataset).")
-@click.option(
-    "--special-tokens-in-content",
-    type=_choice("special_tokens_in_content"),
-    help="Control-token strings inside message text: escape (plain text, default), reject or allow.",
-)
-@click.option(
-    "--unfaithful-turns",
-    type=_choice("unfaithful_turns"),
-    help="Turns a template renders unlike inference: split (default), faithful-only, as-rendered, reject.",
-)
-@click.option(
-    "--dropped-messages",
-    type=_choice("dropped_messages"),
-    help="Messages the template leaves out: reject the record (default) or keep it.",
-)
 @click.option("--config", "config_file", help="A YAML or TOML file with the same options; flags override it.")
 @click.option("--strict", is_flag=True, default=None, help="Exit 1 when any record is rejected.")
 @click.option("--resume/--fresh", default=None, help="Finish a killed run of the same job (default) or start over.")
 @click.option(
-    "--engine", type=_choice("engine"), help="local (default): this machine; ray: Ray Data (pip install .[ray])."
+    "--engine", type=choice("engine"), help="local (default): this machine; ray: Ray Data (pip install .[ray])."
 )
 @click.option("--workers", type=int, help="Worker processes (default: every core). Output does not depend on it.")
 @click.option("--batch-size", type=int, help="Records per processing batch (default 256).")

@@ -14,12 +14,9 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ..pipeline.config import CHOICES, PrepareConfig, load_config_file
+from ..cli_options import row_options
+from ..pipeline.config import PrepareConfig, load_config_file
 from ..pipeline.errors import SetupError, fails_cleanly
-
-
-def _choice(name: str) -> click.Choice:
-    return click.Choice(CHOICES[name])
 
 
 @click.command()
@@ -39,44 +36,7 @@ def _choice(name: str) -> click.Choice:
     help="Exit 1 when any of these lints fires: codes separated by commas, or error, warning, all.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (use with --html, --fail-on).")
-@click.option(
-    "--chat-template", help="A .jinja file or a built-in name (chatml, llama3, mistral, gemma, phi3, zephyr, alpaca)."
-)
-@click.option("--format", "format_", type=_choice("format"), help="Input format (default: detected per file).")
-@click.option("--mask", type=_choice("mask"), help="What trains: assistant turns (default), the last one, or all.")
-@click.option("--train-roles", help="Comma-separated roles whose messages train (default: assistant).")
-@click.option("--train-eot/--no-train-eot", "train_end_of_turn", default=None, help="Train end-of-turn markers.")
-@click.option("--train-reasoning/--no-train-reasoning", default=None, help="Train reasoning (<think>) text.")
-@click.option(
-    "--generation-tags/--no-generation-tags",
-    "use_generation_tags",
-    default=None,
-    help="Honor {% generation %} blocks when the template has them.",
-)
-@click.option("--max-length", type=int, help="Maximum positions per row (tokens - 1).")
-@click.option(
-    "--overflow",
-    type=_choice("overflow"),
-    help="Over-long examples: truncate (default; chat drops the earliest whole turns first), drop, or split.",
-)
-@click.option(
-    "--truncate-side", type=_choice("truncate_side"), help="Which end truncation cuts: right (default) or left."
-)
-@click.option(
-    "--special-tokens-in-content",
-    type=_choice("special_tokens_in_content"),
-    help="Control-token strings inside message text: escape (plain text, default), reject or allow.",
-)
-@click.option(
-    "--unfaithful-turns",
-    type=_choice("unfaithful_turns"),
-    help="Turns a template renders unlike inference: split (default), faithful-only, as-rendered, reject.",
-)
-@click.option(
-    "--dropped-messages",
-    type=_choice("dropped_messages"),
-    help="Messages the template leaves out: reject the record (default) or keep it.",
-)
+@row_options
 @click.option("--config", "config_file", help="A YAML or TOML file with the prepare options; flags override it.")
 @click.option("--batch-size", type=int, help="Records per processing batch (default 256).")
 @fails_cleanly
