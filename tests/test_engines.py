@@ -40,3 +40,11 @@ def ray_cluster():
 def test_ray_engine_gives_the_local_engine_bytes(tmp_path, single_worker, ray_cluster):
     _, out = run_prepare(tmp_path, INPUTS, engine="ray", shard_max_rows=120, batch_size=32)
     assert files(out) == single_worker
+
+
+@pytest.mark.ray
+def test_ray_engine_packs_like_the_local_engine(tmp_path, ray_cluster):
+    inputs = [DATA / "openai.jsonl", DATA / "text.jsonl"]
+    _, local = run_prepare(tmp_path, inputs, pack=256, out_name="local")
+    _, ray = run_prepare(tmp_path, inputs, pack=256, engine="ray", out_name="ray")
+    assert files(ray) == files(local)
