@@ -44,38 +44,17 @@ def test_setup_errors_exit_2_with_one_message(tmp_path, args, message):
     assert message in result.output and "Traceback" not in result.output
 
 
+def prepare_with_template(tmp_path, template_text: str):
+    template = tmp_path / "template.jinja"
+    template.write_text(template_text)
+    args = ["prepare", str(DATA / "lesson.jsonl"), "--tokenizer", str(FIXTURE_TOKENIZER), "--chat-template"]
+    return CliRunner().invoke(main, [*args, str(template), "--out", str(tmp_path / "out")])
+
+
 def test_a_template_that_cannot_render_exits_2(tmp_path):
-    broken = tmp_path / "broken.jinja"
-    broken.write_text("{{ raise_exception('this template renders nothing') }}")
-    result = CliRunner().invoke(
-        main,
-        [
-            "prepare",
-            str(DATA / "lesson.jsonl"),
-            "--tokenizer",
-            str(FIXTURE_TOKENIZER),
-            "--chat-template",
-            str(broken),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    result = prepare_with_template(tmp_path, "{{ raise_exception('this template renders nothing') }}")
     assert result.exit_code == 2 and "this template renders nothing" in result.output
-    syntax = tmp_path / "syntax.jinja"
-    syntax.write_text("{% for m in messages %}")
-    result = CliRunner().invoke(
-        main,
-        [
-            "prepare",
-            str(DATA / "lesson.jsonl"),
-            "--tokenizer",
-            str(FIXTURE_TOKENIZER),
-            "--chat-template",
-            str(syntax),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    result = prepare_with_template(tmp_path, "{% for m in messages %}")
     assert result.exit_code == 2 and "syntax error" in result.output
 
 
