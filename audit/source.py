@@ -22,6 +22,7 @@ from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext, load_job_template, process_batch
 from ..pipeline.config import PrepareConfig
 from ..pipeline.errors import SetupError
+from ..pipeline.packed import unpack_batch
 from ..pipeline.prepare import batched, iter_raw_records
 from ..pipeline.read import expand_inputs
 from ..pipeline.shift import rows_to_batch
@@ -74,24 +75,22 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
     missing = [str(p) for p in shard_files if not p.is_file()]
     if missing:
         raise SetupError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:3])}")
-    if manifest.get("layout", LAYOUT_ROWS) == LAYOUT_PACKED or _layout(shard_files) == LAYOUT_PACKED:
-        raise SetupError(
-            f"{folder} holds packed shards; the audit reads the rows layout (one example per row): "
-            "audit the shards prepared without packing"
-        )
-
     paths = [str(p) for p in shard_files]
-    frame = pl.scan_ipc(paths) if paths else empty_frame()
+    if manifest.get("layout", LAYOUT_ROWS) == LAYOUT_PACKED or _layout(shard_files) == LAYOUT_PACKED:
+        # Packed rows are audited as the documents they hold: unpacking only re-cuts the list offsets. The
+        # unpacked rows are held in memory (the rows layout is scanned lazily from the files instead).
+        table = pa.Table.from_batches([unpack_batch(b) for b in _read_batches(paths, None)], schema=SHARD_SCHEMA)
+        frame = pl.from_arrow(table).lazy()  # type: ignore[union-attr]
+        notes.append(f"{folder} holds packed shards: audited as the documents they hold, one per row")
 
-    def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        for shard in paths:
-            with pa.memory_map(shard) as source:
-                reader = pa.ipc.open_file(source)
-                if columns is not None:  # decompress only these columns
-                    wanted = [reader.schema.get_field_index(name) for name in columns]
-                    reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted))
-                for i in range(reader.num_record_batches):
-                    yield reader.get_batch(i)
+        def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+            return iter(table.to_batches() if columns is None else table.select(columns).to_batches())
+
+    else:
+        frame = pl.scan_ipc(paths) if paths else empty_frame()
+
+        def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+            return _read_batches(paths, columns)
 
     config = manifest.get("config", {})
     tokenizer = _shards_tokenizer(tokenizer_path, config.get("tokenizer"), notes)
@@ -110,6 +109,17 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
         config=config,
         notes=notes,
     )
+
+
+def _read_batches(paths: list[str], columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    for shard in paths:
+        with pa.memory_map(shard) as source:
+            reader = pa.ipc.open_file(source)
+            if columns is not None:  # decompress only these columns
+                wanted = [reader.schema.get_field_index(name) for name in columns]
+                reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted))
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
 
 
 def _layout(shard_files: list[Path]) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..schemas.shards import PACKED_SHARD_SCHEMA
+from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA
 from .shift import Row
 
 
@@ -86,3 +86,42 @@ def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
         per_document(pa.array([d.flags for d in documents], type=pa.uint32())),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=PACKED_SHARD_SCHEMA)
+
+
+def unpack_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The inverse of packing: a packed record batch as the rows layout (`SHARD_SCHEMA`), one document per row.
+
+    Documents were shifted before packing, so the per-position values stay as they are; only the list offsets
+    change, to cut at every segment start. The per-document lists (source, record_index, part, flags) hold one
+    entry per segment, in order, so their flattened values are exactly the new rows' columns.
+    """
+    segments = batch.column("segment_ids")
+    offsets = segments.offsets.to_numpy()
+    values = segments.values.to_numpy()
+    starts = np.flatnonzero(np.diff(values, prepend=-1) != 0)  # a segment starts where its id changes...
+    starts = np.union1d(starts, offsets[:-1][offsets[:-1] < offsets[1:]])  # ...or where a row starts
+    new_offsets = np.append(starts, len(values)).astype(np.int32)
+    mask = batch.column("loss_mask").values.to_numpy()
+    lengths = np.diff(new_offsets)
+    loss_tokens = np.add.reduceat(mask.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
+
+    def lists(name: str) -> pa.ListArray:
+        return pa.ListArray.from_arrays(pa.array(new_offsets), batch.column(name).values)
+
+    def flat(name: str) -> pa.Array:
+        return batch.column(name).values
+
+    columns = [
+        lists("input_ids"),
+        lists("target_ids"),
+        lists("loss_mask"),
+        lists("position_ids"),
+        lists("token_class"),
+        pa.array(lengths, type=pa.int32()),
+        pa.array(loss_tokens, type=pa.int32()),
+        flat("source"),
+        flat("record_index"),
+        flat("part"),
+        flat("flags"),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=SHARD_SCHEMA)

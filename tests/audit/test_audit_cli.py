@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from audit_testkit import FIXTURE_DATA, LESSON, TOKENIZER, audit_shards, prepare_shards, write_jsonl
@@ -15,7 +14,6 @@ from lossmask.audit import AuditReport, run_audit, run_sample
 from lossmask.audit.terminal import CLOSE, OPEN, row_text
 from lossmask.cli import main
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.schemas.shards import PACKED_SHARD_SCHEMA
 from rich.console import Console
 
 
@@ -147,15 +145,13 @@ def test_audit_accepts_every_option_of_prepare_that_shapes_rows() -> None:
             assert by_name[param.name].opts == param.opts, param.name
 
 
-def test_packed_shards_are_refused_with_a_reason(tmp_path: Path) -> None:
-    """The audit reads the rows layout; a packed shard set stops with one message instead of wrong numbers."""
-    folder = tmp_path / "packed"
-    folder.mkdir()
-    path = str(folder / "shard-00000.arrow")
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, PACKED_SHARD_SCHEMA) as writer:
-        writer.write_table(PACKED_SHARD_SCHEMA.empty_table())
-    code, _, err = invoke(str(folder))
-    assert code == 2 and "packed shards" in err and "rows layout" in err
+def test_packed_shards_are_audited_as_the_documents_they_hold(tmp_path: Path) -> None:
+    """Packing changes rows, not documents: the packed set's statistics and lints equal the unpacked set's."""
+    inputs = [p for p in FIXTURE_DATA if p.endswith(("openai.jsonl", "tools.jsonl"))]
+    rows = audit_shards(prepare_shards(tmp_path / "rows", inputs))
+    packed = audit_shards(prepare_shards(tmp_path / "packed", inputs, pack=512))
+    assert packed.stats.to_dict() == rows.stats.to_dict()
+    assert {lint.code: lint.count for lint in packed.lints} == {lint.code: lint.count for lint in rows.lints}
 
 
 def test_data_that_looks_like_markup_is_printed_as_is(tmp_path: Path) -> None:
