@@ -88,6 +88,12 @@ SPECS: tuple[LintSpec, ...] = (
         "raise --max-length, or use --overflow drop: a cut answer is learned without its ending",
     ),
     LintSpec(
+        "turns-dropped",
+        WARNING,
+        "conversations shortened to fit --max-length by dropping their earliest turns",
+        "raise --max-length, or --overflow split to keep every turn: later answers lost the context they had",
+    ),
+    LintSpec(
         "template-not-prefix-stable",
         WARNING,
         "the template renders a turn differently once more turns follow",
@@ -390,6 +396,10 @@ def evaluate(evidence: Evidence) -> list[LintResult]:
     # answer-truncated
     b = _Builder("answer-truncated", evidence)
     results.append(b.rows(facts.flagged(RowFlag.ANSWER_TRUNCATED), lambda row: "cut inside a counted span"))
+
+    # turns-dropped
+    b = _Builder("turns-dropped", evidence)
+    results.append(b.rows(facts.flagged(RowFlag.TURNS_DROPPED), lambda row: "earliest turns dropped to fit"))
 
     # template-not-prefix-stable
     b = _Builder("template-not-prefix-stable", evidence)

@@ -11,6 +11,7 @@ import pytest
 from audit_testkit import FIXTURE_DATA, LESSON, TOKENIZER, audit_shards, prepare_shards, write_jsonl
 from click.testing import CliRunner
 from lossmask.audit import AuditReport, run_audit, run_sample
+from lossmask.audit.lints import CODES
 from lossmask.audit.terminal import CLOSE, OPEN, row_text
 from lossmask.cli import main
 from lossmask.pipeline.config import PrepareConfig
@@ -81,7 +82,7 @@ def test_json_summary_is_machine_readable_and_deterministic(clean_shards: Path) 
     assert summary["statistics"]["rows"] == table.num_rows
     assert summary["statistics"]["counted"] == sum(table["num_loss_tokens"].to_pylist())
     codes = [lint["code"] for lint in summary["lints"]]
-    assert len(codes) == 13
+    assert codes == list(CODES)  # every lint, fired or silent, in the stable order
     lint = summary["lints"][codes.index("duplicate-examples")]
     assert lint["severity"] == "warning" and lint["count"] == lint["rows"] > 0 and lint["examples"]
 

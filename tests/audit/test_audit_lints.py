@@ -141,6 +141,12 @@ def answer_truncated(tmp: Path) -> AuditReport:
     return audit_shards(prepare_shards(tmp / "s", [data], max_length=20))
 
 
+def turns_dropped(tmp: Path) -> AuditReport:
+    # Two exchanges do not fit in 30 positions, the last one does: the first is dropped, the answer kept.
+    data = write_jsonl(tmp / "d.jsonl", [two_turns(ANSWER, ANSWER), {"messages": LESSON}])
+    return audit_shards(prepare_shards(tmp / "s", [data], max_length=30))
+
+
 def template_not_prefix_stable(tmp: Path) -> AuditReport:
     data = write_jsonl(tmp / "d.jsonl", [two_turns(ANSWER, ANSWER), {"messages": LESSON}])
     return audit_shards(prepare_shards(tmp / "s", [data], chat_template=template_file(tmp, THINK_ON_LAST)))
@@ -175,6 +181,7 @@ CASES: dict[str, tuple[Callable[[Path], AuditReport], int, int, bool]] = {
     "special-token-in-content": (special_token_in_content, 1, 0, False),
     "special-token-as-control": (special_token_as_control, 1, 0, False),
     "answer-truncated": (answer_truncated, 1, 0, False),
+    "turns-dropped": (turns_dropped, 1, 0, False),
     "template-not-prefix-stable": (template_not_prefix_stable, 2, 0, True),
     "context-mismatch": (context_mismatch, 2, 0, False),
     "message-dropped": (message_dropped, 1, 0, False),
