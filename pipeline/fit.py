@@ -98,5 +98,4 @@ def _slice(example: TokenizedExample, start: int, end: int, flags: int, part: in
         source=example.source,
         part=part,
         flags=flags,
-        turn_ends=[min(turn_end, end) - start for turn_end in example.turn_ends if turn_end > start],
     )

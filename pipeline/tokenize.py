@@ -105,9 +105,7 @@ def tokenize_batch(info: TokenizerInfo, examples: list[RenderedExample]) -> list
             continue
         a, b = int(token_base[i]), int(token_base[i + 1])
         try:
-            results.append(
-                _finish_row(info, example, ids[a:b], trainable[a:b], classes[a:b], starts[a:b] - char_base[i], flags[i])
-            )
+            results.append(_finish_row(info, example, ids[a:b], trainable[a:b], classes[a:b], flags[i]))
         except RecordError as exc:
             results.append(exc)
     return results
@@ -252,7 +250,6 @@ def _finish_row(
     ids: np.ndarray,
     trainable: np.ndarray,
     classes: np.ndarray,
-    starts: np.ndarray,
     flags: int,
 ) -> TokenizedExample:
     if example.append_eos:
@@ -273,5 +270,4 @@ def _finish_row(
         source=example.source,
         part=example.part,
         flags=int(flags),
-        turn_ends=[int(np.searchsorted(starts, end, side="left")) for _, end in example.turns],
     )

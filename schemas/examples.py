@@ -46,4 +46,3 @@ class TokenizedExample:
     source: SourceRef
     part: int = 0
     flags: int = 0
-    turn_ends: list[int] = field(default_factory=list)  # index one past the last token of each trained turn
