@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_options import choice, row_options
+from .cli_options import choice, default, row_options
 from .export.cli import export_command, inspect_command
 from .pipeline.config import PrepareConfig, load_config_file
 from .pipeline.errors import fails_cleanly
@@ -35,16 +35,20 @@ def main() -> None:
 @row_options
 @click.option("--pack", type=int, help="Pack whole documents into rows of at most N positions (best-fit decreasing).")
 @click.option("--concat", type=int, help="Join documents and cut rows of exactly N positions (pretraining text).")
-@click.option("--pack-window", type=int, help="Documents packed together (default 100000; 0 = the whole dataset).")
+@click.option(
+    "--pack-window", type=int, help=f"Documents packed together; 0 = the whole dataset {default('pack_window')}."
+)
 @click.option("--config", "config_file", help="A YAML or TOML file with the same options; flags override it.")
 @click.option("--strict", is_flag=True, default=None, help="Exit 1 when any record is rejected.")
 @click.option("--resume/--fresh", default=None, help="Finish a killed run of the same job (default) or start over.")
 @click.option(
-    "--engine", type=choice("engine"), help="local (default): this machine; ray: Ray Data (pip install .[ray])."
+    "--engine",
+    type=choice("engine"),
+    help=f"local: this machine; ray: Ray Data (pip install .[ray]) {default('engine')}.",
 )
 @click.option("--workers", type=int, help="Worker processes (default: every core). Output does not depend on it.")
-@click.option("--batch-size", type=int, help="Records per processing batch (default 256).")
-@click.option("--shard-max-rows", type=int, help="Rows per shard at most (default 100000).")
+@click.option("--batch-size", type=int, help=f"Records per processing batch {default('batch_size')}.")
+@click.option("--shard-max-rows", type=int, help=f"Rows per shard at most {default('shard_max_rows')}.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @fails_cleanly
 def prepare(inputs: tuple[str, ...], config_file: str | None, quiet: bool, format_: str | None, **flags: Any) -> None:

@@ -8,11 +8,23 @@ from typing import Any
 
 import click
 
-from .pipeline.config import CHOICES
+from .pipeline.config import CHOICES, PrepareConfig
+
+DEFAULTS = PrepareConfig()  # help texts quote the defaults from here, so they cannot drift from the code
 
 
 def choice(name: str) -> click.Choice:
     return click.Choice(CHOICES[name])
+
+
+def default(name: str) -> str:
+    """`(default X)` for an option, read from `PrepareConfig()`."""
+    value = getattr(DEFAULTS, name)
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    elif isinstance(value, list):
+        value = ",".join(value)
+    return f"(default {value})"
 
 
 ROW_OPTIONS: list[Callable[[Any], Any]] = [
@@ -21,40 +33,55 @@ ROW_OPTIONS: list[Callable[[Any], Any]] = [
         help="A .jinja file or a built-in name (chatml, llama3, mistral, gemma, phi3, zephyr, alpaca).",
     ),
     click.option("--format", "format_", type=choice("format"), help="Input format (default: detected per file)."),
-    click.option("--mask", type=choice("mask"), help="What trains: assistant turns (default), the last one, or all."),
-    click.option("--train-roles", help="Comma-separated roles whose messages train (default: assistant)."),
-    click.option("--train-eot/--no-train-eot", "train_end_of_turn", default=None, help="Train end-of-turn markers."),
-    click.option("--train-reasoning/--no-train-reasoning", default=None, help="Train reasoning (<think>) text."),
+    click.option(
+        "--mask", type=choice("mask"), help=f"What trains: assistant turns, the last one, or all {default('mask')}."
+    ),
+    click.option("--train-roles", help=f"Comma-separated roles whose messages train {default('train_roles')}."),
+    click.option(
+        "--train-eot/--no-train-eot",
+        "train_end_of_turn",
+        default=None,
+        help=f"Train end-of-turn markers {default('train_end_of_turn')}.",
+    ),
+    click.option(
+        "--train-reasoning/--no-train-reasoning",
+        default=None,
+        help=f"Train reasoning (<think>) text {default('train_reasoning')}.",
+    ),
     click.option(
         "--generation-tags/--no-generation-tags",
         "use_generation_tags",
         default=None,
-        help="Honor {% generation %} blocks when the template has them.",
+        help=f"Honor {{% generation %}} blocks when the template has them {default('use_generation_tags')}.",
     ),
     click.option("--max-length", type=int, help="Maximum positions per row (tokens - 1)."),
     click.option(
         "--overflow",
         type=choice("overflow"),
-        help="Over-long examples: truncate (default; chat drops the earliest whole turns first), drop, or split "
-        "(text: consecutive windows; chat: runs of whole turns).",
+        help="Over-long examples: truncate (chat drops the earliest whole turns first), drop, or split "
+        f"(text: consecutive windows; chat: runs of whole turns) {default('overflow')}.",
     ),
     click.option(
-        "--truncate-side", type=choice("truncate_side"), help="Which end truncation cuts: right (default) or left."
+        "--truncate-side",
+        type=choice("truncate_side"),
+        help=f"Which end truncation cuts: right or left {default('truncate_side')}.",
     ),
     click.option(
         "--special-tokens-in-content",
         type=choice("special_tokens_in_content"),
-        help="Control-token strings inside message text: escape (plain text, default), reject or allow.",
+        help="Control-token strings inside message text: escape (plain text), reject or allow "
+        f"{default('special_tokens_in_content')}.",
     ),
     click.option(
         "--unfaithful-turns",
         type=choice("unfaithful_turns"),
-        help="Turns a template renders unlike inference: split (default), faithful-only, as-rendered, reject.",
+        help="Turns a template renders unlike inference: split, faithful-only, as-rendered, reject "
+        f"{default('unfaithful_turns')}.",
     ),
     click.option(
         "--dropped-messages",
         type=choice("dropped_messages"),
-        help="Messages the template leaves out: reject the record (default) or keep it.",
+        help=f"Messages the template leaves out: reject the record, or keep it {default('dropped_messages')}.",
     ),
 ]
 

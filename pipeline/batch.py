@@ -1,4 +1,4 @@
-"""The per-record pipeline as one plain function: parse -> render -> tokenize -> mask -> fit -> shift.
+"""The per-record pipeline as one plain function: parse -> render -> tokenize -> fit -> shift.
 
 `process_batch` takes a batch of raw records and a `JobContext` and returns rows plus one `Outcome` per record.
 It knows nothing of files, processes or clusters: the engines (`lossmask.engines`) decide where it runs.
@@ -37,9 +37,10 @@ class JobContext:
     format_options: FormatOptions
     length_policy: LengthPolicy
 
-    def encode(self, conversation: Conversation) -> list[TokenizedExample]:
-        """Render and tokenize one conversation (a shortened one, for turn-aware lengths); raises RecordError."""
-        examples = tokenize_batch(self.tokenizer, self.renderer.render(conversation))
+    def encode(self, conversation: Conversation, inherited: list[bool]) -> list[TokenizedExample]:
+        """Render and tokenize a shortened conversation (for turn-aware lengths) whose messages keep the training
+        decisions `inherited` from the whole one; raises RecordError."""
+        examples = tokenize_batch(self.tokenizer, self.renderer.render(conversation, inherited))
         for example in examples:
             if isinstance(example, RecordError):
                 raise example
@@ -49,6 +50,8 @@ class JobContext:
     def from_config(cls, config: PrepareConfig) -> JobContext:
         tokenizer = load_tokenizer(config.tokenizer)
         template = load_job_template(config, tokenizer)
+        if template is not None:
+            tokenizer = tokenizer.for_template(template.source)
         return cls(
             config=config,
             tokenizer=tokenizer,
@@ -64,7 +67,6 @@ def load_job_template(config: PrepareConfig, tokenizer: TokenizerInfo) -> ChatTe
     if config.chat_template is None and tokenizer.chat_template is None:
         return None
     name, source = resolve_template_source(config.chat_template, tokenizer.chat_template, config.tokenizer)
-    tokenizer.set_template(source)
     variables = {**tokenizer.special_tokens, **config.template_kwargs}
     return ChatTemplate(name=name, source=source, variables=variables, template_date=config.template_date)
 

@@ -17,8 +17,8 @@ from .errors import SetupError
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
 from .formats.options import FormatOptions
-from .mask import MASK_MODES, MaskPolicy
-from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, UNFAITHFUL_POLICIES, RenderOptions
+from .mask import MASK_MODES, UNFAITHFUL_POLICIES, MaskPolicy
+from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, RenderOptions
 from .templates.environment import DEFAULT_TEMPLATE_DATE
 
 ENGINES = ("local", "ray")
@@ -79,19 +79,24 @@ class PrepareConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise SetupError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        config = cls(**values)
-        config.validate()
-        return config
+        return cls(**values)
 
-    def validate(self) -> None:
-        for name, choices in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in choices:
-                raise SetupError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    def __post_init__(self) -> None:
+        """Normalize what config files and flags may spell loosely, then check the whole: every config is valid."""
         if isinstance(self.inputs, str):
             self.inputs = [self.inputs]
         if isinstance(self.train_roles, str):
             self.train_roles = [r.strip() for r in self.train_roles.split(",") if r.strip()]
+        if self.pack is not None and self.max_length is None:
+            self.max_length = self.pack  # a document longer than a row goes through --overflow first
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SetupError, saying what to fix, when the options do not make a job. Changes nothing."""
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise SetupError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         if self.max_length is not None and self.max_length < 1:
             raise SetupError("max_length must be at least 1")
         self._validate_packing()
@@ -109,14 +114,11 @@ class PrepareConfig:
                 raise SetupError(f"{name} must be at least 1 position")
         if self.pack_window < 0:
             raise SetupError("pack_window must be 0 (the whole dataset) or a number of documents")
-        if self.pack is not None:
-            if self.max_length is None:
-                self.max_length = self.pack  # a document longer than a row goes through --overflow first
-            elif self.max_length > self.pack:
-                raise SetupError(
-                    f"max_length {self.max_length} is longer than the packed rows (pack {self.pack}): "
-                    "leave --max-length out (it defaults to --pack) or make it at most --pack"
-                )
+        if self.pack is not None and self.max_length is not None and self.max_length > self.pack:
+            raise SetupError(
+                f"max_length {self.max_length} is longer than the packed rows (pack {self.pack}): "
+                "leave --max-length out (it defaults to --pack) or make it at most --pack"
+            )
         if self.concat is not None and not self.text_append_eos:
             raise SetupError("--concat joins documents with the end-of-text token: it needs text_append_eos")
 
@@ -145,10 +147,10 @@ class PrepareConfig:
             train_end_of_turn=self.train_end_of_turn,
             train_reasoning=self.train_reasoning,
             use_generation_tags=self.use_generation_tags,
+            unfaithful_turns=self.unfaithful_turns,
         )
         return RenderOptions(
             mask=mask,
-            unfaithful_turns=self.unfaithful_turns,
             dropped_messages=self.dropped_messages,
             special_tokens_in_content=self.special_tokens_in_content,
             reasoning_fallback=self.reasoning_fallback,

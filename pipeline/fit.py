@@ -1,4 +1,4 @@
-"""Stage 6, fit: make an example fit `--max-length` positions (cut it, drop it or split it into windows), and never
+"""Stage 5, fit: make an example fit `--max-length` positions (cut it, drop it or split it into windows), and never
 keep one that trains nothing.
 
 Lengths count positions (input tokens after the shift): an example of n tokens has n - 1 positions, so

@@ -1,16 +1,10 @@
 """Stage 3, render: a record -> rendered text whose every character is labeled, verified against the template.
 
-For a conversation, a cached `Plan` (built from a sentinel rendering of the same shape) says where each message
-lands; the real rendering must equal the plan with the real text substituted, character for character, or the
-record is rejected. That equality is the proof that the spans, and so the mask, are exact.
-
-Templates that render an assistant turn unlike inference (see `templates.plan`) are handled by
-`--unfaithful-turns`:
-- split (default): the faithful turns train in the full rendering; each unfaithful turn trains in its own row,
-  rendered as the conversation up to that turn, exactly as the model sees it when it generates that turn;
-- faithful-only: one row, unfaithful turns left untrained;
-- as-rendered: one row, every turn trained as the template renders it (what most trainers do), flagged;
-- reject: the record is rejected, naming the template and the turn.
+For a conversation, a cached `Layout` (built from a sentinel rendering of the same shape, see `templates.plan`)
+says where each message lands, and the mask policy (`mask`) decides which of its characters train, and which
+rows the conversation becomes (`--unfaithful-turns`). The real rendering must equal the plan with the real text
+substituted, character for character, or the record is rejected. That equality is the proof that the spans,
+and so the mask, are exact.
 """
 
 from __future__ import annotations
@@ -25,24 +19,22 @@ from ..schemas.examples import CharSpan, RenderedExample
 from ..schemas.records import Conversation, Message, PromptCompletion, Record, TextDocument
 from ..schemas.shards import RowFlag
 from .errors import RecordError
-from .mask import MaskPolicy, message_intent
+from .mask import MaskPolicy, appended_eos_trains, class_trains, message_intent, plan, row_plans
 from .templates import ChatTemplate
-from .templates.plan import Plan, PlanBuilder
+from .templates.plan import Layout, LayoutBuilder, Plan
 from .templates.probe import TemplateProfile, profile_template, to_parts
 from .templates.sentinels import CONTENT, REASONING, sentinel
 from .tokenizer import TokenizerInfo
 
-UNFAITHFUL_POLICIES = ("split", "faithful-only", "as-rendered", "reject")
 DROPPED_POLICIES = ("reject", "keep")
 SPECIAL_POLICIES = ("escape", "reject", "allow")
 REASONING_FALLBACKS = ("inline", "drop")
-_PLAN_CACHE_SIZE = 4096
+_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
 class RenderOptions:
     mask: MaskPolicy = field(default_factory=MaskPolicy)
-    unfaithful_turns: str = "split"
     dropped_messages: str = "reject"
     special_tokens_in_content: str = "escape"
     reasoning_fallback: str = "inline"  # when the template ignores reasoning_content: write it in <think> tags
@@ -55,38 +47,38 @@ class Renderer:
         self.tokenizer = tokenizer
         self.options = options
         self.profile: TemplateProfile | None = None
-        self.builder: PlanBuilder | None = None
+        self.builder: LayoutBuilder | None = None
         if template is not None:
             self.profile = profile_template(template, tokenizer.control_re)
-            self.builder = PlanBuilder(
-                template,
-                self.profile,
-                tokenizer.control_re,
-                tokenizer.special_tokens.get("bos_token"),
-                options.mask.rules(),
-            )
+            bos = tokenizer.special_tokens.get("bos_token")
+            self.builder = LayoutBuilder(template, self.profile, tokenizer.control_re, bos)
+        self._layouts: OrderedDict[Any, Layout] = OrderedDict()
         self._plans: OrderedDict[Any, Plan] = OrderedDict()
 
-    def render(self, record: Record) -> list[RenderedExample]:
+    def render(self, record: Record, inherited: list[bool] | None = None) -> list[RenderedExample]:
+        """The rows of a record. `inherited`: the training decision of each message, for a conversation shortened
+        to fit (see `mask.message_intent`)."""
         if isinstance(record, TextDocument):
             return [self._render_text(record)]
         if isinstance(record, PromptCompletion):
             return [self._render_prompt_completion(record)]
-        return self._render_chat(record)
+        return self._render_chat(record, inherited)
 
     # plain text and raw prompt/completion: no template, the spans are known directly
 
     def _render_text(self, record: TextDocument) -> RenderedExample:
         n = len(record.text)
         flags, escape = self._check_special(record.text)
+        (trains,) = message_intent(record, self.options.mask)
         return RenderedExample(
             text=record.text,
-            spans=[CharSpan(0, n, int(TokenClass.TEXT), True)],
+            spans=[CharSpan(0, n, int(TokenClass.TEXT), class_trains(self.options.mask, TokenClass.TEXT, trains))],
             source=record.source,
             data_spans=[(0, n)],
             flags=flags,
             add_special_tokens=True,
             append_eos=self.options.text_append_eos,
+            eos_trains=appended_eos_trains(self.options.mask),
             escape=escape,
         )
 
@@ -94,12 +86,15 @@ class Renderer:
         text = record.prompt + record.completion
         p, n = len(record.prompt), len(text)
         flags, escape = self._check_special(text)
-        trained = self.options.mask.mode != "all"
+        policy = self.options.mask
+        prompt_trains, completion_trains = message_intent(record, policy)
         return RenderedExample(
             text=text,
             spans=[
-                CharSpan(0, p, int(TokenClass.USER), not trained, 0),
-                CharSpan(p, n, int(TokenClass.ASSISTANT), True, 1),
+                CharSpan(0, p, int(TokenClass.USER), class_trains(policy, TokenClass.USER, prompt_trains), 0),
+                CharSpan(
+                    p, n, int(TokenClass.ASSISTANT), class_trains(policy, TokenClass.ASSISTANT, completion_trains), 1
+                ),
             ],
             source=record.source,
             data_spans=[(0, n)],
@@ -107,6 +102,7 @@ class Renderer:
             flags=flags,
             add_special_tokens=True,
             append_eos=True,
+            eos_trains=appended_eos_trains(policy),
             escape=escape,
         )
 
@@ -129,12 +125,13 @@ class Renderer:
 
     # conversations
 
-    def _render_chat(self, conversation: Conversation) -> list[RenderedExample]:
+    def _render_chat(self, conversation: Conversation, inherited: list[bool] | None) -> list[RenderedExample]:
         if self.template is None or self.builder is None or self.profile is None:
             raise RecordError("template_error", "a chat record needs a chat template (--chat-template)")
         if self.profile.requires_tools and not conversation.tools:
             raise RecordError("template_error", f"{self.template.name} renders only conversations that have `tools`")
-        intent = message_intent(conversation, self.options.mask)
+        policy = self.options.mask
+        intent = message_intent(conversation, policy, inherited)
         messages, inline = self._template_messages(conversation.messages)
         texts = [m.content for m in conversation.messages] + [m.reasoning or "" for m in conversation.messages]
         flags, escape = self._check_special(*texts)
@@ -145,30 +142,7 @@ class Renderer:
                 raise RecordError("special_token_in_tool_data", f"found {sorted(set(found))[:5]}")
 
         tools = conversation.tools
-        full = self._plan(messages, tools, intent)
-        rows: list[tuple[int, Plan, int]] = []  # (number of messages rendered, plan, flags)
-        unfaithful = full.unfaithful
-        policy = self.options.unfaithful_turns
-        if not unfaithful:
-            rows.append((len(messages), full, 0))
-        elif policy == "reject":
-            turn = unfaithful[0]
-            raise RecordError(
-                "template_unfaithful",
-                f"{self.template.name} renders assistant message {turn} differently when it is not the last turn",
-            )
-        elif policy == "as-rendered":
-            rows.append((len(messages), full, int(RowFlag.UNFAITHFUL_TRAINED)))
-        else:
-            kept = [want and i not in unfaithful for i, want in enumerate(intent)]
-            if policy == "faithful-only":
-                rows.append((len(messages), self._plan(messages, tools, kept), int(RowFlag.UNFAITHFUL_MASKED)))
-            else:
-                for turn in unfaithful:
-                    only = [i == turn for i in range(turn + 1)]
-                    rows.append((turn + 1, self._plan(messages[: turn + 1], tools, only), int(RowFlag.SPLIT_TURN)))
-                if any(kept):
-                    rows.append((len(messages), self._plan(messages, tools, kept), int(RowFlag.SPLIT_TURN)))
+        rows = row_plans(self._layout(messages, tools), intent, policy, self.template.name)
         # An assistant message with nothing to say: its end-of-turn alone would teach the model to answer with
         # nothing (whitespace-only content trains exactly that). The audit reports rows that hold one.
         blank = [
@@ -177,20 +151,24 @@ class Renderer:
             if m.role == "assistant" and not m.content.strip() and not m.tool_calls
         ]
         examples = []
-        for part, (count, plan, row_flags) in enumerate(rows):
-            if blank and blank[0] < count:
+        for part, row in enumerate(rows):
+            row_plan = self._plan(messages[: row.messages], tools, row.intent)
+            row_flags = row.flags
+            if blank and blank[0] < row.messages:
                 row_flags |= RowFlag.EMPTY_ASSISTANT
-            if plan.dropped:
+            if row_plan.dropped:
                 if self.options.dropped_messages == "reject":
                     what = "; ".join(
                         f"the {lost} of message {i} ({conversation.messages[i].role})" if i >= 0 else f"the {lost}"
-                        for i, lost in plan.dropped
+                        for i, lost in row_plan.dropped
                     )
-                    hint = " (use a template that renders tools)" if any("tool" in p for _, p in plan.dropped) else ""
+                    hint = (
+                        " (use a template that renders tools)" if any("tool" in p for _, p in row_plan.dropped) else ""
+                    )
                     raise RecordError("template_dropped_message", f"{self.template.name} leaves out {what}{hint}")
                 row_flags |= RowFlag.MESSAGE_DROPPED
-            example = self._realize(plan, messages[:count], tools, inline, conversation, part)
-            example.flags |= flags | row_flags | plan.flags
+            example = self._realize(row_plan, messages[: row.messages], tools, inline, conversation, part)
+            example.flags |= flags | row_flags | row_plan.flags
             example.escape = escape
             examples.append(example)
         return examples
@@ -212,25 +190,27 @@ class Renderer:
             out.append(data)
         return out, inline
 
-    def _plan(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, intent: list[bool]) -> Plan:
+    def _layout(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Layout:
+        """The layout of this conversation shape, built once (a sentinel rendering) and cached."""
         assert self.builder is not None and self.profile is not None
-        key = (
-            tuple(_shape(m) for m in messages),
-            json.dumps(tools, sort_keys=True) if tools else None,
-            tuple(intent),
-        )
-        plan = self._plans.get(key)
-        if plan is not None:
-            self._plans.move_to_end(key)
-            return plan
-        skeleton_messages = [_with_sentinels(i, m) for i, m in enumerate(messages)]
-        if self.profile.content_format == "parts":
-            skeleton_messages = to_parts(skeleton_messages)
-        plan = self.builder.build(skeleton_messages, tools, intent)
-        self._plans[key] = plan
-        if len(self._plans) > _PLAN_CACHE_SIZE:
-            self._plans.popitem(last=False)
-        return plan
+        key = (tuple(_shape(m) for m in messages), json.dumps(tools, sort_keys=True) if tools else None)
+        layout = _cached(self._layouts, key)
+        if layout is None:
+            skeleton_messages = [_with_sentinels(i, m) for i, m in enumerate(messages)]
+            if self.profile.content_format == "parts":
+                skeleton_messages = to_parts(skeleton_messages)
+            layout = _store(self._layouts, key, self.builder.build(skeleton_messages, tools))
+        return layout
+
+    def _plan(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, intent: tuple[bool, ...]
+    ) -> Plan:
+        """The layout with the mask policy applied for this intent, cached likewise."""
+        key = (tuple(_shape(m) for m in messages), json.dumps(tools, sort_keys=True) if tools else None, intent)
+        cached = _cached(self._plans, key)
+        if cached is not None:
+            return cached
+        return _store(self._plans, key, plan(self._layout(messages, tools), intent, self.options.mask))
 
     def _realize(
         self,
@@ -289,7 +269,7 @@ class Renderer:
                 data_spans.append((start, end))
                 prefix = inline.get(occurrence.message, 0)
                 if prefix and occurrence.kind == CONTENT and occurrence.transform != "json" and end - start > prefix:
-                    trains = self._reasoning_trains(span)
+                    trains = class_trains(self.options.mask, TokenClass.REASONING, span.trainable)
                     spans.append(CharSpan(start, start + prefix, int(TokenClass.REASONING), trains, span.message))
                     start += prefix
                 spans.append(CharSpan(start, end, span.cls, span.trainable, span.message))
@@ -306,9 +286,6 @@ class Renderer:
             turns=turns,
             part=part,
         )
-
-    def _reasoning_trains(self, span: Any) -> bool:
-        return bool(span.trainable) and (self.options.mask.train_reasoning or self.options.mask.mode == "all")
 
 
 def _shape(message: dict[str, Any]) -> tuple[Any, ...]:
@@ -329,6 +306,20 @@ def _with_sentinels(index: int, message: dict[str, Any]) -> dict[str, Any]:
     if message.get("reasoning_content"):
         out["reasoning_content"] = out["thinking"] = sentinel(REASONING, index)
     return out
+
+
+def _cached(cache: OrderedDict[Any, Any], key: Any) -> Any:
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _store(cache: OrderedDict[Any, Any], key: Any, value: Any) -> Any:
+    cache[key] = value
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
 
 
 def _first_difference(a: str, b: str) -> int:

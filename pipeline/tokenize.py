@@ -1,5 +1,7 @@
 """Stage 4, tokenize: rendered text with labeled characters -> token ids with a class and a train flag each.
 
+Which tokens train follows from which characters do (`mask.tokens_trained`); this stage computes, never decides.
+
 The whole rendered text is encoded once, with offsets, exactly as the model will see it at inference (the
 ids equal `apply_chat_template(tokenize=True)`): pieces are never encoded separately and concatenated, since
 tokens merge across boundaries. `add_special_tokens=False` for chat, because the template already wrote BOS.
@@ -18,6 +20,7 @@ from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample, TokenizedExample
 from ..schemas.shards import RowFlag
 from .errors import RecordError
+from .mask import tokens_trained
 from .tokenizer import TokenizerInfo
 
 # RowFlag bits as plain ints: IntFlag arithmetic builds enum objects, which is slow on the per-row path.
@@ -70,15 +73,14 @@ def tokenize_batch(info: TokenizerInfo, examples: list[RenderedExample]) -> list
         index = span_of(pos)
         return trained_before[index] + np.clip(pos - span_start[index], 0, span_length[index]) * span_train[index]
 
-    trainable = (trained_chars_before(ends) - trained_chars_before(starts)) > 0
     first_span = span_of(starts)
     last_span = span_of(np.maximum(ends - 1, starts))
     classes = span_cls[first_span]
     zero_width = ends <= starts
-    if zero_width.any():
-        classes[zero_width] = TokenClass.TEMPLATE
-        fully_trained = np.array([all(s.trainable for s in e.spans) and bool(e.spans) for e in examples])
-        trainable |= zero_width & fully_trained[row_of_token]  # BOS a post-processor added to plain text
+    classes[zero_width] = TokenClass.TEMPLATE  # e.g. a BOS the post-processor added
+    fully_trained = np.array([all(s.trainable for s in e.spans) and bool(e.spans) for e in examples], dtype=bool)
+    trained_chars = trained_chars_before(ends) - trained_chars_before(starts)
+    trainable = tokens_trained(trained_chars, zero_width, fully_trained[row_of_token])
 
     all_text = "".join(e.text for e in examples)
     for k in np.flatnonzero(first_span != last_span):  # tokens that cross a span boundary
@@ -258,7 +260,7 @@ def _finish_row(
             raise RecordError("mask_verification_failed", "plain text needs an EOS token but the tokenizer has none")
         if ids.size == 0 or ids[-1] != eos:
             ids = np.append(ids, np.int32(eos))
-            trainable = np.append(trainable, True)
+            trainable = np.append(trainable, example.eos_trains)
             classes = np.append(classes, np.uint8(TokenClass.END_OF_TURN if example.turns else TokenClass.TEXT))
     bos = info.bos_id
     if bos is not None and ids.size >= 2 and ids[0] == bos and ids[1] == bos:

@@ -11,6 +11,7 @@ added tokens before anything else, this gives the same ids as whole-text encodin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -81,11 +82,13 @@ class TokenizerInfo:
     def _token_id(self, token: str | None) -> int | None:
         return None if token is None else self.tokenizer.token_to_id(token)
 
-    def set_template(self, template_source: str | None) -> None:
-        """Control tokens = special added tokens + added tokens the template writes (whitespace ones excepted).
+    def for_template(self, template_source: str | None) -> TokenizerInfo:
+        """This tokenizer as a job with that template sees it: its control tokens are the special added tokens
+        plus the added tokens the template writes (whitespace ones excepted).
 
         This is transformers' rule for `sanitize_control_tokens`; tokens that are neither (e.g. Mistral's
-        `[REFERENCE_DOC_1]`) are ordinary vocabulary and may appear in text.
+        `[REFERENCE_DOC_1]`) are ordinary vocabulary and may appear in text. A new value: the tokenizer itself is
+        shared, never changed.
         """
         text = template_source or ""
         tokens = [
@@ -98,10 +101,14 @@ class TokenizerInfo:
             if value and value not in tokens and self.tokenizer.token_to_id(value) is not None:
                 tokens.append(value)
         tokens = sorted(set(tokens), key=lambda t: (-len(t), t))
-        self.control_tokens = tuple(tokens)
-        self.control_ids = frozenset(i for t in tokens if (i := self.tokenizer.token_to_id(t)) is not None)
-        self.control_re = re.compile("|".join(map(re.escape, tokens))) if tokens else None
-        self._escape_supported = None
+        return dataclasses.replace(
+            self,
+            control_tokens=tuple(tokens),
+            control_ids=frozenset(i for t in tokens if (i := self.tokenizer.token_to_id(t)) is not None),
+            control_re=re.compile("|".join(map(re.escape, tokens))) if tokens else None,
+            _escape_supported=None,
+            _plain=None,
+        )
 
     def find_control_tokens(self, text: str) -> list[str]:
         if self.control_re is None:
@@ -224,8 +231,7 @@ def load_tokenizer(path: str) -> TokenizerInfo:
         special_tokens=special,
         fingerprint=digest.hexdigest(),
     )
-    info.set_template(info.chat_template)
-    return info
+    return info.for_template(info.chat_template)
 
 
 def _token_string(value: Any) -> str | None:

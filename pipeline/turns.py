@@ -34,7 +34,8 @@ from .errors import RecordError
 from .fit import LengthPolicy, fit
 from .mask import MaskPolicy, message_intent
 
-Encode = Callable[[Conversation], list[TokenizedExample]]  # render + tokenize one conversation; raises RecordError
+# Render + tokenize a shortened conversation whose messages keep the given training decisions; raises RecordError.
+Encode = Callable[[Conversation, list[bool]], list[TokenizedExample]]
 Result = list[TokenizedExample | RecordError]  # rows to write, or row drops with their reason
 
 _DROPPED = int(RowFlag.TURNS_DROPPED | RowFlag.TRUNCATED)
@@ -73,12 +74,13 @@ def exchanges(conversation: Conversation) -> Exchanges:
 
 def sub_conversation(
     conversation: Conversation, parts: Exchanges, first: int, stop: int, intent: list[bool]
-) -> Conversation:
-    """The system prompt and exchanges [first, stop). Each message keeps the training decision it had in the whole
-    conversation (as the data's own flag), so `--mask last-assistant` still means the conversation's last turn."""
+) -> tuple[Conversation, list[bool]]:
+    """The system prompt and exchanges [first, stop), and the training decision each of their messages had in the
+    whole conversation (which they keep: `--mask last-assistant` still means the conversation's last turn)."""
     indices = [*range(parts.lead), *range(parts.starts[first], parts.end(stop - 1))]
-    messages = [dataclasses.replace(conversation.messages[i], train=intent[i]) for i in indices]
-    return Conversation(messages=messages, source=conversation.source, tools=conversation.tools)
+    messages = [conversation.messages[i] for i in indices]
+    shortened = Conversation(messages=messages, source=conversation.source, tools=conversation.tools)
+    return shortened, [intent[i] for i in indices]
 
 
 def fit_conversation(
@@ -120,7 +122,9 @@ class _Tries:
         key = (first, stop)
         if key not in self.known:
             try:
-                self.known[key] = self.encode(sub_conversation(self.conversation, self.parts, first, stop, self.intent))
+                self.known[key] = self.encode(
+                    *sub_conversation(self.conversation, self.parts, first, stop, self.intent)
+                )
             except RecordError as exc:
                 self.known[key] = exc
         return self.known[key]

@@ -34,7 +34,8 @@ class RenderedExample:
     part: int = 0
     flags: int = 0
     add_special_tokens: bool = False  # let the tokenizer's post-processor add BOS (plain text, raw prompts)
-    append_eos: bool = False  # end with the EOS token, trained (plain text, raw completions)
+    append_eos: bool = False  # end with the EOS token (plain text, raw completions)
+    eos_trains: bool = True  # whether that EOS counts (decided by the mask policy)
     escape: bool = False  # data spans hold control-token strings that must be encoded as plain text
 
 

@@ -85,7 +85,6 @@ def builtin_setup(name: str) -> tuple[Any, Any]:
     tokenizer = Tokenizer.from_file(str(FIXTURE_TOKENIZER / "tokenizer.json"))
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in spec["tokens"]])
     special = {key: spec[short] for key, short in (("bos_token", "bos"), ("eos_token", "eos")) if spec[short]}
-    info = TokenizerInfo(path=f"fixture+{name}", tokenizer=tokenizer, special_tokens=special)
     source = builtin_source(name)
-    info.set_template(source)
+    info = TokenizerInfo(path=f"fixture+{name}", tokenizer=tokenizer, special_tokens=special).for_template(source)
     return info, ChatTemplate(name=f"builtin:{name}", source=source, variables=dict(special))

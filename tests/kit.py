@@ -53,8 +53,7 @@ def style_info(source: str) -> TokenizerInfo:
     info = TokenizerInfo(
         path="style", tokenizer=style_tokenizer(source), special_tokens={"bos_token": BOS, "eos_token": EOS}
     )
-    info.set_template(source)
-    return info
+    return info.for_template(source)
 
 
 def save_style_folder(folder: Path, chat_template: str, *sources: str) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lossmask.pipeline.errors import RecordError, SetupError
+from lossmask.pipeline.mask import MaskPolicy
 from lossmask.pipeline.render import Renderer, RenderOptions
 from lossmask.pipeline.templates import ChatTemplate
 from lossmask.pipeline.templates.environment import DEFAULT_TEMPLATE_DATE
@@ -159,7 +160,7 @@ def test_masks_agree_with_trl_generation_tags(tmp_path: Path, training: str, ori
     info = load_tokenizer(str(folder))
     control = set(info.control_ids)
     template = ChatTemplate(original, original_src, {"bos_token": BOS, "eos_token": EOS})
-    renderer = Renderer(template, info, RenderOptions(unfaithful_turns=policy))
+    renderer = Renderer(template, info, RenderOptions(mask=MaskPolicy(unfaithful_turns=policy)))
     system = "gemma" not in original  # Gemma 1/2 templates raise on a system message
     messages = hf_messages(original, system)
 

@@ -28,7 +28,7 @@ def counted_text(info, result) -> str:
 def test_a_mismatched_inference_prompt_never_trains_prompt_markup():
     info, _ = builtin_setup("mistral")
     template = ChatTemplate("system-in-last-user", SYSTEM_IN_LAST_USER, {"bos_token": "<s>", "eos_token": "</s>"})
-    info.set_template(SYSTEM_IN_LAST_USER)
+    info = info.for_template(SYSTEM_IN_LAST_USER)
     conversation = Conversation(
         [Message("system", "Be brief."), Message("user", "Capital of France?"), Message("assistant", "Paris.")],
         SourceRef("case", 1),

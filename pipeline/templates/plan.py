@@ -1,11 +1,12 @@
 """Where every character of a rendering comes from, worked out once per conversation shape.
 
-A plan renders the conversation with sentinels in place of message text (see `sentinels`) and labels each
-character of that skeleton: which message it belongs to, its `TokenClass`, and whether it trains. A real
-conversation of the same shape is then mapped by substituting its text into the sentinel slots, and the
-result is compared with the real rendering (see `render.py`): equal means every span is exact.
+A `Layout` renders the conversation with sentinels in place of message text (see `sentinels`) and labels each
+character of that skeleton: the message it belongs to, its `TokenClass`, and for message text which occurrence
+of that text it is. It decides nothing about training: the mask policy (`pipeline.mask`) reads the labels and
+decides which characters train, and `Layout.plan` turns that decision into the `Plan` that `render` fills with
+the real text and verifies against the real rendering.
 
-For each assistant turn the plan finds:
+For each assistant turn the layout finds (`Turn`):
 - where the model starts generating: the end of `render(messages[:i], add_generation_prompt=True)` when that
   is a prefix of the rendering (otherwise the common prefix, and the turn is flagged GEN_PROMPT_MISMATCH);
 - where the turn ends: the first end-of-turn marker learned by the probe (or, for turns whose marker differs,
@@ -13,7 +14,8 @@ For each assistant turn the plan finds:
   in which it is the final message);
 - whether it is faithful: rendered as it would be if it were the last turn, i.e. as the model generates it at
   inference. Qwen3 (drops old <think> blocks) and gpt-oss (`<|end|>` vs `<|return|>`) are not.
-Everything the model generates between those points (content, reasoning, tool calls, end-of-turn) trains.
+Everything between those points is labeled as what the model generates: its content, reasoning, tool calls,
+the markup of its turn and its end-of-turn marker.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ...schemas.classes import ROLE_CONTENT_CLASS, TokenClass
 from ...schemas.shards import RowFlag
@@ -43,151 +47,164 @@ class PlanSpan:
     occurrence: int  # index into Plan.occurrences when this span is message text, else -1
 
 
-@dataclass
-class TurnInfo:
+@dataclass(frozen=True)
+class Turn:
+    """An assistant turn in the skeleton: what the model generates for message `message`."""
+
     message: int
-    trained: bool
-    start: int  # where the model starts generating (skeleton coordinates)
+    start: int  # where the model starts generating: the end of the generation prompt
     end: int  # end of the end-of-turn marker, or of the turn's text when there is none
-    context_faithful: bool
-    target_faithful: bool
+    window_end: int  # where the next message's text starts ({% generation %} blocks before it are this turn's)
+    context_faithful: bool  # the text before the turn is the inference prompt (add_generation_prompt=True)
+    target_faithful: bool  # the turn is rendered as when it is the last message, as the model generates it
     has_end_of_turn: bool
+    calls_rendered: bool  # every tool call's name appears in the turn
+
+
+@dataclass
+class Labels:
+    """One entry per skeleton character."""
+
+    cls: np.ndarray  # uint8 TokenClass
+    owner: np.ndarray  # int32: the message it belongs to, -1 for template text outside messages
+    occurrence: np.ndarray  # int32: index into the layout's occurrences for message text, else -1
+
+    @classmethod
+    def template_text(cls, n: int) -> Labels:
+        return cls(
+            np.full(n, int(TokenClass.TEMPLATE), dtype=np.uint8),
+            np.full(n, -1, dtype=np.int32),
+            np.full(n, -1, dtype=np.int32),
+        )
 
 
 @dataclass
 class Plan:
+    """A layout with its trained characters decided (by `pipeline.mask.plan`)."""
+
     skeleton: str
     occurrences: list[Occurrence]
     spans: list[PlanSpan]
-    turns: list[TurnInfo]
-    trained_ranges: list[tuple[int, int]]  # skeleton coordinates, one per trained turn or trained message
+    trained_ranges: list[tuple[int, int]]  # skeleton coordinates: the runs of trained characters, verified per row
     flags: int = 0
     # What the template left out: (message index or -1, "text" | "tool calls" | "tool definitions").
     dropped: list[tuple[int, str]] = field(default_factory=list)
 
-    @property
-    def unfaithful(self) -> list[int]:
-        return [t.message for t in self.turns if t.trained and not t.target_faithful]
+
+@dataclass
+class Layout:
+    skeleton: str
+    occurrences: list[Occurrence]
+    first_occurrence: list[bool]  # per occurrence: the first place its message's text (of its kind) appears
+    labels: Labels
+    turns: list[Turn]
+    placed: list[int]  # messages whose text or turn is in the skeleton, in order
+    generation: list[tuple[int, int]] | None  # the {% generation %} blocks, when the template has them
+    dropped: list[tuple[int, str]]  # text and tool definitions the template left out
+    turns_by_message: dict[int, Turn] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.turns_by_message = {turn.message: turn for turn in self.turns}
+
+    def first_occurrences_of(self, message: int) -> list[Occurrence]:
+        return [o for k, o in enumerate(self.occurrences) if o.message == message and self.first_occurrence[k]]
+
+    def plan(self, train: np.ndarray, intent: tuple[bool, ...], use_tags: bool) -> Plan:
+        """The plan for these trained characters: spans of equal labels, trained runs, and what the row shows."""
+        flags = int(RowFlag.GENERATION_TAGS) if use_tags else 0
+        dropped = list(self.dropped)
+        for turn in self.turns:
+            if not intent[turn.message]:
+                continue
+            if not turn.calls_rendered:
+                dropped.append((turn.message, "tool calls"))
+            if not turn.context_faithful:
+                flags |= RowFlag.GEN_PROMPT_MISMATCH
+            if not turn.has_end_of_turn:
+                flags |= RowFlag.NO_END_OF_TURN
+        spans = _run_lengths(self.labels, train)
+        return Plan(self.skeleton, self.occurrences, spans, _trained_runs(train), int(flags), sorted(set(dropped)))
 
 
-@dataclass(frozen=True)
-class MaskRules:
-    """Which characters train, given which messages should (decided by the mask policy upstream)."""
+@dataclass
+class _TextPlaces:
+    """Where the messages' text landed in a skeleton."""
 
-    train_all: bool = False  # --mask all: every token is a target
-    train_end_of_turn: bool = True
-    train_reasoning: bool = True
-    use_generation_tags: bool = True
+    start: dict[int, int]  # message -> first character of its text
+    end: dict[int, int]  # message -> end of its text's last character
+    kinds: set[tuple[int, str]]  # (message, CONTENT or REASONING) found
+
+    def next_start(self, message: int, default: int) -> int:
+        return min((start for j, start in self.start.items() if j > message), default=default)
 
 
-class PlanBuilder:
-    """Builds plans for one template + tokenizer; holds the regexes the analysis needs."""
+class LayoutBuilder:
+    """Builds layouts for one template + tokenizer; holds the regexes the analysis needs."""
 
     def __init__(
-        self,
-        template: ChatTemplate,
-        profile: TemplateProfile,
-        control_re: re.Pattern[str] | None,
-        bos_token: str | None,
-        rules: MaskRules,
+        self, template: ChatTemplate, profile: TemplateProfile, control_re: re.Pattern[str] | None, bos: str | None
     ):
         self.template = template
         self.profile = profile
         self.control_re = control_re
-        self.bos_token = bos_token
-        self.rules = rules
+        self.bos_token = bos
         self.eot_re = _alternation(profile.eot_markers)
         self.footer_re = _alternation(profile.footer_markers)
 
-    def build(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, intent: list[bool]) -> Plan:
-        """`messages` hold sentinels; `intent[i]` says whether message i should train."""
-        use_tags = self.rules.use_generation_tags and self.template.has_generation_tags
-        if use_tags:
-            skeleton, generation_spans = self.template.render_tracked(messages, tools=tools)
-        else:
-            skeleton, generation_spans = self.template.render(messages, tools=tools), []
+    def build(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Layout:
+        """`messages` hold sentinels (see `sentinels`)."""
+        skeleton, generation = self._render(messages, tools)
         occurrences, stray = find_occurrences(skeleton)
         if stray:
             raise RecordError(
                 "template_content_dependent",
                 f"{self.template.name} cuts or rewrites message text (a sentinel was split), so spans cannot be mapped",
             )
-        n = len(skeleton)
-        cls = [int(TokenClass.TEMPLATE)] * n
-        train = [False] * n
-        owner = [-1] * n
-        occ_of = [-1] * n
-
-        first: dict[int, int] = {}
-        data_end: dict[int, int] = {}
-        primary: set[int] = set()
-        seen: set[tuple[int, str]] = set()
-        for k, occ in enumerate(occurrences):
-            role = messages[occ.message]["role"]
-            klass = TokenClass.REASONING if occ.kind == REASONING else ROLE_CONTENT_CLASS.get(role, TokenClass.USER)
-            for p in range(occ.start, occ.end):
-                cls[p], owner[p], occ_of[p] = int(klass), occ.message, k
-            if (occ.message, occ.kind) not in seen:
-                seen.add((occ.message, occ.kind))
-                primary.add(k)
-                first[occ.message] = min(first.get(occ.message, occ.start), occ.start)
-                data_end[occ.message] = max(data_end.get(occ.message, occ.end), occ.end)
-
+        labels = Labels.template_text(len(skeleton))
+        first_occurrence, places = _label_text(messages, occurrences, labels)
         dropped = [
-            (i, "text") for i, m in enumerate(messages) if _has_text(m.get("content")) and (i, CONTENT) not in seen
+            (i, "text")
+            for i, m in enumerate(messages)
+            if _has_text(m.get("content")) and (i, CONTENT) not in places.kinds
         ]
         if tools and not any(name in skeleton for name in _tool_names(tools)):
             dropped.append((-1, "tool definitions"))
-        flags = 0
-        turns: list[TurnInfo] = []
-        trained_ranges: list[tuple[int, int]] = []
+        turns, placed = self._label_messages(messages, tools, skeleton, places, labels)
+        return Layout(skeleton, occurrences, first_occurrence, labels, turns, placed, generation, dropped)
+
+    def _render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> tuple[str, list[tuple[int, int]] | None]:
+        if self.template.has_generation_tags:
+            return self.template.render_tracked(messages, tools=tools)
+        return self.template.render(messages, tools=tools), None
+
+    def _label_messages(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        skeleton: str,
+        places: _TextPlaces,
+        labels: Labels,
+    ) -> tuple[list[Turn], list[int]]:
+        """Each message in order: the header before it, and for an assistant message the turn it generates."""
+        turns: list[Turn] = []
+        placed: list[int] = []
         previous_end = 0
         for i, message in enumerate(messages):
-            next_first = min((first[j] for j in range(i + 1, len(messages)) if j in first), default=n)
-            if message["role"] == "assistant" and (i in first or message.get("tool_calls")):
-                turn = self._assistant_turn(
-                    messages, tools, skeleton, i, previous_end, first.get(i), data_end.get(i), next_first, intent[i]
-                )
+            if message["role"] == "assistant" and (i in places.start or message.get("tool_calls")):
+                turn = self._assistant_turn(messages, tools, skeleton, i, previous_end, places)
+                self._label_header(skeleton, previous_end, turn.start, labels, i, is_first=previous_end == 0)
+                self._label_turn(skeleton, message, turn, places, labels)
                 turns.append(turn)
-                self._label_gap(skeleton, previous_end, turn.start, cls, owner, i, is_first=previous_end == 0)
-                self._label_turn(skeleton, message, turn, first.get(i), data_end.get(i), cls, train, owner, occ_of)
-                if turn.trained:
-                    if any(name not in skeleton[turn.start : turn.end] for name in _tool_call_names(message)):
-                        dropped.append((i, "tool calls"))
-                    if use_tags:
-                        trained_ranges.extend(
-                            self._apply_generation_spans(generation_spans, turn, next_first, train, occ_of, primary)
-                        )
-                    else:
-                        trained_ranges.append((turn.start, turn.end))
-                    if not turn.context_faithful:
-                        flags |= RowFlag.GEN_PROMPT_MISMATCH
-                    if not turn.has_end_of_turn:
-                        flags |= RowFlag.NO_END_OF_TURN
                 previous_end = max(previous_end, turn.end)
-            elif i in first:
-                self._label_gap(skeleton, previous_end, first[i], cls, owner, i, is_first=previous_end == 0)
-                if intent[i]:
-                    for k, occ in enumerate(occurrences):
-                        if occ.message == i and k in primary:
-                            for p in range(occ.start, occ.end):
-                                train[p] = True
-                            trained_ranges.append((occ.start, occ.end))
-                previous_end = max(previous_end, data_end[i])
-        if use_tags:
-            flags |= RowFlag.GENERATION_TAGS
-        if self.rules.train_all:
-            train = [True] * n
-            trained_ranges = [(0, n)] if n else []
-        for k, occ in enumerate(occurrences):
-            if self.rules.train_all:
-                break
-            # Duplicated text trains only where the model generates it; message text trains whole or not at all.
-            whole = k in primary and any(train[occ.start : occ.end])
-            for p in range(occ.start, occ.end):
-                train[p] = whole
-        spans = _run_lengths(cls, train, owner, occ_of)
-        return Plan(skeleton, occurrences, spans, turns, trained_ranges, flags, sorted(set(dropped)))
+            elif i in places.start:
+                self._label_header(skeleton, previous_end, places.start[i], labels, i, is_first=previous_end == 0)
+                previous_end = max(previous_end, places.end[i])
+            else:
+                continue
+            placed.append(i)
+        return turns, placed
 
     def _assistant_turn(
         self,
@@ -196,14 +213,43 @@ class PlanBuilder:
         skeleton: str,
         i: int,
         previous_end: int,
-        first: int | None,
-        data_end: int | None,
-        next_first: int,
-        trained: bool,
-    ) -> TurnInfo:
-        upper = first if first is not None else next_first
-        context_faithful = True
-        start = upper
+        places: _TextPlaces,
+    ) -> Turn:
+        text_start = places.start.get(i)
+        next_start = places.next_start(i, len(skeleton))
+        upper = text_start if text_start is not None else next_start
+        start, context_faithful = self._generation_start(messages, tools, skeleton, i, previous_end, upper)
+        text_end = places.end.get(i, start)
+        rendered_as_last: str | None = None
+        if i < len(messages) - 1:
+            try:
+                rendered_as_last = self.template.render(messages[: i + 1], tools=tools)
+            except RecordError:
+                rendered_as_last = None
+        eot = self._find_end_of_turn(skeleton, text_end, next_start, rendered_as_last)
+        end = eot[1] if eot else text_end
+        if i == len(messages) - 1:
+            target_faithful = True
+        elif rendered_as_last is None:
+            target_faithful = False
+        else:
+            # Faithful = the turn as generated at inference (rendered last, through its own end-of-turn marker)
+            # is exactly what this rendering holds.
+            target_faithful = skeleton.startswith(rendered_as_last[: self._generated_end(rendered_as_last, i)])
+        calls_rendered = all(name in skeleton[start:end] for name in _tool_call_names(messages[i]))
+        return Turn(i, start, end, next_start, context_faithful, target_faithful, eot is not None, calls_rendered)
+
+    def _generation_start(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        skeleton: str,
+        i: int,
+        previous_end: int,
+        upper: int,
+    ) -> tuple[int, bool]:
+        """(where the model starts generating message i, whether the text before it is the inference prompt)."""
+        start, context_faithful = upper, True
         if i > 0:
             try:
                 prompt = self.template.render(messages[:i], add_generation_prompt=True, tools=tools)
@@ -221,25 +267,7 @@ class PlanBuilder:
                     aligned = _aligned_prompt_end(prompt, skeleton, previous_end, upper)
                     if aligned is not None:
                         start = max(start, aligned)
-        start = min(max(start, previous_end), upper)
-        text_end = data_end if data_end is not None else start
-        rendered_as_last: str | None = None
-        if i < len(messages) - 1:
-            try:
-                rendered_as_last = self.template.render(messages[: i + 1], tools=tools)
-            except RecordError:
-                rendered_as_last = None
-        eot = self._find_end_of_turn(skeleton, text_end, next_first, rendered_as_last)
-        end = eot[1] if eot else text_end
-        if i == len(messages) - 1:
-            target_faithful = True
-        elif rendered_as_last is None:
-            target_faithful = False
-        else:
-            # Faithful = the turn as generated at inference (rendered last, through its own end-of-turn marker)
-            # is exactly what this rendering holds.
-            target_faithful = skeleton.startswith(rendered_as_last[: self._generated_end(rendered_as_last, i)])
-        return TurnInfo(i, trained, start, end, context_faithful, target_faithful, eot is not None)
+        return min(max(start, previous_end), upper), context_faithful
 
     def _generated_end(self, rendered: str, message: int) -> int:
         """End of the final assistant turn (message) in a rendering where it is the last message."""
@@ -268,11 +296,9 @@ class PlanBuilder:
             found = match.span()
         return found
 
-    def _label_gap(
-        self, skeleton: str, start: int, end: int, cls: list[int], owner: list[int], message: int, is_first: bool
-    ) -> None:
+    def _label_header(self, skeleton: str, start: int, end: int, labels: Labels, message: int, is_first: bool) -> None:
         """Template text before a message: its header is what follows the last closing marker of the gap
-        (`<|im_start|>user\n` after `...<|im_end|>\n`); the rest (footers, default system prompts, tool
+        (`<|im_start|>user\\n` after `...<|im_end|>\\n`); the rest (footers, default system prompts, tool
         definitions, BOS) stays template text."""
         if end <= start:
             return
@@ -285,54 +311,31 @@ class PlanBuilder:
             cut = len(gap) - len(gap.lstrip(" \t" + _NEWLINES))
         while cut < len(gap) and gap[cut] in _NEWLINES:
             cut += 1
-        for p in range(start + cut, end):
-            cls[p] = int(TokenClass.ROLE_HEADER)
-            owner[p] = message
+        labels.cls[start + cut : end] = int(TokenClass.ROLE_HEADER)
+        labels.owner[start + cut : end] = message
 
     def _label_turn(
-        self,
-        skeleton: str,
-        message: dict[str, Any],
-        turn: TurnInfo,
-        first: int | None,
-        data_end: int | None,
-        cls: list[int],
-        train: list[bool],
-        owner: list[int],
-        occ_of: list[int],
+        self, skeleton: str, message: dict[str, Any], turn: Turn, places: _TextPlaces, labels: Labels
     ) -> None:
-        """Class and train flag for every character the model generates in this turn."""
+        """The class of every template character the model generates in this turn (its text is labeled already)."""
         has_reasoning = bool(message.get("reasoning_content"))
         has_calls = bool(message.get("tool_calls"))
-        text_start = first if first is not None else turn.start
-        text_end = data_end if data_end is not None else turn.start
-        eot_start = turn.end
-        if turn.has_end_of_turn:
-            eot_start = self._eot_start(skeleton, text_end, turn.end)
+        text_start = places.start.get(turn.message, turn.start)
+        text_end = places.end.get(turn.message, turn.start)
+        eot_start = self._eot_start(skeleton, text_end, turn.end) if turn.has_end_of_turn else turn.end
         before = skeleton[turn.start : text_start]
         lead_class = TokenClass.REASONING if (has_reasoning or _THINK.search(before)) else TokenClass.ASSISTANT_MARKUP
-        tail = skeleton[text_end:eot_start]
-        for p in range(turn.start, turn.end):
-            if occ_of[p] < 0:
-                if p < text_start:
-                    klass = lead_class
-                elif p < text_end:
-                    klass = TokenClass.REASONING if has_reasoning else TokenClass.ASSISTANT_MARKUP
-                elif p < eot_start:
-                    if has_calls:
-                        klass = TokenClass.TOOL_CALL
-                    else:
-                        klass = TokenClass.END_OF_TURN if not tail.strip() else TokenClass.ASSISTANT_MARKUP
-                else:
-                    klass = TokenClass.END_OF_TURN
-                cls[p] = int(klass)
-                owner[p] = turn.message
-            if turn.trained:
-                klass = TokenClass(cls[p])
-                train[p] = not (
-                    (klass == TokenClass.REASONING and not self.rules.train_reasoning)
-                    or (klass == TokenClass.END_OF_TURN and not self.rules.train_end_of_turn)
-                )
+        tail_class = TokenClass.END_OF_TURN if not skeleton[text_end:eot_start].strip() else TokenClass.ASSISTANT_MARKUP
+        inner_class = TokenClass.REASONING if has_reasoning else TokenClass.ASSISTANT_MARKUP
+        classes = np.empty(turn.end - turn.start, dtype=np.uint8)
+        positions = np.arange(turn.start, turn.end)
+        classes[:] = int(TokenClass.END_OF_TURN)  # from the end-of-turn marker on
+        classes[positions < eot_start] = int(TokenClass.TOOL_CALL if has_calls else tail_class)
+        classes[positions < text_end] = int(inner_class)
+        classes[positions < text_start] = int(lead_class)
+        template_text = labels.occurrence[turn.start : turn.end] < 0
+        labels.cls[turn.start : turn.end][template_text] = classes[template_text]
+        labels.owner[turn.start : turn.end][template_text] = turn.message
 
     def _eot_start(self, skeleton: str, text_end: int, end: int) -> int:
         """The end-of-turn span starts at the marker, or at the whitespace right before it."""
@@ -346,26 +349,26 @@ class PlanBuilder:
             start -= 1
         return start
 
-    def _apply_generation_spans(
-        self,
-        spans: list[tuple[int, int]],
-        turn: TurnInfo,
-        window_end: int,
-        train: list[bool],
-        occ_of: list[int],
-        primary: set[int],
-    ) -> list[tuple[int, int]]:
-        """With {% generation %} blocks the template says what trains: exactly those characters of the turn."""
-        for p in range(turn.start, turn.end):
-            if occ_of[p] < 0 or occ_of[p] in primary:
-                train[p] = False
-        ranges = []
-        for a, b in spans:
-            if a < window_end and b > turn.start and b > a:
-                for p in range(a, b):
-                    train[p] = True
-                ranges.append((a, b))
-        return ranges
+
+def _label_text(
+    messages: list[dict[str, Any]], occurrences: list[Occurrence], labels: Labels
+) -> tuple[list[bool], _TextPlaces]:
+    """Label every occurrence of message text; (which occurrences come first for their text, where texts are)."""
+    places = _TextPlaces({}, {}, set())
+    first_occurrence = []
+    for k, occurrence in enumerate(occurrences):
+        i = occurrence.message
+        role = messages[i]["role"]
+        klass = TokenClass.REASONING if occurrence.kind == REASONING else ROLE_CONTENT_CLASS.get(role, TokenClass.USER)
+        window = slice(occurrence.start, occurrence.end)
+        labels.cls[window], labels.owner[window], labels.occurrence[window] = int(klass), i, k
+        first = (i, occurrence.kind) not in places.kinds
+        first_occurrence.append(first)
+        if first:
+            places.kinds.add((i, occurrence.kind))
+            places.start[i] = min(places.start.get(i, occurrence.start), occurrence.start)
+            places.end[i] = max(places.end.get(i, occurrence.end), occurrence.end)
+    return first_occurrence, places
 
 
 def _alternation(strings: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -411,12 +414,25 @@ def _tool_call_names(message: dict[str, Any]) -> list[str]:
     return [call["function"]["name"] for call in message.get("tool_calls") or []]
 
 
-def _run_lengths(cls: list[int], train: list[bool], owner: list[int], occ_of: list[int]) -> list[PlanSpan]:
-    spans: list[PlanSpan] = []
-    n = len(cls)
-    start = 0
-    for p in range(1, n + 1):
-        if p == n or (cls[p], train[p], owner[p], occ_of[p]) != (cls[start], train[start], owner[start], occ_of[start]):
-            spans.append(PlanSpan(start, p, cls[start], train[start], owner[start], occ_of[start]))
-            start = p
-    return spans
+def _run_lengths(labels: Labels, train: np.ndarray) -> list[PlanSpan]:
+    """Maximal runs of characters with the same class, train flag, owner and occurrence."""
+    n = train.size
+    if n == 0:
+        return []
+    keys = (labels.cls, train, labels.owner, labels.occurrence)
+    changes = np.zeros(n, dtype=bool)
+    changes[0] = True
+    for key in keys:
+        changes[1:] |= key[1:] != key[:-1]
+    starts = np.flatnonzero(changes)
+    ends = np.append(starts[1:], n)
+    return [
+        PlanSpan(int(a), int(b), int(labels.cls[a]), bool(train[a]), int(labels.owner[a]), int(labels.occurrence[a]))
+        for a, b in zip(starts, ends, strict=True)
+    ]
+
+
+def _trained_runs(train: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of trained characters: each is checked, per row, to decode back to its rendered text."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], train, [False]]).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
