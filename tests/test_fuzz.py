@@ -15,6 +15,8 @@ from lossmask.schemas.shards import RowFlag
 
 from .conftest import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare
 
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of examples, and 50 MB lines
+
 CONTEXT = JobContext.from_config(PrepareConfig(tokenizer=str(FIXTURE_TOKENIZER)))
 FORMATS = [None, "openai", "sharegpt", "alpaca", "prompt_completion", "text"]
 
