@@ -41,12 +41,23 @@ def outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+def shards(files: dict[str, bytes]) -> int:
+    return sum(name.endswith(".arrow") for name in files)
+
+
+def full_shards_and_the_rest(files: dict[str, bytes]) -> int:
+    """How many shards the manifest's rows make at its --shard-max-rows: every one full but the last."""
+    manifest = json.loads(files["_manifest.json"])
+    return -(-manifest["totals"]["rows"] // manifest["config"]["shard_max_rows"])
+
+
 @pytest.fixture(scope="module")
 def reference(big_input, tmp_path_factory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("reference") / "out"
     subprocess.run(command(big_input, out, 1), check=True)
     files = outputs(out)
-    assert sum(name.endswith(".arrow") for name in files) > 10
+    assert shards(files) > 10
+    assert shards(files) == full_shards_and_the_rest(files)
     assert set(files) >= {"_manifest.json", "_rejects.jsonl"} and "_checkpoint.json" not in files
     return files
 
@@ -104,7 +115,8 @@ def packed_reference(big_input, tmp_path_factory) -> dict[str, dict[str, bytes]]
         out = tmp_path_factory.mktemp(mode) / "out"
         subprocess.run(command(big_input, out, 1, *extra), check=True)
         references[mode] = outputs(out)
-        assert sum(name.endswith(".arrow") for name in references[mode]) > 8
+        assert shards(references[mode]) > 8
+        assert shards(references[mode]) == full_shards_and_the_rest(references[mode])
     return references
 
 
