@@ -76,6 +76,8 @@ def test_killed_at_a_point_then_rerun_is_byte_identical(big_input, reference, tm
 
 
 def test_killed_from_outside_after_some_shards_then_rerun_is_byte_identical(big_input, reference, tmp_path):
+    """A SIGKILL from outside, at no point the code chose: once a few shards are in place, long before the last.
+    The kill must be seen to land mid-run, or a run that finished first would pass without testing anything."""
     out = tmp_path / "out"
     process = subprocess.Popen(command(big_input, out, 2))
     deadline = time.time() + 60
@@ -85,6 +87,9 @@ def test_killed_from_outside_after_some_shards_then_rerun_is_byte_identical(big_
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before the kill: make the input longer"
+    assert not (out / "_manifest.json").exists()
+    assert 4 <= len(list(out.glob("shard-*.arrow"))) < shards(reference)
     subprocess.run(command(big_input, out, 2), check=True)
     assert outputs(out) == reference
 
