@@ -6,8 +6,9 @@ read back from row flags and rejects; the rest come from the tokens (`tokenscan`
 the template probes (`templatecheck`). docs/audit.md explains each code: meaning, why it matters, the fix.
 
 Each lint is one function over the `Evidence`, registered with its spec (code, severity, title, hint) by the
-`@lint` decorator right above it; `evaluate` runs them in registration order, the order of every report. A new
-lint also needs its section in docs/audit.md and a crafted case in tests/audit/test_audit_lints.py (both tested).
+`@lint` decorator right above it; a lint that is only what `prepare` flagged (and rejected) is one `flag_lint`
+call. `evaluate` runs them in registration order, the order of every report. A new lint also needs its section
+in docs/audit.md and a crafted case in tests/audit/test_audit_lints.py (both tested).
 """
 
 from __future__ import annotations
@@ -211,6 +212,15 @@ class LintBuilder:
                 self.result.examples.append(Example(row=None, source=str(reject.get("source")), detail=detail))
                 kept += 1
 
+    def flagged_or_found(self, flag: RowFlag, found: np.ndarray, at: Callable[[int], str], otherwise: str) -> None:
+        """The rows `prepare` flagged, or in which a token scan found a position (`found[row] >= 0`): an example
+        the scan found points at its position, `at(position)` says what is there; a flagged one says `otherwise`."""
+        self.rows(
+            self.evidence.facts.flagged(flag) | (found >= 0),
+            lambda row: at(int(found[row])) if found[row] >= 0 else otherwise,
+            lambda row: int(found[row]) if found[row] >= 0 else None,
+        )
+
     def breakdown(self, label: str, n: int) -> None:
         if n:
             self.result.breakdown[label] = int(n)
@@ -254,6 +264,29 @@ def lint(code: str, severity: str, title: str, hint: str) -> Callable[[LintCheck
         return check
 
     return register
+
+
+def flag_lint(
+    code: str,
+    severity: str,
+    title: str,
+    hint: str,
+    flag: RowFlag,
+    detail: str,
+    kept: str | None = None,
+    rejected: tuple[str, ...] = (),
+) -> None:
+    """Register a lint decided during `prepare`: the rows it flagged with `flag`, each example saying `detail`
+    (and, given `kept`, the breakdown's label for them), plus the records it rejected for the `rejected` reasons
+    (the other choice of the same option)."""
+
+    def check(evidence: Evidence, out: LintBuilder) -> None:
+        out.rows(evidence.facts.flagged(flag), lambda row: detail)
+        if kept is not None:
+            out.breakdown(kept, out.result.rows)
+        out.records(*(("rejected", reason) for reason in rejected))
+
+    lint(code, severity, title, hint)(check)
 
 
 def _flag_detail(facts: RowFacts, *wanted: RowFlag) -> Callable[[int], str]:
@@ -302,18 +335,14 @@ def double_bos(evidence: Evidence, out: LintBuilder) -> None:
     "the model never learns to stop: use the model's own template and tokenizer together",
 )
 def eot_missing(evidence: Evidence, out: LintBuilder) -> None:
-    missing = evidence.scan.first["eot_missing"]
-    out.rows(
-        evidence.facts.flagged(RowFlag.NO_END_OF_TURN) | (missing >= 0),
-        lambda row: (
-            "no end-of-turn after the answer ending at position " + str(int(missing[row]))
-            if missing[row] >= 0
-            else "no_end_of_turn (found while rendering)"
-        ),
-        lambda row: int(missing[row]) if missing[row] >= 0 else None,
-    )
     if evidence.template is not None and not evidence.template.end_of_turn_markers:
         out.template("the template writes no end-of-turn control token after an assistant turn")
+    out.flagged_or_found(
+        RowFlag.NO_END_OF_TURN,
+        evidence.scan.first["eot_missing"],
+        lambda at: f"no end-of-turn after the answer ending at position {at}",
+        "no_end_of_turn (found while rendering)",
+    )
 
 
 @lint(
@@ -338,70 +367,64 @@ def eot_not_counted(evidence: Evidence, out: LintBuilder) -> None:
     "remove or fix these messages: a counted end-of-turn alone teaches the model to say nothing",
 )
 def empty_assistant(evidence: Evidence, out: LintBuilder) -> None:
-    empty = evidence.scan.first["empty_assistant"]
-    out.rows(
-        evidence.facts.flagged(RowFlag.EMPTY_ASSISTANT) | (empty >= 0),
-        lambda row: (
-            f"counted end-of-turn at position {int(empty[row])} after no content"
-            if empty[row] >= 0
-            else "an assistant message has blank content (left untrained)"
-        ),
-        lambda row: int(empty[row]) if empty[row] >= 0 else None,
+    out.flagged_or_found(
+        RowFlag.EMPTY_ASSISTANT,
+        evidence.scan.first["empty_assistant"],
+        lambda at: f"counted end-of-turn at position {at} after no content",
+        "an assistant message has blank content (left untrained)",
     )
 
 
-@lint(
+flag_lint(
     "straddling-token",
     WARNING,
     "tokens that hold both untrained and trained text",
     "end prompts at a word boundary (prompt/completion data split mid-word)",
+    RowFlag.STRADDLE,
+    "a counted token also holds untrained text",
 )
-def straddling_token(evidence: Evidence, out: LintBuilder) -> None:
-    out.rows(evidence.facts.flagged(RowFlag.STRADDLE), lambda row: "a counted token also holds untrained text")
 
 
-@lint(
+flag_lint(
     "special-token-in-content",
     WARNING,
     "control-token strings inside message text (escaped as plain text, or rejected)",
     "usually scraped chat markup: clean the data, or keep the default escape policy",
+    RowFlag.SPECIAL_ESCAPED,
+    "escaped: encoded as plain text",
+    kept="row(s) escaped as plain text",
+    rejected=("special_token_in_content", "special_token_in_tool_data"),
 )
-def special_token_in_content(evidence: Evidence, out: LintBuilder) -> None:
-    out.rows(evidence.facts.flagged(RowFlag.SPECIAL_ESCAPED), lambda row: "escaped: encoded as plain text")
-    out.breakdown("row(s) escaped as plain text", out.result.rows)
-    out.records(("rejected", "special_token_in_content"), ("rejected", "special_token_in_tool_data"))
 
 
-@lint(
+flag_lint(
     "special-token-as-control",
     ERROR,
     "control-token strings in message text encoded as control tokens",
     "forged turns: use --special-tokens-in-content escape (the default) or reject",
+    RowFlag.SPECIAL_ALLOWED,
+    "allowed: became control tokens (forged markup)",
 )
-def special_token_as_control(evidence: Evidence, out: LintBuilder) -> None:
-    out.rows(
-        evidence.facts.flagged(RowFlag.SPECIAL_ALLOWED), lambda row: "allowed: became control tokens (forged markup)"
-    )
 
 
-@lint(
+flag_lint(
     "answer-truncated",
     WARNING,
     "answers cut by --max-length",
     "raise --max-length, or use --overflow drop: a cut answer is learned without its ending",
+    RowFlag.ANSWER_TRUNCATED,
+    "cut inside a counted span",
 )
-def answer_truncated(evidence: Evidence, out: LintBuilder) -> None:
-    out.rows(evidence.facts.flagged(RowFlag.ANSWER_TRUNCATED), lambda row: "cut inside a counted span")
 
 
-@lint(
+flag_lint(
     "turns-dropped",
     WARNING,
     "conversations shortened to fit --max-length by dropping their earliest turns",
     "raise --max-length, or --overflow split to keep every turn: later answers lost the context they had",
+    RowFlag.TURNS_DROPPED,
+    "earliest turns dropped to fit",
 )
-def turns_dropped(evidence: Evidence, out: LintBuilder) -> None:
-    out.rows(evidence.facts.flagged(RowFlag.TURNS_DROPPED), lambda row: "earliest turns dropped to fit")
 
 
 @lint(
@@ -411,6 +434,9 @@ def turns_dropped(evidence: Evidence, out: LintBuilder) -> None:
     "keep --unfaithful-turns split (the default) so each turn trains in its inference context",
 )
 def template_not_prefix_stable(evidence: Evidence, out: LintBuilder) -> None:
+    check = evidence.template.check("prefix_stable") if evidence.template else None
+    if check is not None and check.status == "problem":
+        out.template(check.detail)  # on the template alone, even if every conversation has a single turn
     facts = evidence.facts
     wanted = (RowFlag.SPLIT_TURN, RowFlag.UNFAITHFUL_MASKED, RowFlag.UNFAITHFUL_TRAINED)
     out.rows(facts.flagged(*wanted), _flag_detail(facts, *wanted))
@@ -421,9 +447,6 @@ def template_not_prefix_stable(evidence: Evidence, out: LintBuilder) -> None:
     ):
         out.breakdown(label, int(facts.flagged(flag).sum()))
     out.records(("rejected", "template_unfaithful"))
-    check = evidence.template.check("prefix_stable") if evidence.template else None
-    if check is not None and check.status == "problem":
-        out.template(check.detail)
 
 
 @lint(
@@ -437,16 +460,16 @@ def context_mismatch(evidence: Evidence, out: LintBuilder) -> None:
     out.rows(evidence.facts.flagged(*wanted), _flag_detail(evidence.facts, *wanted))
 
 
-@lint(
+flag_lint(
     "message-dropped",
     ERROR,
     "messages the chat template left out of the rendering",
     "use a template that keeps them (e.g. fold the system prompt into the first user turn)",
+    RowFlag.MESSAGE_DROPPED,
+    "kept with --dropped-messages keep",
+    kept="row(s) kept without the message",
+    rejected=("template_dropped_message",),
 )
-def message_dropped(evidence: Evidence, out: LintBuilder) -> None:
-    out.rows(evidence.facts.flagged(RowFlag.MESSAGE_DROPPED), lambda row: "kept with --dropped-messages keep")
-    out.breakdown("row(s) kept without the message", out.result.rows)
-    out.records(("rejected", "template_dropped_message"))
 
 
 @lint(
@@ -456,12 +479,12 @@ def message_dropped(evidence: Evidence, out: LintBuilder) -> None:
     "deduplicate the inputs: repeated examples are over-weighted and memorized",
 )
 def duplicate_examples(evidence: Evidence, out: LintBuilder) -> None:
-    dup = evidence.duplicates
+    rows, first = evidence.duplicates.rows, evidence.duplicates.first
+    earliest = dict(zip(rows[:EXAMPLES].tolist(), first[:EXAMPLES].tolist(), strict=True))
     repeats = np.zeros_like(evidence.facts.counted, dtype=bool)
-    repeats[dup.rows] = True
-    earliest = dict(zip(dup.rows[:EXAMPLES].tolist(), dup.first[:EXAMPLES].tolist(), strict=True))
+    repeats[rows] = True
     out.rows(repeats, lambda row: f"same tokens and mask as row {earliest[row]}")
-    out.breakdown("distinct row(s) repeated", int(np.unique(dup.first).size))
+    out.breakdown("distinct row(s) repeated", int(np.unique(first).size))
 
 
 LINTS: tuple[Lint, ...] = tuple(_REGISTERED)  # every lint, in the order they are reported
