@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint fixtures bench bench-prepare bench-pack clean
+.PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack clean
 
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(BIN)/lossmask
 test: lint
 	$(BIN)/python scripts/make_fixtures.py --check
 	$(BIN)/pytest -n 2 -q
+
+# The edit-test loop: everything but the tests marked slow (resume, memory, fuzz, finite differences...),
+# realworld (../shared/realworld) and ray (a local Ray cluster); under 2 minutes on 2 cores. No ruff.
+test-fast: $(BIN)/lossmask
+	$(BIN)/pytest -n 2 -q -m "not slow and not realworld and not ray"
 
 # Benchmarks live apart from the tests: numbers to read, never timed assertions. They need ../shared/realworld.
 bench: bench-prepare bench-pack

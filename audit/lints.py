@@ -4,6 +4,11 @@ A lint fires when it has rows (in the shards), records (not written, from the ma
 or template evidence (a probe of the chat template itself). Most facts were decided during `prepare` and are
 read back from row flags and rejects; the rest come from the tokens (`tokenscan`, duplicates, BOS ids) and
 the template probes (`templatecheck`). docs/audit.md explains each code: meaning, why it matters, the fix.
+
+Each lint is one function over the `Evidence`, registered with its spec (code, severity, title, hint) by the
+`@lint` decorator right above it; a lint that is only what `prepare` flagged (and rejected) is one `flag_lint`
+call. `evaluate` runs them in registration order, the order of every report. A new lint also needs its section
+in docs/audit.md and a crafted case in tests/audit/test_audit_lints.py (both tested).
 """
 
 from __future__ import annotations
@@ -30,96 +35,6 @@ class LintSpec:
     severity: str
     title: str
     hint: str  # what to do about it, in one line
-
-
-SPECS: tuple[LintSpec, ...] = (
-    LintSpec(
-        "no-counted-targets",
-        ERROR,
-        "examples with no counted target",
-        "check --mask, --train-roles and per-message weights: these examples teach nothing",
-    ),
-    LintSpec(
-        "double-bos",
-        ERROR,
-        "rows that start with two BOS tokens",
-        "encode rendered chat with add_special_tokens=False; do not put BOS strings in text data",
-    ),
-    LintSpec(
-        "eot-missing",
-        ERROR,
-        "answers with no end-of-turn marker after them",
-        "the model never learns to stop: use the model's own template and tokenizer together",
-    ),
-    LintSpec(
-        "eot-not-counted",
-        ERROR,
-        "end-of-turn markers not counted after a counted answer",
-        "drop --no-train-eot (or fix the {% generation %} block): the model must learn to stop",
-    ),
-    LintSpec(
-        "empty-assistant",
-        WARNING,
-        "assistant messages with blank content",
-        "remove or fix these messages: a counted end-of-turn alone teaches the model to say nothing",
-    ),
-    LintSpec(
-        "straddling-token",
-        WARNING,
-        "tokens that hold both untrained and trained text",
-        "end prompts at a word boundary (prompt/completion data split mid-word)",
-    ),
-    LintSpec(
-        "special-token-in-content",
-        WARNING,
-        "control-token strings inside message text (escaped as plain text, or rejected)",
-        "usually scraped chat markup: clean the data, or keep the default escape policy",
-    ),
-    LintSpec(
-        "special-token-as-control",
-        ERROR,
-        "control-token strings in message text encoded as control tokens",
-        "forged turns: use --special-tokens-in-content escape (the default) or reject",
-    ),
-    LintSpec(
-        "answer-truncated",
-        WARNING,
-        "answers cut by --max-length",
-        "raise --max-length, or use --overflow drop: a cut answer is learned without its ending",
-    ),
-    LintSpec(
-        "turns-dropped",
-        WARNING,
-        "conversations shortened to fit --max-length by dropping their earliest turns",
-        "raise --max-length, or --overflow split to keep every turn: later answers lost the context they had",
-    ),
-    LintSpec(
-        "template-not-prefix-stable",
-        WARNING,
-        "the template renders a turn differently once more turns follow",
-        "keep --unfaithful-turns split (the default) so each turn trains in its inference context",
-    ),
-    LintSpec(
-        "context-mismatch",
-        ERROR,
-        "turns trained on a rendering the model does not see at inference",
-        "fix the template, or use --unfaithful-turns split instead of as-rendered",
-    ),
-    LintSpec(
-        "message-dropped",
-        ERROR,
-        "messages the chat template left out of the rendering",
-        "use a template that keeps them (e.g. fold the system prompt into the first user turn)",
-    ),
-    LintSpec(
-        "duplicate-examples",
-        WARNING,
-        "rows identical to an earlier row (same tokens and mask)",
-        "deduplicate the inputs: repeated examples are over-weighted and memorized",
-    ),
-)
-SPEC = {spec.code: spec for spec in SPECS}
-CODES = tuple(SPEC)
 
 
 @dataclass
@@ -263,11 +178,11 @@ def _flag_names(flags: int, wanted: tuple[RowFlag, ...]) -> str:
     return "; ".join(f"{FLAG_PHRASES[f]} ({f.name.lower()})" for f in wanted if flags & int(f))
 
 
-class _Builder:
-    """Fills one LintResult from row masks, reasons and template evidence."""
+class LintBuilder:
+    """Fills one LintResult from row masks, reasons and template evidence: what every lint function writes to."""
 
-    def __init__(self, code: str, evidence: Evidence):
-        self.result = LintResult(SPEC[code])
+    def __init__(self, spec: LintSpec, evidence: Evidence):
+        self.result = LintResult(spec)
         self.evidence = evidence
 
     def rows(
@@ -275,14 +190,15 @@ class _Builder:
         hits: np.ndarray,
         detail: Callable[[int], str],
         position: Callable[[int], int | None] = lambda row: None,
-    ) -> LintResult:
+    ) -> None:
+        """Count the rows where `hits` is true and keep the first EXAMPLES of them as examples."""
         indices = np.flatnonzero(hits)
         self.result.rows = int(indices.size)
         for row in indices[:EXAMPLES].tolist():
             self.result.examples.append(Example(row=int(row), detail=detail(row), position=position(row)))
-        return self.result
 
-    def records(self, *reasons: tuple[str, str]) -> LintResult:
+    def records(self, *reasons: tuple[str, str]) -> None:
+        """Count the records not written for these (status, reason) pairs; their rejects become examples."""
         for status, reason in reasons:
             n = _reason_count(self.evidence.records, status, reason)
             if n:
@@ -295,146 +211,288 @@ class _Builder:
                 detail = f"{reject.get('status')} ({reject.get('reason')}): {reject.get('detail') or ''}".rstrip(": ")
                 self.result.examples.append(Example(row=None, source=str(reject.get("source")), detail=detail))
                 kept += 1
-        return self.result
+
+    def flagged_or_found(self, flag: RowFlag, found: np.ndarray, at: Callable[[int], str], otherwise: str) -> None:
+        """The rows `prepare` flagged, or in which a token scan found a position (`found[row] >= 0`): an example
+        the scan found points at its position, `at(position)` says what is there; a flagged one says `otherwise`."""
+        self.rows(
+            self.evidence.facts.flagged(flag) | (found >= 0),
+            lambda row: at(int(found[row])) if found[row] >= 0 else otherwise,
+            lambda row: int(found[row]) if found[row] >= 0 else None,
+        )
 
     def breakdown(self, label: str, n: int) -> None:
         if n:
             self.result.breakdown[label] = int(n)
 
+    def template(self, detail: str) -> None:
+        """The template itself shows the problem, whatever the rows: the lint fires on this alone."""
+        self.result.template = detail
 
-def evaluate(evidence: Evidence) -> list[LintResult]:
-    facts, scan = evidence.facts, evidence.scan
-    results = []
 
-    def flag_detail(*wanted: RowFlag) -> Callable[[int], str]:
-        return lambda row: _flag_names(int(facts.flags[row]), wanted)
+LintCheck = Callable[[Evidence, LintBuilder], None]
 
-    # no-counted-targets
-    b = _Builder("no-counted-targets", evidence)
-    b.rows(facts.counted == 0, lambda row: "written with 0 counted targets")
-    b.breakdown("row(s) written with none", b.result.rows)
-    b.records(("dropped", "no_trainable_tokens"))
+
+@dataclass(frozen=True)
+class Lint:
+    spec: LintSpec
+    check: LintCheck
+
+    def run(self, evidence: Evidence) -> LintResult:
+        builder = LintBuilder(self.spec, evidence)
+        self.check(evidence, builder)
+        return builder.result
+
+
+_REGISTERED: list[Lint] = []
+
+
+def lint(code: str, severity: str, title: str, hint: str) -> Callable[[LintCheck], LintCheck]:
+    """Register the decorated function as the lint `code`, with its spec beside it.
+
+    Registration order is the order of the lints everywhere (the JSON's `lints`, the reports, `--fail-on`'s list
+    of codes), so a new lint goes where it belongs among the others, not necessarily last.
+    """
+    if severity not in SEVERITIES:
+        raise ValueError(f"lint {code}: severity must be one of {SEVERITIES}, not {severity!r}")
+    if any(registered.spec.code == code for registered in _REGISTERED):
+        raise ValueError(f"lint {code} is registered twice")
+    spec = LintSpec(code, severity, title, hint)
+
+    def register(check: LintCheck) -> LintCheck:
+        _REGISTERED.append(Lint(spec, check))
+        return check
+
+    return register
+
+
+def flag_lint(
+    code: str,
+    severity: str,
+    title: str,
+    hint: str,
+    flag: RowFlag,
+    detail: str,
+    kept: str | None = None,
+    rejected: tuple[str, ...] = (),
+) -> None:
+    """Register a lint decided during `prepare`: the rows it flagged with `flag`, each example saying `detail`
+    (and, given `kept`, the breakdown's label for them), plus the records it rejected for the `rejected` reasons
+    (the other choice of the same option)."""
+
+    def check(evidence: Evidence, out: LintBuilder) -> None:
+        out.rows(evidence.facts.flagged(flag), lambda row: detail)
+        if kept is not None:
+            out.breakdown(kept, out.result.rows)
+        out.records(*(("rejected", reason) for reason in rejected))
+
+    lint(code, severity, title, hint)(check)
+
+
+def _flag_detail(facts: RowFacts, *wanted: RowFlag) -> Callable[[int], str]:
+    return lambda row: _flag_names(int(facts.flags[row]), wanted)
+
+
+@lint(
+    "no-counted-targets",
+    ERROR,
+    "examples with no counted target",
+    "check --mask, --train-roles and per-message weights: these examples teach nothing",
+)
+def no_counted_targets(evidence: Evidence, out: LintBuilder) -> None:
+    out.rows(evidence.facts.counted == 0, lambda row: "written with 0 counted targets")
+    out.breakdown("row(s) written with none", out.result.rows)
+    out.records(("dropped", "no_trainable_tokens"))
+    # Rows cut away from records that were written (a split turn left with no counted target), from the manifest.
     rows_dropped = int(((evidence.records or {}).get("rows_dropped") or {}).get("no_trainable_tokens", 0))
     if rows_dropped:
-        b.result.records += rows_dropped
-        b.breakdown("row(s) of written records dropped: no_trainable_tokens", rows_dropped)
-    results.append(b.result)
+        out.result.records += rows_dropped
+        out.breakdown("row(s) of written records dropped: no_trainable_tokens", rows_dropped)
 
-    # double-bos
-    b = _Builder("double-bos", evidence)
+
+@lint(
+    "double-bos",
+    ERROR,
+    "rows that start with two BOS tokens",
+    "encode rendered chat with add_special_tokens=False; do not put BOS strings in text data",
+)
+def double_bos(evidence: Evidence, out: LintBuilder) -> None:
+    facts = evidence.facts
     by_ids = np.zeros_like(facts.counted, dtype=bool)
     if evidence.bos_id is not None:
         by_ids = (facts.first_id == evidence.bos_id) & (facts.second_id == evidence.bos_id)
-    results.append(
-        b.rows(
-            facts.flagged(RowFlag.DOUBLE_BOS) | by_ids,
-            lambda row: f"starts with token {int(facts.first_id[row])} twice",
-            lambda row: 0,
-        )
+    out.rows(
+        facts.flagged(RowFlag.DOUBLE_BOS) | by_ids,
+        lambda row: f"starts with token {int(facts.first_id[row])} twice",
+        lambda row: 0,
     )
 
-    # eot-missing
-    b = _Builder("eot-missing", evidence)
-    flagged = facts.flagged(RowFlag.NO_END_OF_TURN)
-    missing = scan.first["eot_missing"]
-    results.append(
-        b.rows(
-            flagged | (missing >= 0),
-            lambda row: (
-                "no end-of-turn after the answer ending at position " + str(int(missing[row]))
-                if missing[row] >= 0
-                else "no_end_of_turn (found while rendering)"
-            ),
-            lambda row: int(missing[row]) if missing[row] >= 0 else None,
-        )
-    )
+
+@lint(
+    "eot-missing",
+    ERROR,
+    "answers with no end-of-turn marker after them",
+    "the model never learns to stop: use the model's own template and tokenizer together",
+)
+def eot_missing(evidence: Evidence, out: LintBuilder) -> None:
     if evidence.template is not None and not evidence.template.end_of_turn_markers:
-        b.result.template = "the template writes no end-of-turn control token after an assistant turn"
-
-    # eot-not-counted
-    b = _Builder("eot-not-counted", evidence)
-    first = scan.first["eot_not_counted"]
-    results.append(
-        b.rows(
-            first >= 0,
-            lambda row: f"end-of-turn at position {int(first[row])} not counted",
-            lambda row: int(first[row]),
-        )
+        out.template("the template writes no end-of-turn control token after an assistant turn")
+    out.flagged_or_found(
+        RowFlag.NO_END_OF_TURN,
+        evidence.scan.first["eot_missing"],
+        lambda at: f"no end-of-turn after the answer ending at position {at}",
+        "no_end_of_turn (found while rendering)",
     )
 
-    # empty-assistant
-    b = _Builder("empty-assistant", evidence)
-    empty = scan.first["empty_assistant"]
-    results.append(
-        b.rows(
-            facts.flagged(RowFlag.EMPTY_ASSISTANT) | (empty >= 0),
-            lambda row: (
-                f"counted end-of-turn at position {int(empty[row])} after no content"
-                if empty[row] >= 0
-                else "an assistant message has blank content (left untrained)"
-            ),
-            lambda row: int(empty[row]) if empty[row] >= 0 else None,
-        )
+
+@lint(
+    "eot-not-counted",
+    ERROR,
+    "end-of-turn markers not counted after a counted answer",
+    "drop --no-train-eot (or fix the {% generation %} block): the model must learn to stop",
+)
+def eot_not_counted(evidence: Evidence, out: LintBuilder) -> None:
+    first = evidence.scan.first["eot_not_counted"]
+    out.rows(
+        first >= 0,
+        lambda row: f"end-of-turn at position {int(first[row])} not counted",
+        lambda row: int(first[row]),
     )
 
-    # straddling-token
-    b = _Builder("straddling-token", evidence)
-    results.append(b.rows(facts.flagged(RowFlag.STRADDLE), lambda row: "a counted token also holds untrained text"))
 
-    # special-token-in-content
-    b = _Builder("special-token-in-content", evidence)
-    b.rows(facts.flagged(RowFlag.SPECIAL_ESCAPED), lambda row: "escaped: encoded as plain text")
-    b.breakdown("row(s) escaped as plain text", b.result.rows)
-    results.append(b.records(("rejected", "special_token_in_content"), ("rejected", "special_token_in_tool_data")))
-
-    # special-token-as-control
-    b = _Builder("special-token-as-control", evidence)
-    results.append(
-        b.rows(facts.flagged(RowFlag.SPECIAL_ALLOWED), lambda row: "allowed: became control tokens (forged markup)")
+@lint(
+    "empty-assistant",
+    WARNING,
+    "assistant messages with blank content",
+    "remove or fix these messages: a counted end-of-turn alone teaches the model to say nothing",
+)
+def empty_assistant(evidence: Evidence, out: LintBuilder) -> None:
+    out.flagged_or_found(
+        RowFlag.EMPTY_ASSISTANT,
+        evidence.scan.first["empty_assistant"],
+        lambda at: f"counted end-of-turn at position {at} after no content",
+        "an assistant message has blank content (left untrained)",
     )
 
-    # answer-truncated
-    b = _Builder("answer-truncated", evidence)
-    results.append(b.rows(facts.flagged(RowFlag.ANSWER_TRUNCATED), lambda row: "cut inside a counted span"))
 
-    # turns-dropped
-    b = _Builder("turns-dropped", evidence)
-    results.append(b.rows(facts.flagged(RowFlag.TURNS_DROPPED), lambda row: "earliest turns dropped to fit"))
+flag_lint(
+    "straddling-token",
+    WARNING,
+    "tokens that hold both untrained and trained text",
+    "end prompts at a word boundary (prompt/completion data split mid-word)",
+    RowFlag.STRADDLE,
+    "a counted token also holds untrained text",
+)
 
-    # template-not-prefix-stable
-    b = _Builder("template-not-prefix-stable", evidence)
+
+flag_lint(
+    "special-token-in-content",
+    WARNING,
+    "control-token strings inside message text (escaped as plain text, or rejected)",
+    "usually scraped chat markup: clean the data, or keep the default escape policy",
+    RowFlag.SPECIAL_ESCAPED,
+    "escaped: encoded as plain text",
+    kept="row(s) escaped as plain text",
+    rejected=("special_token_in_content", "special_token_in_tool_data"),
+)
+
+
+flag_lint(
+    "special-token-as-control",
+    ERROR,
+    "control-token strings in message text encoded as control tokens",
+    "forged turns: use --special-tokens-in-content escape (the default) or reject",
+    RowFlag.SPECIAL_ALLOWED,
+    "allowed: became control tokens (forged markup)",
+)
+
+
+flag_lint(
+    "answer-truncated",
+    WARNING,
+    "answers cut by --max-length",
+    "raise --max-length, or use --overflow drop: a cut answer is learned without its ending",
+    RowFlag.ANSWER_TRUNCATED,
+    "cut inside a counted span",
+)
+
+
+flag_lint(
+    "turns-dropped",
+    WARNING,
+    "conversations shortened to fit --max-length by dropping their earliest turns",
+    "raise --max-length, or --overflow split to keep every turn: later answers lost the context they had",
+    RowFlag.TURNS_DROPPED,
+    "earliest turns dropped to fit",
+)
+
+
+@lint(
+    "template-not-prefix-stable",
+    WARNING,
+    "the template renders a turn differently once more turns follow",
+    "keep --unfaithful-turns split (the default) so each turn trains in its inference context",
+)
+def template_not_prefix_stable(evidence: Evidence, out: LintBuilder) -> None:
+    check = evidence.template.check("prefix_stable") if evidence.template else None
+    if check is not None and check.status == "problem":
+        out.template(check.detail)  # on the template alone, even if every conversation has a single turn
+    facts = evidence.facts
     wanted = (RowFlag.SPLIT_TURN, RowFlag.UNFAITHFUL_MASKED, RowFlag.UNFAITHFUL_TRAINED)
-    b.rows(facts.flagged(*wanted), flag_detail(*wanted))
+    out.rows(facts.flagged(*wanted), _flag_detail(facts, *wanted))
     for flag, label in (
         (RowFlag.SPLIT_TURN, "row(s) split, one per turn context (--unfaithful-turns split)"),
         (RowFlag.UNFAITHFUL_MASKED, "row(s) with such turns left untrained (faithful-only)"),
         (RowFlag.UNFAITHFUL_TRAINED, "row(s) with such turns trained as rendered (as-rendered)"),
     ):
-        b.breakdown(label, int(facts.flagged(flag).sum()))
-    b.records(("rejected", "template_unfaithful"))
-    check = evidence.template.check("prefix_stable") if evidence.template else None
-    if check is not None and check.status == "problem":
-        b.result.template = check.detail
-    results.append(b.result)
+        out.breakdown(label, int(facts.flagged(flag).sum()))
+    out.records(("rejected", "template_unfaithful"))
 
-    # context-mismatch
-    b = _Builder("context-mismatch", evidence)
+
+@lint(
+    "context-mismatch",
+    ERROR,
+    "turns trained on a rendering the model does not see at inference",
+    "fix the template, or use --unfaithful-turns split instead of as-rendered",
+)
+def context_mismatch(evidence: Evidence, out: LintBuilder) -> None:
     wanted = (RowFlag.GEN_PROMPT_MISMATCH, RowFlag.UNFAITHFUL_TRAINED)
-    results.append(b.rows(facts.flagged(*wanted), flag_detail(*wanted)))
+    out.rows(evidence.facts.flagged(*wanted), _flag_detail(evidence.facts, *wanted))
 
-    # message-dropped
-    b = _Builder("message-dropped", evidence)
-    b.rows(facts.flagged(RowFlag.MESSAGE_DROPPED), lambda row: "kept with --dropped-messages keep")
-    b.breakdown("row(s) kept without the message", b.result.rows)
-    results.append(b.records(("rejected", "template_dropped_message")))
 
-    # duplicate-examples
-    b = _Builder("duplicate-examples", evidence)
-    dup = evidence.duplicates
-    repeats = np.zeros_like(facts.counted, dtype=bool)
-    repeats[dup.rows] = True
-    earliest = dict(zip(dup.rows[:EXAMPLES].tolist(), dup.first[:EXAMPLES].tolist(), strict=True))
-    b.rows(repeats, lambda row: f"same tokens and mask as row {earliest[row]}")
-    b.breakdown("distinct row(s) repeated", int(np.unique(dup.first).size))
-    results.append(b.result)
-    return results
+flag_lint(
+    "message-dropped",
+    ERROR,
+    "messages the chat template left out of the rendering",
+    "use a template that keeps them (e.g. fold the system prompt into the first user turn)",
+    RowFlag.MESSAGE_DROPPED,
+    "kept with --dropped-messages keep",
+    kept="row(s) kept without the message",
+    rejected=("template_dropped_message",),
+)
+
+
+@lint(
+    "duplicate-examples",
+    WARNING,
+    "rows identical to an earlier row (same tokens and mask)",
+    "deduplicate the inputs: repeated examples are over-weighted and memorized",
+)
+def duplicate_examples(evidence: Evidence, out: LintBuilder) -> None:
+    rows, first = evidence.duplicates.rows, evidence.duplicates.first
+    earliest = dict(zip(rows[:EXAMPLES].tolist(), first[:EXAMPLES].tolist(), strict=True))
+    repeats = np.zeros_like(evidence.facts.counted, dtype=bool)
+    repeats[rows] = True
+    out.rows(repeats, lambda row: f"same tokens and mask as row {earliest[row]}")
+    out.breakdown("distinct row(s) repeated", int(np.unique(first).size))
+
+
+LINTS: tuple[Lint, ...] = tuple(_REGISTERED)  # every lint, in the order they are reported
+SPECS: tuple[LintSpec, ...] = tuple(registered.spec for registered in LINTS)
+SPEC = {spec.code: spec for spec in SPECS}
+CODES = tuple(SPEC)
+
+
+def evaluate(evidence: Evidence) -> list[LintResult]:
+    """One result per lint, fired or silent, in registration order."""
+    return [registered.run(evidence) for registered in LINTS]

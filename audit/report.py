@@ -34,7 +34,7 @@ class AuditReport:
     explain: RowView | None = None  # the row of --explain R
 
     def fired(self) -> list[LintResult]:
-        """Fired lints, errors first, each severity in code order (the order of `lints.SPECS`)."""
+        """Fired lints, errors first, each severity in registration order (`lints.LINTS`)."""
         fired = [lint for lint in self.lints if lint.fired]
         return sorted(fired, key=lambda lint: SEVERITIES.index(lint.spec.severity))
 

@@ -84,6 +84,11 @@ def test_config_file_with_flag_overrides(tmp_path, kind):
     assert manifest["config"]["max_length"] == 64  # the file's value stays
     (row,) = read_rows(out)
     assert 0 < row["num_loss_tokens"] < row["num_tokens"]
+    # Exactly the row the same options make as flags alone.
+    args = ["--tokenizer", str(FIXTURE_TOKENIZER), "--mask", "assistant", "--max-length", "64"]
+    assert invoke("prepare", str(DATA / "lesson.jsonl"), *args, "--out", str(tmp_path / "flags")).exit_code == 0
+    (expected,) = read_rows(tmp_path / "flags")
+    assert (row["num_loss_tokens"], row["loss_mask"]) == (expected["num_loss_tokens"], expected["loss_mask"])
 
 
 def test_unknown_config_keys_and_bad_choices_are_named(tmp_path):

@@ -15,6 +15,8 @@ from lossmask.schemas.shards import RowFlag
 
 from .conftest import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare
 
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of examples, and 50 MB lines
+
 CONTEXT = JobContext.from_config(PrepareConfig(tokenizer=str(FIXTURE_TOKENIZER)))
 FORMATS = [None, "openai", "sharegpt", "alpaca", "prompt_completion", "text"]
 
@@ -117,6 +119,9 @@ def test_deep_nesting_and_huge_lines(tmp_path):
     assert records["written"] == 2
     kept = next(row for row in read_rows(out) if row["source"].endswith(":2"))
     assert kept["flags"] & RowFlag.TURNS_DROPPED and kept["num_loss_tokens"] > 0
+    # What stays counted is exactly the answer: as many targets as the same answer after a one-line question.
+    alone = next(row for row in read_rows(out) if row["source"].endswith(":5"))
+    assert kept["num_loss_tokens"] == alone["num_loss_tokens"] and not alone["flags"] & RowFlag.TURNS_DROPPED
 
 
 @pytest.mark.parametrize("content", ["", " ", "\x00", "\ud800" * 0 + "\u0000\u0001", "🙂" * 1000])

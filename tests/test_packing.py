@@ -212,6 +212,7 @@ def test_packed_output_is_byte_identical_whatever_the_batches_and_workers(tmp_pa
         tmp_path, CHAT, out_name="b", pack=128, pack_window=100, shard_max_rows=40, batch_size=7, workers=2
     )
     assert len(first["shards"]) > 2 and first["shards"] == second["shards"]
+    assert len(first["shards"]) == -(-first["totals"]["rows"] // 40)  # full shards of 40 rows, then the rest
     for shard in first["shards"]:
         assert (a / shard["file"]).read_bytes() == (b / shard["file"]).read_bytes()
     assert first["packing"] == second["packing"]
@@ -224,9 +225,11 @@ def test_documents_longer_than_the_rows_go_through_the_overflow_policy_first(tmp
     dropped, _ = run_prepare(tmp_path, [DATA / "text.jsonl"], out_name="drop", pack=24, overflow="drop")
     assert dropped["records"]["by_reason"]["dropped"]["too_long"] == truncated["records"]["row_flags"]["truncated"]
     split, out = run_prepare(tmp_path, [DATA / "text.jsonl"], out_name="split", pack=24, overflow="split")
-    plain, _ = run_prepare(tmp_path, [DATA / "text.jsonl"], out_name="plain")
+    plain, plain_out = run_prepare(tmp_path, [DATA / "text.jsonl"], out_name="plain")
     assert split["totals"]["loss_tokens"] == plain["totals"]["loss_tokens"]  # windows lose no target
     assert all(r["num_tokens"] <= 24 for r in read_rows(out))
+    # Exactly the documents longer than the rows were truncated (each text record is one document).
+    assert truncated["records"]["row_flags"]["truncated"] == sum(r["num_tokens"] > 24 for r in read_rows(plain_out))
 
 
 def test_concat_end_to_end_on_text(tmp_path):
@@ -239,7 +242,18 @@ def test_concat_end_to_end_on_text(tmp_path):
     packing = manifest["packing"]
     assert packing["mode"] == "concat" and packing["documents"] == plain["totals"]["rows"]
     assert packing["segments_cut"] > 0 and packing["rows_dropped"] == 0
+    assert packing["segments_cut"] == _pieces_of_cut_documents([r["num_tokens"] for r in read_rows(plain_out)], 64)
     assert packing["fill_rate"] == plain["totals"]["tokens"] / (len(rows) * 64) > 0.98
+
+
+def _pieces_of_cut_documents(lengths: list[int], n: int) -> int:
+    """Segments that are a piece of a document cut across rows, when the documents are streamed into rows of n."""
+    pieces, start = 0, 0
+    for length in lengths:
+        rows = (start + length - 1) // n - start // n + 1  # the rows this document's positions fall in
+        pieces += rows if rows > 1 else 0
+        start += length
+    return pieces
 
 
 @pytest.mark.parametrize(

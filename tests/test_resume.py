@@ -41,12 +41,23 @@ def outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+def shards(files: dict[str, bytes]) -> int:
+    return sum(name.endswith(".arrow") for name in files)
+
+
+def full_shards_and_the_rest(files: dict[str, bytes]) -> int:
+    """How many shards the manifest's rows make at its --shard-max-rows: every one full but the last."""
+    manifest = json.loads(files["_manifest.json"])
+    return -(-manifest["totals"]["rows"] // manifest["config"]["shard_max_rows"])
+
+
 @pytest.fixture(scope="module")
 def reference(big_input, tmp_path_factory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("reference") / "out"
     subprocess.run(command(big_input, out, 1), check=True)
     files = outputs(out)
-    assert sum(name.endswith(".arrow") for name in files) > 10
+    assert shards(files) > 10
+    assert shards(files) == full_shards_and_the_rest(files)
     assert set(files) >= {"_manifest.json", "_rejects.jsonl"} and "_checkpoint.json" not in files
     return files
 
@@ -65,6 +76,8 @@ def test_killed_at_a_point_then_rerun_is_byte_identical(big_input, reference, tm
 
 
 def test_killed_from_outside_after_some_shards_then_rerun_is_byte_identical(big_input, reference, tmp_path):
+    """A SIGKILL from outside, at no point the code chose: once a few shards are in place, long before the last.
+    The kill must be seen to land mid-run, or a run that finished first would pass without testing anything."""
     out = tmp_path / "out"
     process = subprocess.Popen(command(big_input, out, 2))
     deadline = time.time() + 60
@@ -74,6 +87,9 @@ def test_killed_from_outside_after_some_shards_then_rerun_is_byte_identical(big_
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before the kill: make the input longer"
+    assert not (out / "_manifest.json").exists()
+    assert 4 <= len(list(out.glob("shard-*.arrow"))) < shards(reference)
     subprocess.run(command(big_input, out, 2), check=True)
     assert outputs(out) == reference
 
@@ -104,7 +120,8 @@ def packed_reference(big_input, tmp_path_factory) -> dict[str, dict[str, bytes]]
         out = tmp_path_factory.mktemp(mode) / "out"
         subprocess.run(command(big_input, out, 1, *extra), check=True)
         references[mode] = outputs(out)
-        assert sum(name.endswith(".arrow") for name in references[mode]) > 8
+        assert shards(references[mode]) > 8
+        assert shards(references[mode]) == full_shards_and_the_rest(references[mode])
     return references
 
 

@@ -85,6 +85,9 @@ def test_json_summary_is_machine_readable_and_deterministic(clean_shards: Path) 
     assert codes == list(CODES)  # every lint, fired or silent, in the stable order
     lint = summary["lints"][codes.index("duplicate-examples")]
     assert lint["severity"] == "warning" and lint["count"] == lint["rows"] > 0 and lint["examples"]
+    columns = (table["input_ids"].to_pylist(), table["target_ids"].to_pylist(), table["loss_mask"].to_pylist())
+    distinct = {(*ids, targets[-1], -1, *mask) for ids, targets, mask in zip(*columns, strict=True)}
+    assert lint["rows"] == table.num_rows - len(distinct)  # every row but the first of each token sequence and mask
 
 
 def test_fail_on_gates_a_pipeline(clean_shards: Path) -> None:

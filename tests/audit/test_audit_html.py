@@ -75,6 +75,8 @@ def assert_counts_match(html: str, shards: Path, rows: list[int]) -> None:
 def test_counted_tokens_per_shown_example_equal_the_shards(clean_shards: Path, clean_report: AuditReport) -> None:
     shown = [view.row for view in clean_report.views()]
     assert len(shown) > 3  # --show 3 plus the rows linked from the lints
+    linked = {e.row for lint in clean_report.lints for e in lint.examples if e.row is not None}
+    assert len(shown) == len({*(view.row for view in clean_report.shown), *linked}) and len(clean_report.shown) == 3
     assert_counts_match(render_html(clean_report), clean_shards, shown)
 
 

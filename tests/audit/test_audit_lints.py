@@ -216,16 +216,18 @@ def test_lint_fires_on_its_crafted_fixture(code: str, tmp_path: Path) -> None:
     assert set(lints) - {code} <= implied.get(code, set()), sorted(lints)
 
 
-def test_the_clean_fixtures_fire_no_lint_but_their_real_duplicates(clean_report: AuditReport) -> None:
+def test_the_clean_fixtures_fire_no_lint_but_their_real_duplicates(
+    clean_shards: Path, clean_report: AuditReport
+) -> None:
     lints = fired(clean_report)
     # The bundled fixture data repeats short Q/A pairs (e.g. "What sound does a duck make?"), which is exactly
     # what duplicate-examples is for; every other lint is silent.
     assert set(lints) == {"duplicate-examples"}
-    assert clean_report.stats.rows == 652
+    assert clean_report.stats.rows == json.loads((clean_shards / "_manifest.json").read_text())["totals"]["rows"]
 
 
 def test_duplicates_are_silent_once_the_fixture_records_are_deduplicated(tmp_path: Path) -> None:
-    """openai.jsonl holds 401 records of which 322 differ; keeping one of each, no row repeats another."""
+    """openai.jsonl repeats some of its records; keeping one of each, no row repeats another."""
     openai = FIXTURES / "data" / "openai.jsonl"
     unique = list({json.dumps(json.loads(line), sort_keys=True): None for line in openai.open()})
     assert len(unique) < sum(1 for _ in openai.open())  # the fixture really has duplicates

@@ -8,6 +8,8 @@ from lossmask.trainer.batches import collate
 from lossmask.trainer.loss import loss_weights, masked_cross_entropy
 from lossmask.trainer.model import backward, forward
 
+pytestmark = pytest.mark.slow  # one pair of forward passes per parameter entry
+
 EPS = 1e-5
 
 
