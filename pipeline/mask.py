@@ -10,12 +10,14 @@ order a record meets them:
    the last assistant message; `all`: everything) decides.
 2. `row_plans`: which rows a conversation becomes, when the template renders some trained assistant turn unlike
    inference (`--unfaithful-turns`): `split` trains each such turn in a row of its own, rendered as the
-   conversation up to that turn; `faithful-only` leaves it untrained; `as-rendered` trains it anyway; `reject`
-   refuses the record.
+   conversation up to that turn (or, when the template drops the turn's reasoning even there, as the model
+   generates it after the generation prompt); `faithful-only` leaves it untrained; `as-rendered` trains it
+   anyway; `reject` refuses the record.
 3. `plan`: which characters of a rendering train. In a trained assistant turn, everything the model generates,
-   from the end of the generation prompt through its end-of-turn marker, trains, except the classes the policy
-   leaves out (`trained_classes`: `--no-train-reasoning`, `--no-train-eot`); with `{% generation %}` blocks
-   (and `--generation-tags`) exactly the blocks' characters train instead. Another role's trained message
+   from the end of the generation prompt through its stop sequence, trains, except the classes the policy
+   leaves out (`trained_classes`: `--no-train-reasoning`, `--no-train-eot`, `--no-train-tool-calls`); with
+   `{% generation %}` blocks (and `--generation-tags`) the blocks' characters say what the model generates
+   instead, and the same classes are left out of them. Another role's trained message
    trains its text where it first appears. Message text trains whole or not at all, and only where it first
    appears (a template that repeats text, e.g. in a tool schema, does not train it twice).
 4. `tokens_trained`: which tokens train: a token counts when any of its characters counts (a token straddling a
@@ -113,6 +115,7 @@ class RowPlan:
     messages: int
     intent: tuple[bool, ...]
     flags: int = 0
+    continuation: bool = False  # the last message trains after the generation prompt (see `templates.plan`)
 
 
 def row_plans(layout: Layout, intent: list[bool], policy: MaskPolicy, template_name: str) -> list[RowPlan]:
@@ -132,7 +135,12 @@ def row_plans(layout: Layout, intent: list[bool], policy: MaskPolicy, template_n
     if policy.unfaithful_turns == "faithful-only":
         return [RowPlan(count, kept, int(RowFlag.UNFAITHFUL_MASKED))]
     split = int(RowFlag.SPLIT_TURN)
-    rows = [RowPlan(turn + 1, tuple(i == turn for i in range(turn + 1)), split) for turn in unfaithful]
+    rows = [
+        RowPlan(
+            turn + 1, tuple(i == turn for i in range(turn + 1)), split, layout.turns_by_message[turn].needs_continuation
+        )
+        for turn in unfaithful
+    ]
     if any(kept):
         rows.append(RowPlan(count, kept, split))
     return rows
@@ -165,8 +173,10 @@ def train_characters(layout: Layout, intent: tuple[bool, ...], policy: MaskPolic
         elif use_tags:  # the template's {% generation %} blocks say what the model generates
             train[turn.start : turn.end] = False
             for a, b in layout.generation or ():
-                if a < turn.window_end and b > turn.start and b > a:
-                    train[a:b] = True
+                # Never outside the turn: not the generation prompt's header, not text after the stop sequence.
+                a, b = max(a, turn.start), min(b, turn.end)
+                if b > a:
+                    train[a:b] = np.isin(layout.labels.cls[a:b], trained_classes)
         else:  # everything generated in the turn, but the classes the policy leaves out
             train[turn.start : turn.end] = np.isin(layout.labels.cls[turn.start : turn.end], trained_classes)
     for k, occurrence in enumerate(layout.occurrences):  # message text trains whole, and only where it first appears

@@ -16,14 +16,15 @@ from typing import Any
 
 from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample
-from ..schemas.records import Conversation, Message, PromptCompletion, Record, TextDocument
+from ..schemas.records import Conversation, PromptCompletion, Record, TextDocument
 from ..schemas.shards import RowFlag
 from .errors import RecordError
 from .mask import MaskPolicy, appended_eos_trains, class_trains, message_intent, plan, row_plans
+from .reasoning import ReasoningTags
+from .template_messages import TemplateMessage, template_messages
 from .templates import ChatTemplate
 from .templates.plan import Layout, LayoutBuilder, Plan
 from .templates.probe import TemplateProfile, profile_template, to_parts
-from .templates.sentinels import CONTENT, REASONING, sentinel
 from .tokenizer import TokenizerInfo
 
 DROPPED_POLICIES = ("reject", "keep")
@@ -38,6 +39,7 @@ class RenderOptions:
     dropped_messages: str = "reject"
     special_tokens_in_content: str = "escape"
     reasoning_fallback: str = "inline"  # when the template ignores reasoning_content: write it in <think> tags
+    reasoning_tags: ReasoningTags | None = None  # None: the template's own (see `reasoning`)
     text_append_eos: bool = True
 
 
@@ -49,9 +51,11 @@ class Renderer:
         self.profile: TemplateProfile | None = None
         self.builder: LayoutBuilder | None = None
         if template is not None:
-            self.profile = profile_template(template, tokenizer.control_re)
+            stops = tokenizer.stop_tokens
+            self.profile = profile_template(template, tokenizer.control_re, stops)
             bos = tokenizer.special_tokens.get("bos_token")
-            self.builder = LayoutBuilder(template, self.profile, tokenizer.control_re, bos)
+            self.builder = LayoutBuilder(template, self.profile, tokenizer.control_re, bos, stops)
+        self.reasoning_tags = options.reasoning_tags or ReasoningTags.for_template(template and template.source)
         self._layouts: OrderedDict[Any, Layout] = OrderedDict()
         self._plans: OrderedDict[Any, Plan] = OrderedDict()
 
@@ -132,9 +136,9 @@ class Renderer:
             raise RecordError("template_error", f"{self.template.name} renders only conversations that have `tools`")
         policy = self.options.mask
         intent = message_intent(conversation, policy, inherited)
-        messages, inline = self._template_messages(conversation.messages)
-        texts = [m.content for m in conversation.messages] + [m.reasoning or "" for m in conversation.messages]
-        flags, escape = self._check_special(*texts)
+        inline = self.options.reasoning_fallback == "inline"
+        messages = template_messages(conversation.messages, self.profile.renders_reasoning, self.reasoning_tags, inline)
+        flags, escape = self._check_special(*(text for m in messages for text in (m.answer, m.reasoning)))
         if conversation.tools or any(m.tool_calls for m in conversation.messages):
             calls = [[c.to_template() for c in m.tool_calls or []] for m in conversation.messages]
             found = self.tokenizer.find_control_tokens(json.dumps([conversation.tools, calls], ensure_ascii=False))
@@ -152,7 +156,7 @@ class Renderer:
         ]
         examples = []
         for part, row in enumerate(rows):
-            row_plan = self._plan(messages[: row.messages], tools, row.intent)
+            row_plan = self._plan(messages[: row.messages], tools, row.intent, row.continuation)
             row_flags = row.flags
             if blank and blank[0] < row.messages:
                 row_flags |= RowFlag.EMPTY_ASSISTANT
@@ -167,69 +171,60 @@ class Renderer:
                     )
                     raise RecordError("template_dropped_message", f"{self.template.name} leaves out {what}{hint}")
                 row_flags |= RowFlag.MESSAGE_DROPPED
-            example = self._realize(row_plan, messages[: row.messages], tools, inline, conversation, part)
+            example = self._realize(row_plan, messages[: row.messages], tools, conversation, part)
             example.flags |= flags | row_flags | row_plan.flags
             example.escape = escape
             examples.append(example)
         return examples
 
-    def _template_messages(self, messages: list[Message]) -> tuple[list[dict[str, Any]], dict[int, int]]:
-        """Messages as the template sees them; reasoning goes in <think> tags when the template ignores it."""
-        assert self.profile is not None
-        out: list[dict[str, Any]] = []
-        inline: dict[int, int] = {}
-        for i, message in enumerate(messages):
-            data = message.to_template()
-            if message.reasoning and not self.profile.renders_reasoning:
-                data.pop("reasoning_content", None)
-                data.pop("thinking", None)
-                if self.options.reasoning_fallback == "inline":
-                    prefix = f"<think>\n{message.reasoning}\n</think>\n\n"
-                    data["content"] = prefix + message.content
-                    inline[i] = len(prefix)
-            out.append(data)
-        return out, inline
-
-    def _layout(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Layout:
+    def _layout(
+        self, messages: list[TemplateMessage], tools: list[dict[str, Any]] | None, continuation: bool = False
+    ) -> Layout:
         """The layout of this conversation shape, built once (a sentinel rendering) and cached."""
         assert self.builder is not None and self.profile is not None
-        key = (tuple(_shape(m) for m in messages), json.dumps(tools, sort_keys=True) if tools else None)
+        key = (tuple(m.shape() for m in messages), json.dumps(tools, sort_keys=True) if tools else None, continuation)
         layout = _cached(self._layouts, key)
         if layout is None:
-            skeleton_messages = [_with_sentinels(i, m) for i, m in enumerate(messages)]
+            twins = [m.twin(i) for i, m in enumerate(messages)]
             if self.profile.content_format == "parts":
-                skeleton_messages = to_parts(skeleton_messages)
-            layout = _store(self._layouts, key, self.builder.build(skeleton_messages, tools))
+                twins = to_parts(twins)
+            build = self.builder.build_continuation if continuation else self.builder.build
+            layout = _store(self._layouts, key, build(twins, tools))
         return layout
 
     def _plan(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, intent: tuple[bool, ...]
+        self,
+        messages: list[TemplateMessage],
+        tools: list[dict[str, Any]] | None,
+        intent: tuple[bool, ...],
+        continuation: bool = False,
     ) -> Plan:
         """The layout with the mask policy applied for this intent, cached likewise."""
-        key = (tuple(_shape(m) for m in messages), json.dumps(tools, sort_keys=True) if tools else None, intent)
+        shapes = tuple(m.shape() for m in messages)
+        key = (shapes, json.dumps(tools, sort_keys=True) if tools else None, intent, continuation)
         cached = _cached(self._plans, key)
         if cached is not None:
             return cached
-        return _store(self._plans, key, plan(self._layout(messages, tools), intent, self.options.mask))
+        return _store(self._plans, key, plan(self._layout(messages, tools, continuation), intent, self.options.mask))
 
     def _realize(
         self,
         plan: Plan,
-        messages: list[dict[str, Any]],
+        messages: list[TemplateMessage],
         tools: list[dict[str, Any]] | None,
-        inline: dict[int, int],
         conversation: Conversation,
         part: int,
     ) -> RenderedExample:
         """Substitute the real text into the plan, and check it against the real rendering."""
         assert self.template is not None and self.profile is not None
-        real_messages = to_parts(messages) if self.profile.content_format == "parts" else messages
-        real = self.template.render(real_messages, tools=tools)
-        texts: list[str] = []
-        for occurrence in plan.occurrences:
-            message = messages[occurrence.message]
-            raw = message["content"] if occurrence.kind == CONTENT else message.get("reasoning_content", "")
-            texts.append(occurrence.apply(raw))
+        data = [m.data for m in messages]
+        if self.profile.content_format == "parts":
+            data = to_parts(data)
+        # A continuation row is the generation prompt of the earlier messages, then the turn as the model writes it.
+        real = self.template.render(
+            data[:-1] if plan.continuation else data, add_generation_prompt=plan.continuation, tools=tools
+        )
+        texts = [o.apply(messages[o.message].text(o.kind)) for o in plan.occurrences]
         skeleton = plan.skeleton
         pieces: list[str] = []
         shift_after: list[tuple[int, int]] = []  # (skeleton end of occurrence, cumulative shift)
@@ -242,6 +237,8 @@ class Renderer:
             position = occurrence.end
         pieces.append(skeleton[position:])
         expected = "".join(pieces)
+        if plan.continuation and expected.startswith(real):
+            real = expected
         if expected != real:
             at = _first_difference(expected, real)
             raise RecordError(
@@ -264,19 +261,12 @@ class Renderer:
         for span in plan.spans:
             start = to_real(span.start)
             if span.occurrence >= 0:
-                occurrence = plan.occurrences[span.occurrence]
                 end = start + len(texts[span.occurrence])
                 data_spans.append((start, end))
-                prefix = inline.get(occurrence.message, 0)
-                if prefix and occurrence.kind == CONTENT and occurrence.transform != "json" and end - start > prefix:
-                    trains = class_trains(self.options.mask, TokenClass.REASONING, span.trainable)
-                    spans.append(CharSpan(start, start + prefix, int(TokenClass.REASONING), trains, span.message))
-                    start += prefix
-                spans.append(CharSpan(start, end, span.cls, span.trainable, span.message))
             else:
                 end = to_real(span.end)
-                if end > start:
-                    spans.append(CharSpan(start, end, span.cls, span.trainable, span.message))
+            if end > start:
+                spans.append(CharSpan(start, end, span.cls, span.trainable, span.message))
         turns = [(to_real(a), to_real(b)) for a, b in plan.trained_ranges]
         return RenderedExample(
             text=real,
@@ -286,26 +276,6 @@ class Renderer:
             turns=turns,
             part=part,
         )
-
-
-def _shape(message: dict[str, Any]) -> tuple[Any, ...]:
-    """What of a message can change the template's text around it; its content is replaced by a sentinel."""
-    return (
-        message["role"],
-        bool(message.get("content")),
-        bool(message.get("reasoning_content")),
-        json.dumps(message.get("tool_calls"), sort_keys=True) if message.get("tool_calls") else None,
-        message.get("name"),
-        message.get("tool_call_id"),
-    )
-
-
-def _with_sentinels(index: int, message: dict[str, Any]) -> dict[str, Any]:
-    out = dict(message)
-    out["content"] = sentinel(CONTENT, index) if message.get("content") else ""
-    if message.get("reasoning_content"):
-        out["reasoning_content"] = out["thinking"] = sentinel(REASONING, index)
-    return out
 
 
 def _cached(cache: OrderedDict[Any, Any], key: Any) -> Any:

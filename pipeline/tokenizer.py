@@ -45,6 +45,7 @@ class TokenizerInfo:
     chat_template: str | None = None
     special_tokens: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
+    generation_stops: tuple[str, ...] = ()  # generation_config.json's stop tokens, beside eos_token
     control_tokens: tuple[str, ...] = ()
     control_ids: frozenset[int] = frozenset()
     control_re: re.Pattern[str] | None = None
@@ -74,6 +75,13 @@ class TokenizerInfo:
     @property
     def eos_id(self) -> int | None:
         return self._token_id(self.special_tokens.get("eos_token"))
+
+    @property
+    def stop_tokens(self) -> tuple[str, ...]:
+        """The tokens the model stops generating on: its EOS and the stop ids of `generation_config.json`."""
+        eos = self.special_tokens.get("eos_token")
+        first = (eos,) if eos and self.tokenizer.token_to_id(eos) is not None else ()
+        return first + tuple(t for t in self.generation_stops if t != eos)
 
     @property
     def vocab_size(self) -> int:
@@ -223,6 +231,9 @@ def load_tokenizer(path: str) -> TokenizerInfo:
     digest = hashlib.sha256(tokenizer_file.read_bytes())
     if config_file.is_file():
         digest.update(config_file.read_bytes())
+    generation_file = tokenizer_file.parent / "generation_config.json"
+    if generation_file.is_file():
+        digest.update(generation_file.read_bytes())
     info = TokenizerInfo(
         path=str(path),
         tokenizer=tokenizer,
@@ -230,8 +241,26 @@ def load_tokenizer(path: str) -> TokenizerInfo:
         chat_template=_find_chat_template(config, tokenizer_file.parent),
         special_tokens=special,
         fingerprint=digest.hexdigest(),
+        generation_stops=_generation_stops(generation_file, tokenizer),
     )
     return info.for_template(info.chat_template)
+
+
+def _generation_stops(path: Path, tokenizer: Tokenizer) -> tuple[str, ...]:
+    """The tokens `generation_config.json` stops on (`eos_token_id`, one id or a list), when the folder has one.
+
+    Models stop on more than their EOS: gpt-oss on `<|return|>` and `<|call|>`, GLM-4.5 on `<|user|>` and
+    `<|observation|>`, Gemma on `<end_of_turn>`. These are the stop tokens a trained turn must end with.
+    """
+    if not path.is_file():
+        return ()
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise SetupError(f"{path} is not valid JSON: {exc}") from None
+    ids = [ids] if isinstance(ids, int) else ids if isinstance(ids, list) else []
+    tokens = [tokenizer.id_to_token(i) for i in ids if isinstance(i, int)]
+    return tuple(t for t in tokens if t is not None)
 
 
 def _token_string(value: Any) -> str | None:

@@ -67,6 +67,7 @@ class RowFlag(IntFlag):
     EMPTY_ASSISTANT = 8192  # an assistant message in the row has blank content and no tool calls
     TURNS_DROPPED = 16384  # the earliest whole turns were left out to fit --max-length (turn-aware truncation)
     WINDOW = 32768  # one of several windows of a longer example (--overflow split, or a document cut by --concat)
+    REASONING_CONTINUED = 65536  # a turn whose reasoning the template drops, trained after its generation prompt
 
 
 LAYOUT_ROWS = "rows"  # one document per row

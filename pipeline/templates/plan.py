@@ -31,7 +31,7 @@ from ...schemas.shards import RowFlag
 from ..errors import RecordError
 from . import ChatTemplate
 from .probe import TemplateProfile
-from .sentinels import CONTENT, REASONING, Occurrence, find_occurrences
+from .sentinels import CONTENT, REASONING, Occurrence, find_occurrences, sentinel
 
 _THINK = re.compile(r"</?think>")
 _NEWLINES = "\r\n"
@@ -54,11 +54,15 @@ class Turn:
     message: int
     start: int  # where the model starts generating: the end of the generation prompt
     end: int  # end of the end-of-turn marker, or of the turn's text when there is none
+    end_of_turn_start: int  # where the stop sequence starts (== end when there is none)
     window_end: int  # where the next message's text starts ({% generation %} blocks before it are this turn's)
     context_faithful: bool  # the text before the turn is the inference prompt (add_generation_prompt=True)
     target_faithful: bool  # the turn is rendered as when it is the last message, as the model generates it
     has_end_of_turn: bool
     calls_rendered: bool  # every tool call's name appears in the turn
+    # The turn has reasoning that the template leaves out even where the turn is the last message (DeepSeek-R1
+    # cuts every think block): no rendering shows what the model generates, so it trains as a continuation.
+    needs_continuation: bool = False
 
 
 @dataclass
@@ -89,6 +93,7 @@ class Plan:
     flags: int = 0
     # What the template left out: (message index or -1, "text" | "tool calls" | "tool definitions").
     dropped: list[tuple[int, str]] = field(default_factory=list)
+    continuation: bool = False  # the skeleton is the generation prompt of the earlier messages + the last turn
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Layout:
     placed: list[int]  # messages whose text or turn is in the skeleton, in order
     generation: list[tuple[int, int]] | None  # the {% generation %} blocks, when the template has them
     dropped: list[tuple[int, str]]  # text and tool definitions the template left out
+    continuation: bool = False  # see `LayoutBuilder.build_continuation`
     turns_by_message: dict[int, Turn] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,8 +128,11 @@ class Layout:
                 flags |= RowFlag.GEN_PROMPT_MISMATCH
             if not turn.has_end_of_turn:
                 flags |= RowFlag.NO_END_OF_TURN
+        if self.continuation:
+            flags |= RowFlag.REASONING_CONTINUED
         spans = _run_lengths(self.labels, train)
-        return Plan(self.skeleton, self.occurrences, spans, _trained_runs(train), int(flags), sorted(set(dropped)))
+        runs = _trained_runs(train)
+        return Plan(self.skeleton, self.occurrences, spans, runs, int(flags), sorted(set(dropped)), self.continuation)
 
 
 @dataclass
@@ -142,18 +151,28 @@ class LayoutBuilder:
     """Builds layouts for one template + tokenizer; holds the regexes the analysis needs."""
 
     def __init__(
-        self, template: ChatTemplate, profile: TemplateProfile, control_re: re.Pattern[str] | None, bos: str | None
+        self,
+        template: ChatTemplate,
+        profile: TemplateProfile,
+        control_re: re.Pattern[str] | None,
+        bos: str | None,
+        stop_tokens: tuple[str, ...] = (),
     ):
         self.template = template
         self.profile = profile
         self.control_re = control_re
         self.bos_token = bos
-        self.eot_re = _alternation(profile.eot_markers)
+        controls = tuple(t for t in stop_tokens if control_re is not None and control_re.fullmatch(t))
+        self.eot_re = _alternation(profile.stop_sequences + profile.eot_markers + controls)
         self.footer_re = _alternation(profile.footer_markers)
 
-    def build(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Layout:
-        """`messages` hold sentinels (see `sentinels`)."""
-        skeleton, generation = self._render(messages, tools)
+    def build(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, skeleton: str | None = None
+    ) -> Layout:
+        """`messages` hold sentinels (see `sentinels`); `skeleton`, when given, is their rendering."""
+        generation: list[tuple[int, int]] | None = None
+        if skeleton is None:
+            skeleton, generation = self._render(messages, tools)
         occurrences, stray = find_occurrences(skeleton)
         if stray:
             raise RecordError(
@@ -171,6 +190,34 @@ class LayoutBuilder:
             dropped.append((-1, "tool definitions"))
         turns, placed = self._label_messages(messages, tools, skeleton, places, labels)
         return Layout(skeleton, occurrences, first_occurrence, labels, turns, placed, generation, dropped)
+
+    def build_continuation(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Layout:
+        """The last message, an assistant turn whose reasoning the template never renders, as the model generates
+        it: the template's generation prompt for the earlier messages, then the turn's content as the data holds
+        it (its think block and answer) from where that prompt leaves off, then the stop sequence the template
+        writes after an answer. DeepSeek-R1's prompt ends `<think>\n`; the model writes the rest of the block.
+
+        Raises `template_drops_reasoning` when the generation prompt does not open the think block: then no
+        text the template makes shows where the model writes its reasoning."""
+        i = len(messages) - 1
+        prompt = self.template.render(messages[:i], add_generation_prompt=True, tools=tools)
+        content = messages[i].get("content") or ""
+        before = content.split(sentinel(REASONING, i))[0]  # the think block's opening, as the data writes it
+        opened = next((k for k in range(len(before), 0, -1) if prompt.endswith(before[:k])), 0)
+        if not before.strip() or before[:opened].rstrip() != before.rstrip():
+            raise RecordError(
+                "template_drops_reasoning",
+                f"{self.template.name} leaves out the reasoning of assistant message {i} even when it is the last "
+                "message, and its generation prompt does not open a think block, so no rendering shows where the "
+                "model writes its reasoning; use --reasoning-fallback drop to train the answer alone",
+            )
+        rendered = self.template.render(messages, tools=tools)
+        answer_end = max((o.end for o in find_occurrences(rendered)[0] if o.message == i), default=len(rendered))
+        stop = self.eot_re.search(rendered, answer_end) if self.eot_re is not None else None
+        stop_text = rendered[answer_end : stop.end()] if stop else ""
+        layout = self.build(messages, tools, skeleton=prompt + content[opened:] + stop_text)
+        layout.continuation = True
+        return layout
 
     def _render(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
@@ -226,7 +273,8 @@ class LayoutBuilder:
                 rendered_as_last = self.template.render(messages[: i + 1], tools=tools)
             except RecordError:
                 rendered_as_last = None
-        eot = self._find_end_of_turn(skeleton, text_end, next_start, rendered_as_last)
+        next_role = messages[i + 1]["role"] if i + 1 < len(messages) else None
+        eot = self._find_end_of_turn(skeleton, text_end, next_start, rendered_as_last, next_role)
         end = eot[1] if eot else text_end
         if i == len(messages) - 1:
             target_faithful = True
@@ -237,7 +285,22 @@ class LayoutBuilder:
             # is exactly what this rendering holds.
             target_faithful = skeleton.startswith(rendered_as_last[: self._generated_end(rendered_as_last, i)])
         calls_rendered = all(name in skeleton[start:end] for name in _tool_call_names(messages[i]))
-        return Turn(i, start, end, next_start, context_faithful, target_faithful, eot is not None, calls_rendered)
+        eot_start = eot[0] if eot else end
+        reasoning = sentinel(REASONING, i)
+        as_generated = skeleton if rendered_as_last is None else rendered_as_last
+        needs_continuation = _holds(messages[i], reasoning) and reasoning not in as_generated
+        return Turn(
+            i,
+            start,
+            end,
+            eot_start,
+            next_start,
+            context_faithful,
+            target_faithful and not needs_continuation,
+            eot is not None,
+            calls_rendered,
+            needs_continuation,
+        )
 
     def _generation_start(
         self,
@@ -273,12 +336,15 @@ class LayoutBuilder:
         """End of the final assistant turn (message) in a rendering where it is the last message."""
         occurrences, _ = find_occurrences(rendered)
         text_end = max((o.end for o in occurrences if o.message == message), default=len(rendered))
-        eot = self._find_end_of_turn(rendered, text_end, len(rendered), None)
+        eot = self._find_end_of_turn(rendered, text_end, len(rendered), None, None)
         return eot[1] if eot else text_end
 
     def _find_end_of_turn(
-        self, skeleton: str, text_end: int, window_end: int, rendered_as_last: str | None
+        self, skeleton: str, text_end: int, window_end: int, rendered_as_last: str | None, next_role: str | None
     ) -> tuple[int, int] | None:
+        """The stop sequence after a turn's text: the first stop sequence of the probe (or stop token) before the
+        next message; for templates whose models stop by writing the next header (GLM), that header, unless the
+        next message is the assistant's again (two answers in a row: nothing ended the first)."""
         if self.eot_re is not None:
             match = self.eot_re.search(skeleton, text_end, window_end)
             if match:
@@ -288,7 +354,7 @@ class LayoutBuilder:
         if self.profile.stops_at_next_header and rendered_as_last is not None and skeleton.startswith(rendered_as_last):
             match = self.control_re.match(skeleton, len(rendered_as_last))
             if match and match.start() >= text_end:
-                return match.span()
+                return match.span() if next_role != "assistant" else None
         shared = len(skeleton) if rendered_as_last is None else _common_prefix(rendered_as_last, skeleton)
         limit = min(shared, window_end)
         found = None
@@ -318,11 +384,11 @@ class LayoutBuilder:
         self, skeleton: str, message: dict[str, Any], turn: Turn, places: _TextPlaces, labels: Labels
     ) -> None:
         """The class of every template character the model generates in this turn (its text is labeled already)."""
-        has_reasoning = bool(message.get("reasoning_content"))
+        has_reasoning = (turn.message, REASONING) in places.kinds
         has_calls = bool(message.get("tool_calls"))
         text_start = places.start.get(turn.message, turn.start)
         text_end = places.end.get(turn.message, turn.start)
-        eot_start = self._eot_start(skeleton, text_end, turn.end) if turn.has_end_of_turn else turn.end
+        eot_start = _with_space_before(skeleton, text_end, turn.end_of_turn_start)
         before = skeleton[turn.start : text_start]
         lead_class = TokenClass.REASONING if (has_reasoning or _THINK.search(before)) else TokenClass.ASSISTANT_MARKUP
         tail_class = TokenClass.END_OF_TURN if not skeleton[text_end:eot_start].strip() else TokenClass.ASSISTANT_MARKUP
@@ -336,18 +402,6 @@ class LayoutBuilder:
         template_text = labels.occurrence[turn.start : turn.end] < 0
         labels.cls[turn.start : turn.end][template_text] = classes[template_text]
         labels.owner[turn.start : turn.end][template_text] = turn.message
-
-    def _eot_start(self, skeleton: str, text_end: int, end: int) -> int:
-        """The end-of-turn span starts at the marker, or at the whitespace right before it."""
-        if self.control_re is None:
-            return end
-        start = end
-        for match in self.control_re.finditer(skeleton, text_end, end):
-            if match.end() == end:
-                start = match.start()
-        while start > text_end and skeleton[start - 1] in " \t\r\n":
-            start -= 1
-        return start
 
 
 def _label_text(
@@ -369,6 +423,17 @@ def _label_text(
             places.start[i] = min(places.start.get(i, occurrence.start), occurrence.start)
             places.end[i] = max(places.end.get(i, occurrence.end), occurrence.end)
     return first_occurrence, places
+
+
+def _holds(message: dict[str, Any], text: str) -> bool:
+    return any(isinstance(value, str) and text in value for value in message.values())
+
+
+def _with_space_before(skeleton: str, lower: int, start: int) -> int:
+    """The end-of-turn span starts at its stop sequence, or at the whitespace right before it."""
+    while start > lower and skeleton[start - 1] in " \t\r\n":
+        start -= 1
+    return start
 
 
 def _alternation(strings: tuple[str, ...]) -> re.Pattern[str] | None:

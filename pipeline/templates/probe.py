@@ -2,9 +2,12 @@
 
 - content format: does it render string content, or does it need a list of text parts (LLaVA, Idefics)?
 - reasoning: does it render `reasoning_content`? If not, reasoning is written into the content in <think> tags.
-- end-of-turn markers: the control token(s) that follow an assistant's content (`<|im_end|>`, `<|eot_id|>`,
-  `<end_of_turn>`, `</s>`, gpt-oss `<|end|>`/`<|return|>`). Found by rendering, never assumed from eos_token:
-  Gemma's turns end with `<end_of_turn>`, which is not its EOS.
+- stop sequences: the template text that ends an assistant turn, from the end of its content through the first
+  token the model must emit to stop (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`, gpt-oss `<|return|>`,
+  Cohere2 `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`). Found by rendering a final assistant turn and reading the
+  control tokens after its content up to the first that stops generation: a stop token of the tokenizer (its EOS,
+  the stop ids of `generation_config.json`) or a token that also closes user turns. Never assumed from eos_token
+  alone: Gemma's turns end with `<end_of_turn>`, which is not its EOS, and Cohere2's EOS is the second token.
 - footer markers: the control tokens that close other roles' turns, used to tell footers from headers.
 """
 
@@ -25,10 +28,11 @@ _ROLES = ("user", "assistant", "user", "assistant")
 class TemplateProfile:
     content_format: str  # "string" or "parts"
     renders_reasoning: bool
-    eot_markers: tuple[str, ...]
+    eot_markers: tuple[str, ...]  # the tokens that end an assistant turn (the last token of a stop sequence)
     footer_markers: tuple[str, ...]
     stops_at_next_header: bool = False  # nothing ends a final turn; the model stops by writing the next header
     requires_tools: bool = False  # renders only when `tools` is given (Hermes / Command-R tool_use templates)
+    stop_sequences: tuple[str, ...] = ()  # what ends a turn, e.g. `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`
 
 
 def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,8 +49,11 @@ def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "probe", "parameters": {}}}
 
 
-def profile_template(template: ChatTemplate, control_re: re.Pattern[str] | None) -> TemplateProfile:
-    """Probe the template with sentinel conversations. Raises SetupError when it renders none of them."""
+def profile_template(
+    template: ChatTemplate, control_re: re.Pattern[str] | None, stop_tokens: tuple[str, ...] = ()
+) -> TemplateProfile:
+    """Probe the template with sentinel conversations. Raises SetupError when it renders none of them.
+    `stop_tokens`: the tokens the model stops generating on (see `TokenizerInfo.stop_tokens`)."""
     probe = [{"role": role, "content": sentinel(CONTENT, i)} for i, role in enumerate(_ROLES)]
     chosen: tuple[str, list[dict[str, Any]] | None] | None = None
     error = None
@@ -73,12 +80,15 @@ def profile_template(template: ChatTemplate, control_re: re.Pattern[str] | None)
 
     # End-of-turn markers come from renderings where the assistant turn is the last one, as at inference:
     # what follows a non-final turn may be the next message's header (Metharme's <|user|>), not an ending.
-    eot: set[str] = set()
-    for last in (1, 3):
-        text = render(probe[: last + 1])
-        eot |= _markers_after(text, {last}, control_re)
     full = render(probe)
     footers = _markers_after(full, {0, 2}, control_re)
+    eot: set[str] = set()
+    sequences: set[str] = set()
+    for last in (1, 3):
+        found = _stop_sequence(render(probe[: last + 1]), last, control_re, set(stop_tokens) | footers)
+        if found is not None:
+            sequences.add(found[0])
+            eot.add(found[1])
     # A non-final turn's marker counts too when the same token closes user turns: a closing token, like
     # gpt-oss's <|end|> (its final turns end with <|return|>), not the next message's header.
     eot |= _markers_after(full, {1}, control_re) & footers
@@ -95,7 +105,36 @@ def profile_template(template: ChatTemplate, control_re: re.Pattern[str] | None)
         tuple(sorted(footers | eot)),
         stops_at_next_header=stops_at_next_header and bool(eot),
         requires_tools=tools is not None,
+        stop_sequences=tuple(sorted(sequences)),
     )
+
+
+def _stop_sequence(
+    rendered: str, message: int, control_re: re.Pattern[str] | None, stops: set[str]
+) -> tuple[str, str] | None:
+    """(stop sequence, its last token) after the content of the final assistant `message`: the control tokens
+    that follow it (whitespace between them allowed) through the first one that stops generation, or through the
+    last of them when none does."""
+    if control_re is None:
+        return None
+    ends = [o.end for o in find_occurrences(rendered)[0] if o.message == message and o.kind == CONTENT]
+    if not ends:
+        return None
+    position = ends[0]
+    tokens: list[re.Match[str]] = []
+    while True:
+        while position < len(rendered) and rendered[position] in " \t\r\n":
+            position += 1
+        match = control_re.match(rendered, position)
+        if match is None:
+            break
+        tokens.append(match)
+        position = match.end()
+        if match.group(0) in stops:
+            break
+    if not tokens:
+        return None
+    return rendered[tokens[0].start() : tokens[-1].end()], tokens[-1].group(0)
 
 
 def _markers_after(rendered: str, messages: set[int], control_re: re.Pattern[str] | None) -> set[str]:

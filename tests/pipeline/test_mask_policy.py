@@ -86,15 +86,16 @@ def test_trained_classes():
 
 
 class _Turn:
-    def __init__(self, message: int, faithful: bool):
-        self.message, self.target_faithful = message, faithful
+    def __init__(self, message: int, faithful: bool, continuation: bool = False):
+        self.message, self.target_faithful, self.needs_continuation = message, faithful, continuation
 
 
 class _Layout:
-    """The only fact `row_plans` reads: which assistant turns are rendered as at inference."""
+    """The only facts `row_plans` reads: which assistant turns are rendered as at inference, and how not."""
 
     def __init__(self, *turns: _Turn):
         self.turns = list(turns)
+        self.turns_by_message = {t.message: t for t in turns}
 
 
 UNFAITHFUL_FIRST = _Layout(_Turn(2, False), _Turn(4, True))
