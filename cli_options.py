@@ -49,6 +49,28 @@ ROW_OPTIONS: list[Callable[[Any], Any]] = [
         help=f"Train reasoning (<think>) text {default('train_reasoning')}.",
     ),
     click.option(
+        "--train-tool-calls/--no-train-tool-calls",
+        default=None,
+        help=f"Train the assistant's tool calls (names, arguments, their wrappers) {default('train_tool_calls')}.",
+    ),
+    click.option(
+        "--reasoning-tags",
+        help="The tags of a think block at the start of assistant content, 'OPEN,CLOSE' (default: the template's "
+        "own, else '<think>,</think>').",
+    ),
+    click.option(
+        "--allow-text-markers",
+        is_flag=True,
+        default=None,
+        help="Accept a template whose turn markers are no tokens of the tokenizer (trained as plain text).",
+    ),
+    click.option(
+        "--tool-call-ids",
+        type=choice("tool_call_ids"),
+        help="keep the data's tool-call ids, or generate ids from the record where a template's rule needs them "
+        f"(Mistral: 9 alphanumerics) {default('tool_call_ids')}.",
+    ),
+    click.option(
         "--generation-tags/--no-generation-tags",
         "use_generation_tags",
         default=None,

@@ -18,7 +18,8 @@ from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
 from .formats.options import FormatOptions
 from .mask import MASK_MODES, UNFAITHFUL_POLICIES, MaskPolicy
-from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, RenderOptions
+from .reasoning import ReasoningTags
+from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, TOOL_CALL_IDS, RenderOptions
 from .templates.environment import DEFAULT_TEMPLATE_DATE
 
 ENGINES = ("local", "ray")
@@ -33,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "unfaithful_turns": UNFAITHFUL_POLICIES,
     "dropped_messages": DROPPED_POLICIES,
     "reasoning_fallback": REASONING_FALLBACKS,
+    "tool_call_ids": TOOL_CALL_IDS,
 }
 
 
@@ -47,6 +49,7 @@ class PrepareConfig:
     train_roles: list[str] = field(default_factory=lambda: ["assistant"])
     train_end_of_turn: bool = True
     train_reasoning: bool = True
+    train_tool_calls: bool = True
     use_generation_tags: bool = True
     max_length: int | None = None  # positions per row at most (tokens - 1); --pack N sets it to N when unset
     overflow: str = "truncate"
@@ -58,6 +61,9 @@ class PrepareConfig:
     unfaithful_turns: str = "split"
     dropped_messages: str = "reject"
     reasoning_fallback: str = "inline"
+    reasoning_tags: str | None = None  # "OPEN,CLOSE"; None = the template's own, else <think>,</think>
+    allow_text_markers: bool = False
+    tool_call_ids: str = "keep"  # "generate": ids derived from the record where a call has none or a bad one
     text_append_eos: bool = True
     template_date: str = DEFAULT_TEMPLATE_DATE
     template_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +103,11 @@ class PrepareConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise SetupError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        if self.reasoning_tags is not None:
+            try:
+                ReasoningTags.parse(self.reasoning_tags)
+            except ValueError as exc:
+                raise SetupError(str(exc)) from None
         if self.max_length is not None and self.max_length < 1:
             raise SetupError("max_length must be at least 1")
         self._validate_packing()
@@ -146,6 +157,7 @@ class PrepareConfig:
             train_roles=tuple(self.train_roles),
             train_end_of_turn=self.train_end_of_turn,
             train_reasoning=self.train_reasoning,
+            train_tool_calls=self.train_tool_calls,
             use_generation_tags=self.use_generation_tags,
             unfaithful_turns=self.unfaithful_turns,
         )
@@ -155,6 +167,9 @@ class PrepareConfig:
             special_tokens_in_content=self.special_tokens_in_content,
             reasoning_fallback=self.reasoning_fallback,
             text_append_eos=self.text_append_eos,
+            reasoning_tags=ReasoningTags.parse(self.reasoning_tags) if self.reasoning_tags else None,
+            allow_text_markers=self.allow_text_markers,
+            tool_call_ids=self.tool_call_ids,
         )
 
     def length_policy(self) -> LengthPolicy:

@@ -57,6 +57,7 @@ class MaskPolicy:
     train_roles: tuple[str, ...] = ("assistant",)
     train_end_of_turn: bool = True
     train_reasoning: bool = True
+    train_tool_calls: bool = True
     use_generation_tags: bool = True
     unfaithful_turns: str = "split"
 
@@ -69,6 +70,8 @@ class MaskPolicy:
             left_out.add(int(TokenClass.REASONING))
         if not self.train_end_of_turn:
             left_out.add(int(TokenClass.END_OF_TURN))
+        if not self.train_tool_calls:
+            left_out.add(int(TokenClass.TOOL_CALL))
         return _ALL_CLASSES - left_out
 
 
@@ -190,9 +193,10 @@ def class_trains(policy: MaskPolicy, cls: TokenClass, message_trains: bool) -> b
     return message_trains and int(cls) in policy.trained_classes()
 
 
-def appended_eos_trains(policy: MaskPolicy) -> bool:
-    """The EOS appended to plain text and raw completions: how the model learns to stop, so it always trains."""
-    return True
+def appended_eos_trains(policy: MaskPolicy, cls: TokenClass) -> bool:
+    """The EOS appended to plain text (class TEXT) and raw completions (END_OF_TURN, so `--no-train-eot` masks it):
+    how the model learns to stop."""
+    return class_trains(policy, cls, True)
 
 
 # 4. tokens

@@ -10,6 +10,7 @@ and so the mask, are exact.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,18 +19,20 @@ from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample
 from ..schemas.records import Conversation, PromptCompletion, Record, TextDocument
 from ..schemas.shards import RowFlag
-from .errors import RecordError
+from .errors import RecordError, SetupError
 from .mask import MaskPolicy, appended_eos_trains, class_trains, message_intent, plan, row_plans
 from .reasoning import ReasoningTags
 from .template_messages import TemplateMessage, template_messages
 from .templates import ChatTemplate
-from .templates.plan import Layout, LayoutBuilder, Plan
+from .templates.plan import Layout, LayoutBuilder, Plan, TemplateInputs
 from .templates.probe import TemplateProfile, profile_template, to_parts
 from .tokenizer import TokenizerInfo
+from .tool_calls import generate_call_ids
 
 DROPPED_POLICIES = ("reject", "keep")
 SPECIAL_POLICIES = ("escape", "reject", "allow")
 REASONING_FALLBACKS = ("inline", "drop")
+TOOL_CALL_IDS = ("keep", "generate")
 _CACHE_SIZE = 4096
 
 
@@ -40,6 +43,8 @@ class RenderOptions:
     special_tokens_in_content: str = "escape"
     reasoning_fallback: str = "inline"  # when the template ignores reasoning_content: write it in <think> tags
     reasoning_tags: ReasoningTags | None = None  # None: the template's own (see `reasoning`)
+    allow_text_markers: bool = False  # a template whose turn markers are no tokens of the tokenizer
+    tool_call_ids: str = "keep"  # "generate": deterministic ids where the template's rule needs them
     text_append_eos: bool = True
 
 
@@ -52,9 +57,22 @@ class Renderer:
         self.builder: LayoutBuilder | None = None
         if template is not None:
             stops = tokenizer.stop_tokens
-            self.profile = profile_template(template, tokenizer.control_re, stops)
+            markers = tokenizer.control_re
+            self.profile = profile_template(template, markers, stops)
+            if self.profile.text_markers:
+                found = ", ".join(self.profile.text_markers)
+                if not options.allow_text_markers:
+                    raise SetupError(
+                        f"chat template {template.name} writes {found}, which the tokenizer {tokenizer.path} has no "
+                        "token for: the model would never learn its turn markers as tokens (its stop token "
+                        "included); use the model's own template, or pass --allow-text-markers to train them as text"
+                    )
+                # Allowed: the markers structure the rendering like control tokens, and train as plain text.
+                texts = "|".join(re.escape(m) for m in sorted(self.profile.text_markers, key=len, reverse=True))
+                markers = re.compile(f"{markers.pattern}|{texts}" if markers is not None else texts)
+                self.profile = profile_template(template, markers, stops)
             bos = tokenizer.special_tokens.get("bos_token")
-            self.builder = LayoutBuilder(template, self.profile, tokenizer.control_re, bos, stops)
+            self.builder = LayoutBuilder(template, self.profile, markers, bos, stops)
         self.reasoning_tags = options.reasoning_tags or ReasoningTags.for_template(template and template.source)
         self._layouts: OrderedDict[Any, Layout] = OrderedDict()
         self._plans: OrderedDict[Any, Plan] = OrderedDict()
@@ -82,7 +100,7 @@ class Renderer:
             flags=flags,
             add_special_tokens=True,
             append_eos=self.options.text_append_eos,
-            eos_trains=appended_eos_trains(self.options.mask),
+            eos_trains=appended_eos_trains(self.options.mask, TokenClass.TEXT),
             escape=escape,
         )
 
@@ -106,7 +124,7 @@ class Renderer:
             flags=flags,
             add_special_tokens=True,
             append_eos=True,
-            eos_trains=appended_eos_trains(policy),
+            eos_trains=appended_eos_trains(policy, TokenClass.END_OF_TURN),
             escape=escape,
         )
 
@@ -136,17 +154,27 @@ class Renderer:
             raise RecordError("template_error", f"{self.template.name} renders only conversations that have `tools`")
         policy = self.options.mask
         intent = message_intent(conversation, policy, inherited)
+        if self.options.tool_call_ids == "generate" and any(m.tool_calls for m in conversation.messages):
+            conversation = generate_call_ids(conversation)
         inline = self.options.reasoning_fallback == "inline"
-        messages = template_messages(conversation.messages, self.profile.renders_reasoning, self.reasoning_tags, inline)
+        messages = template_messages(
+            conversation.messages,
+            self.profile.renders_reasoning,
+            self.reasoning_tags,
+            inline,
+            self.profile.tool_arguments,
+        )
         flags, escape = self._check_special(*(text for m in messages for text in (m.answer, m.reasoning)))
+        if any(m.converted for m in messages):
+            flags |= RowFlag.TOOL_ARGUMENTS_CONVERTED
         if conversation.tools or any(m.tool_calls for m in conversation.messages):
             calls = [[c.to_template() for c in m.tool_calls or []] for m in conversation.messages]
             found = self.tokenizer.find_control_tokens(json.dumps([conversation.tools, calls], ensure_ascii=False))
             if found and not flags & RowFlag.SPECIAL_ALLOWED:
                 raise RecordError("special_token_in_tool_data", f"found {sorted(set(found))[:5]}")
 
-        tools = conversation.tools
-        rows = row_plans(self._layout(messages, tools), intent, policy, self.template.name)
+        inputs = TemplateInputs(conversation.tools, conversation.template_kwargs)
+        rows = row_plans(self._layout(messages, inputs), intent, policy, self.template.name)
         # An assistant message with nothing to say: its end-of-turn alone would teach the model to answer with
         # nothing (whitespace-only content trains exactly that). The audit reports rows that hold one.
         blank = [
@@ -156,7 +184,7 @@ class Renderer:
         ]
         examples = []
         for part, row in enumerate(rows):
-            row_plan = self._plan(messages[: row.messages], tools, row.intent, row.continuation)
+            row_plan = self._plan(messages[: row.messages], inputs, row.intent, row.continuation)
             row_flags = row.flags
             if blank and blank[0] < row.messages:
                 row_flags |= RowFlag.EMPTY_ASSISTANT
@@ -171,47 +199,45 @@ class Renderer:
                     )
                     raise RecordError("template_dropped_message", f"{self.template.name} leaves out {what}{hint}")
                 row_flags |= RowFlag.MESSAGE_DROPPED
-            example = self._realize(row_plan, messages[: row.messages], tools, conversation, part)
+            example = self._realize(row_plan, messages[: row.messages], inputs, conversation, part)
             example.flags |= flags | row_flags | row_plan.flags
             example.escape = escape
             examples.append(example)
         return examples
 
-    def _layout(
-        self, messages: list[TemplateMessage], tools: list[dict[str, Any]] | None, continuation: bool = False
-    ) -> Layout:
+    def _layout(self, messages: list[TemplateMessage], inputs: TemplateInputs, continuation: bool = False) -> Layout:
         """The layout of this conversation shape, built once (a sentinel rendering) and cached."""
         assert self.builder is not None and self.profile is not None
-        key = (tuple(m.shape() for m in messages), json.dumps(tools, sort_keys=True) if tools else None, continuation)
+        key = (tuple(m.shape() for m in messages), inputs.key(), continuation)
         layout = _cached(self._layouts, key)
         if layout is None:
             twins = [m.twin(i) for i, m in enumerate(messages)]
             if self.profile.content_format == "parts":
                 twins = to_parts(twins)
             build = self.builder.build_continuation if continuation else self.builder.build
-            layout = _store(self._layouts, key, build(twins, tools))
+            layout = _store(self._layouts, key, build(twins, inputs))
         return layout
 
     def _plan(
         self,
         messages: list[TemplateMessage],
-        tools: list[dict[str, Any]] | None,
+        inputs: TemplateInputs,
         intent: tuple[bool, ...],
         continuation: bool = False,
     ) -> Plan:
         """The layout with the mask policy applied for this intent, cached likewise."""
         shapes = tuple(m.shape() for m in messages)
-        key = (shapes, json.dumps(tools, sort_keys=True) if tools else None, intent, continuation)
+        key = (shapes, inputs.key(), intent, continuation)
         cached = _cached(self._plans, key)
         if cached is not None:
             return cached
-        return _store(self._plans, key, plan(self._layout(messages, tools, continuation), intent, self.options.mask))
+        return _store(self._plans, key, plan(self._layout(messages, inputs, continuation), intent, self.options.mask))
 
     def _realize(
         self,
         plan: Plan,
         messages: list[TemplateMessage],
-        tools: list[dict[str, Any]] | None,
+        inputs: TemplateInputs,
         conversation: Conversation,
         part: int,
     ) -> RenderedExample:
@@ -221,9 +247,7 @@ class Renderer:
         if self.profile.content_format == "parts":
             data = to_parts(data)
         # A continuation row is the generation prompt of the earlier messages, then the turn as the model writes it.
-        real = self.template.render(
-            data[:-1] if plan.continuation else data, add_generation_prompt=plan.continuation, tools=tools
-        )
+        real = inputs.render(self.template, data[:-1] if plan.continuation else data, plan.continuation)
         texts = [o.apply(messages[o.message].text(o.kind)) for o in plan.occurrences]
         skeleton = plan.skeleton
         pieces: list[str] = []

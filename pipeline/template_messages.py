@@ -14,6 +14,7 @@ Worked example, a template that ignores `reasoning_content` (Qwen2.5) and a reco
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from ..schemas.records import Message
 from .reasoning import ReasoningTags, ThinkFrame, inline_frame, split_think_block
 from .templates.sentinels import CONTENT, REASONING, sentinel
+from .tool_calls import converted_arguments
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class TemplateMessage:
     reasoning: str  # the reasoning text ("" for none)
     answer: str  # the content text after any think block
     frame: ThinkFrame | None = None  # the think block around `reasoning` inside the content, when there is one
+    converted: bool = False  # tool-call arguments were converted to the type the template takes (`tool_calls`)
 
     def shape(self) -> tuple[Any, ...]:
         """What can change the template's text around the message; its texts are replaced by sentinels."""
@@ -60,10 +63,20 @@ class TemplateMessage:
 
 
 def template_messages(
-    messages: list[Message], renders_reasoning: bool, tags: ReasoningTags, inline_fallback: bool
+    messages: list[Message], renders_reasoning: bool, tags: ReasoningTags, inline_fallback: bool, arguments: str
 ) -> list[TemplateMessage]:
-    """The messages as the template sees them (see `reasoning` for the rules on think blocks)."""
-    return [_template_message(m, renders_reasoning, tags, inline_fallback) for m in messages]
+    """The messages as the template sees them (see `reasoning` for the rules on think blocks, `tool_calls` for
+    `arguments`, the type of tool-call arguments the template takes)."""
+    out = []
+    for message in messages:
+        item = _template_message(message, renders_reasoning, tags, inline_fallback)
+        converted = False
+        for call in item.data.get("tool_calls") or ():
+            new = converted_arguments(call["function"]["arguments"], arguments)
+            if new is not None:
+                call["function"]["arguments"], converted = new, True
+        out.append(dataclasses.replace(item, converted=True) if converted else item)
+    return out
 
 
 def _template_message(

@@ -24,6 +24,13 @@ REJECT_REASONS: dict[str, str] = {
     "special_token_in_tool_data": "tool definitions or tool-call arguments contain a control-token string; "
     "lossmask cannot escape those, so the record is rejected unless --special-tokens-in-content allow",
     "template_error": "the chat template raised an error on this conversation",
+    "template_rule": "the chat template refuses this conversation by a rule of its own (the detail quotes it); "
+    "reshape the data to follow it, or use a template without that rule",
+    "tool_call_id_format": "the chat template requires tool-call ids of a form the data does not have "
+    "(Mistral: 9 alphanumeric characters); pass --tool-call-ids generate",
+    "template_drops_reasoning": "the chat template leaves an assistant turn's reasoning out of every rendering and "
+    "its generation prompt opens no think block, so what the model writes cannot be rendered; use a template "
+    "that renders reasoning, or --reasoning-fallback drop",
     "template_dropped_message": "the chat template leaves a message out of the rendering (e.g. Mistral drops the "
     "system prompt when the conversation ends with the assistant); pass --dropped-messages keep to accept it",
     "template_content_dependent": "the chat template renders this conversation in a way that depends on message "

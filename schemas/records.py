@@ -74,6 +74,9 @@ class Conversation:
     source: SourceRef
     tools: list[dict[str, Any]] | None = None
     kind: Literal["chat"] = "chat"
+    # Variables for the chat template from the record itself (`chat_template_kwargs`: `enable_thinking` for
+    # Qwen3, `reasoning_effort` for gpt-oss, ...), over the job's `template_kwargs`.
+    template_kwargs: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

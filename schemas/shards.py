@@ -68,6 +68,7 @@ class RowFlag(IntFlag):
     TURNS_DROPPED = 16384  # the earliest whole turns were left out to fit --max-length (turn-aware truncation)
     WINDOW = 32768  # one of several windows of a longer example (--overflow split, or a document cut by --concat)
     REASONING_CONTINUED = 65536  # a turn whose reasoning the template drops, trained after its generation prompt
+    TOOL_ARGUMENTS_CONVERTED = 131072  # tool-call arguments converted to the type the template takes
 
 
 LAYOUT_ROWS = "rows"  # one document per row

@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+from lossmask.pipeline.templates import ChatTemplate
+from lossmask.pipeline.templates.probe import MARKER_SHAPE
 from lossmask.pipeline.tokenizer import TokenizerInfo
 from tokenizers import AddedToken, Tokenizer
 
@@ -41,9 +43,21 @@ def kit_templates() -> list[tuple[str, str]]:
     return out
 
 
+def _rendered_markers(source: str) -> set[str]:
+    """Marker-shaped strings a template writes that its source only builds (`'<|' + role + '|>'`)."""
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    try:
+        template = ChatTemplate("style", source, {"bos_token": BOS, "eos_token": EOS})
+        text = template.render(messages) + template.render(messages[:1], add_generation_prompt=True)
+    except Exception:  # templates that need tools or refuse this conversation: their source is all we have
+        return set()
+    return set(MARKER_SHAPE.findall(text))
+
+
 def style_tokenizer(*sources: str) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(TOKENIZERS / "smollm2" / "tokenizer.json"))
-    found = sorted({BOS, EOS} | {t for source in sources for t in _CONTROL.findall(source)})
+    found = {BOS, EOS} | {t for source in sources for t in _CONTROL.findall(source)}
+    found = sorted(found | {t for source in sources for t in _rendered_markers(source)})
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in found])
     return tokenizer
 

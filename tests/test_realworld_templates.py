@@ -40,7 +40,8 @@ ANSWERS = [text for role, text in TURNS if role == "assistant"]
 KIT = kit_templates()
 # Refusals we expect, by template and reason; anything else must verify.
 EXPECTED_REFUSALS = {
-    "template_error": re.compile(r"gemma|tokenizer_config_gemma|tool_use"),  # no system role; tools required
+    "template_rule": re.compile(r"gemma|tokenizer_config_gemma"),  # "System role not supported"
+    "template_error": re.compile(r"tool_use"),  # tools required
     "template_dropped_message": re.compile(r"mistral_v2v3|mistral_v3_tekken|Mistral-Nemo|pixtral"),
 }
 

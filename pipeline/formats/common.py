@@ -43,7 +43,8 @@ def as_train_flag(value: Any, where: str) -> bool | None:
 def parse_tool_call(value: Any, where: str) -> ToolCall:
     """OpenAI `{"id", "type": "function", "function": {"name", "arguments"}}` or a bare `{"name", "arguments"}`.
 
-    Arguments given as a JSON string are decoded to an object, as Hugging Face templates expect a dict.
+    The arguments keep the type the data gave (a JSON string stays a string); `tool_calls` converts them only
+    for a template that cannot take that type.
     """
     if isinstance(value, str):
         try:
@@ -57,17 +58,24 @@ def parse_tool_call(value: Any, where: str) -> ToolCall:
         raise RecordError("wrong_type", f"{where}.function must be an object", field=where)
     name = as_str(require(function, "name", f"{where}."), f"{where}.name")
     arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        try:
-            decoded = json.loads(arguments)
-        except json.JSONDecodeError:
-            decoded = None
-        if isinstance(decoded, dict):
-            arguments = decoded
-    elif not isinstance(arguments, dict):
+    if not isinstance(arguments, str | dict):
         raise RecordError("wrong_type", f"{where}.arguments must be an object or a JSON string", field=where)
     call_id = value.get("id")
     return ToolCall(name=name, arguments=arguments, id=call_id if isinstance(call_id, str) else None)
+
+
+def parse_template_kwargs(value: Any, where: str) -> dict[str, Any] | None:
+    """Per-record chat-template variables: an object (or its JSON string); None when absent or empty."""
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RecordError("wrong_type", f"{where} is not valid JSON: {exc.msg}", field=where) from None
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise RecordError("wrong_type", f"{where} must be an object of template variables", field=where)
+    return value
 
 
 def parse_tools(value: Any, where: str) -> list[dict[str, Any]] | None:

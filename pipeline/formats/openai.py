@@ -10,7 +10,7 @@ from typing import Any
 
 from ...schemas.records import Conversation, Message, SourceRef, ToolCall
 from ..errors import RecordError
-from .common import as_list, as_str, as_train_flag, parse_tool_call, parse_tools, require
+from .common import as_list, as_str, as_train_flag, parse_template_kwargs, parse_tool_call, parse_tools, require
 from .options import FormatOptions
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
@@ -24,7 +24,9 @@ def parse(value: dict[str, Any], source: SourceRef, options: FormatOptions) -> C
         raise RecordError("empty_conversation", f"{messages_field!r} is empty", field=messages_field)
     messages = [parse_message(m, f"{messages_field}[{i}]", options) for i, m in enumerate(raw_messages)]
     tools = parse_tools(value.get(options.field("tools")), options.field("tools"))
-    return Conversation(messages=messages, source=source, tools=tools)
+    kwargs_field = options.field("template_kwargs")
+    kwargs = parse_template_kwargs(value.get(kwargs_field), kwargs_field)
+    return Conversation(messages=messages, source=source, tools=tools, template_kwargs=kwargs)
 
 
 def parse_message(raw: Any, where: str, options: FormatOptions) -> Message:

@@ -11,6 +11,7 @@ DEFAULT_FIELDS: dict[str, str] = {
     "content": "content",
     "weight": "weight",
     "tools": "tools",
+    "template_kwargs": "chat_template_kwargs",  # per-record template variables (TRL's name), any chat format
     # ShareGPT
     "conversations": "conversations",
     "from": "from",

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...schemas.records import Conversation, Message, SourceRef
 from ..errors import RecordError
-from .common import as_list, as_str, as_train_flag, parse_tool_call, parse_tools, require
+from .common import as_list, as_str, as_train_flag, parse_template_kwargs, parse_tool_call, parse_tools, require
 from .options import TOOL_CALL_ROLES, FormatOptions
 
 
@@ -40,4 +40,6 @@ def parse(value: dict[str, Any], source: SourceRef, options: FormatOptions) -> C
         else:
             messages.append(Message(role=role, content=text, train=train))
     tools = parse_tools(value.get(options.field("tools")), options.field("tools"))
-    return Conversation(messages=messages, source=source, tools=tools)
+    kwargs_field = options.field("template_kwargs")
+    kwargs = parse_template_kwargs(value.get(kwargs_field), kwargs_field)
+    return Conversation(messages=messages, source=source, tools=tools, template_kwargs=kwargs)

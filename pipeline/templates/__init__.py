@@ -12,10 +12,11 @@ from typing import Any
 import jinja2
 
 from ..errors import RecordError, SetupError
-from .environment import DEFAULT_TEMPLATE_DATE, make_environment
+from .environment import DEFAULT_TEMPLATE_DATE, TemplateRule, make_environment
 
 BUILTIN_NAMES = ("chatml", "llama3", "mistral", "gemma", "phi3", "zephyr", "alpaca")
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_TOOL_CALL_ID = re.compile(r"tool.?call.?id", re.IGNORECASE)
 
 
 def builtin_source(name: str) -> str:
@@ -46,17 +47,19 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = False,
         tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
+        """`variables`: the record's own template variables, over the job's."""
         try:
             return self._compiled.render(
                 messages=messages,
                 tools=tools,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
-                **self.variables,
+                **{**self.variables, **(variables or {})},
             )
         except Exception as exc:  # a template can raise anything; to us it is one bad record
-            raise RecordError("template_error", f"{self.name}: {type(exc).__name__}: {exc}") from None
+            raise self._record_error(exc) from None
 
     def render_tracked(
         self,
@@ -64,6 +67,7 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = False,
         tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> tuple[str, list[tuple[int, int]]]:
         """The rendering and the character spans of its `{% generation %}` blocks."""
         blocks: list[str] = []
@@ -75,14 +79,24 @@ class ChatTemplate:
                 tools=tools,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
-                **self.variables,
+                **{**self.variables, **(variables or {})},
             ):
                 blocks.append(block)
         except Exception as exc:
-            raise RecordError("template_error", f"{self.name}: {type(exc).__name__}: {exc}") from None
+            raise self._record_error(exc) from None
         finally:
             self._env.generation_state = None  # type: ignore[attr-defined]
         return "".join(blocks), spans
+
+    def _record_error(self, exc: Exception) -> RecordError:
+        """What the template raised, as the reason a record is refused. A rule the template states itself
+        (`raise_exception`) is named as such; Mistral's rule on tool-call ids has a fix of its own."""
+        if isinstance(exc, TemplateRule):
+            reason = "tool_call_id_format" if _TOOL_CALL_ID.search(str(exc)) else "template_rule"
+            return RecordError(reason, f"{self.name}: {exc}")
+        if isinstance(exc, RecursionError):  # its message depends on the stack depth; keep the detail stable
+            return RecordError("template_error", f"{self.name}: RecursionError: the template recursed too deeply")
+        return RecordError("template_error", f"{self.name}: {type(exc).__name__}: {exc}")
 
 
 def resolve_template_source(spec: str | None, tokenizer_template: str | None, tokenizer_path: str) -> tuple[str, str]:

@@ -65,8 +65,12 @@ class _TemplateNamespace(jinja2.utils.Namespace):
             raise jinja2.exceptions.SecurityError(f"templates cannot set underscore attributes ({name!r})")
 
 
+class TemplateRule(jinja2.exceptions.TemplateError):
+    """A template's own refusal, `raise_exception("...")`: a rule about the conversations it renders."""
+
+
 def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
+    raise TemplateRule(message)
 
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):

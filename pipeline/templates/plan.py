@@ -20,6 +20,7 @@ the markup of its turn and its end-of-turn marker.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,33 @@ class Turn:
     # The turn has reasoning that the template leaves out even where the turn is the last message (DeepSeek-R1
     # cuts every think block): no rendering shows what the model generates, so it trains as a continuation.
     needs_continuation: bool = False
+
+
+@dataclass(frozen=True)
+class TemplateInputs:
+    """What a conversation gives its template besides the messages: its tools and its own template variables."""
+
+    tools: list[dict[str, Any]] | None = None
+    variables: dict[str, Any] | None = None
+
+    def render(
+        self, template: ChatTemplate, messages: list[dict[str, Any]], add_generation_prompt: bool = False
+    ) -> str:
+        return template.render(
+            messages, add_generation_prompt=add_generation_prompt, tools=self.tools, variables=self.variables
+        )
+
+    def render_tracked(
+        self, template: ChatTemplate, messages: list[dict[str, Any]]
+    ) -> tuple[str, list[tuple[int, int]]]:
+        return template.render_tracked(messages, tools=self.tools, variables=self.variables)
+
+    def key(self) -> tuple[str | None, str | None]:
+        """For caches: equal keys render alike."""
+        return (
+            json.dumps(self.tools, sort_keys=True) if self.tools else None,
+            json.dumps(self.variables, sort_keys=True, default=str) if self.variables else None,
+        )
 
 
 @dataclass
@@ -166,13 +194,11 @@ class LayoutBuilder:
         self.eot_re = _alternation(profile.stop_sequences + profile.eot_markers + controls)
         self.footer_re = _alternation(profile.footer_markers)
 
-    def build(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, skeleton: str | None = None
-    ) -> Layout:
+    def build(self, messages: list[dict[str, Any]], inputs: TemplateInputs, skeleton: str | None = None) -> Layout:
         """`messages` hold sentinels (see `sentinels`); `skeleton`, when given, is their rendering."""
         generation: list[tuple[int, int]] | None = None
         if skeleton is None:
-            skeleton, generation = self._render(messages, tools)
+            skeleton, generation = self._render(messages, inputs)
         occurrences, stray = find_occurrences(skeleton)
         if stray:
             raise RecordError(
@@ -184,14 +210,14 @@ class LayoutBuilder:
         dropped = [
             (i, "text")
             for i, m in enumerate(messages)
-            if _has_text(m.get("content")) and (i, CONTENT) not in places.kinds
+            if _holds(m, sentinel(CONTENT, i)) and (i, CONTENT) not in places.kinds
         ]
-        if tools and not any(name in skeleton for name in _tool_names(tools)):
+        if inputs.tools and not any(name in skeleton for name in _tool_names(inputs.tools)):
             dropped.append((-1, "tool definitions"))
-        turns, placed = self._label_messages(messages, tools, skeleton, places, labels)
+        turns, placed = self._label_messages(messages, inputs, skeleton, places, labels)
         return Layout(skeleton, occurrences, first_occurrence, labels, turns, placed, generation, dropped)
 
-    def build_continuation(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Layout:
+    def build_continuation(self, messages: list[dict[str, Any]], inputs: TemplateInputs) -> Layout:
         """The last message, an assistant turn whose reasoning the template never renders, as the model generates
         it: the template's generation prompt for the earlier messages, then the turn's content as the data holds
         it (its think block and answer) from where that prompt leaves off, then the stop sequence the template
@@ -200,7 +226,7 @@ class LayoutBuilder:
         Raises `template_drops_reasoning` when the generation prompt does not open the think block: then no
         text the template makes shows where the model writes its reasoning."""
         i = len(messages) - 1
-        prompt = self.template.render(messages[:i], add_generation_prompt=True, tools=tools)
+        prompt = inputs.render(self.template, messages[:i], add_generation_prompt=True)
         content = messages[i].get("content") or ""
         before = content.split(sentinel(REASONING, i))[0]  # the think block's opening, as the data writes it
         opened = next((k for k in range(len(before), 0, -1) if prompt.endswith(before[:k])), 0)
@@ -211,25 +237,25 @@ class LayoutBuilder:
                 "message, and its generation prompt does not open a think block, so no rendering shows where the "
                 "model writes its reasoning; use --reasoning-fallback drop to train the answer alone",
             )
-        rendered = self.template.render(messages, tools=tools)
+        rendered = inputs.render(self.template, messages)
         answer_end = max((o.end for o in find_occurrences(rendered)[0] if o.message == i), default=len(rendered))
         stop = self.eot_re.search(rendered, answer_end) if self.eot_re is not None else None
         stop_text = rendered[answer_end : stop.end()] if stop else ""
-        layout = self.build(messages, tools, skeleton=prompt + content[opened:] + stop_text)
+        layout = self.build(messages, inputs, skeleton=prompt + content[opened:] + stop_text)
         layout.continuation = True
         return layout
 
     def _render(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self, messages: list[dict[str, Any]], inputs: TemplateInputs
     ) -> tuple[str, list[tuple[int, int]] | None]:
         if self.template.has_generation_tags:
-            return self.template.render_tracked(messages, tools=tools)
-        return self.template.render(messages, tools=tools), None
+            return inputs.render_tracked(self.template, messages)
+        return inputs.render(self.template, messages), None
 
     def _label_messages(
         self,
         messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
+        inputs: TemplateInputs,
         skeleton: str,
         places: _TextPlaces,
         labels: Labels,
@@ -240,7 +266,7 @@ class LayoutBuilder:
         previous_end = 0
         for i, message in enumerate(messages):
             if message["role"] == "assistant" and (i in places.start or message.get("tool_calls")):
-                turn = self._assistant_turn(messages, tools, skeleton, i, previous_end, places)
+                turn = self._assistant_turn(messages, inputs, skeleton, i, previous_end, places)
                 self._label_header(skeleton, previous_end, turn.start, labels, i, is_first=previous_end == 0)
                 self._label_turn(skeleton, message, turn, places, labels)
                 turns.append(turn)
@@ -256,7 +282,7 @@ class LayoutBuilder:
     def _assistant_turn(
         self,
         messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
+        inputs: TemplateInputs,
         skeleton: str,
         i: int,
         previous_end: int,
@@ -265,16 +291,21 @@ class LayoutBuilder:
         text_start = places.start.get(i)
         next_start = places.next_start(i, len(skeleton))
         upper = text_start if text_start is not None else next_start
-        start, context_faithful = self._generation_start(messages, tools, skeleton, i, previous_end, upper)
+        start, context_faithful = self._generation_start(messages, inputs, skeleton, i, previous_end, upper)
         text_end = places.end.get(i, start)
         rendered_as_last: str | None = None
         if i < len(messages) - 1:
             try:
-                rendered_as_last = self.template.render(messages[: i + 1], tools=tools)
+                rendered_as_last = inputs.render(self.template, messages[: i + 1])
             except RecordError:
                 rendered_as_last = None
         next_role = messages[i + 1]["role"] if i + 1 < len(messages) else None
-        eot = self._find_end_of_turn(skeleton, text_end, next_start, rendered_as_last, next_role)
+        # The stop comes after the turn's tool calls too: in gpt-oss, `<|end|>` closes the analysis before a call.
+        calls_end = text_end
+        for name in _tool_call_names(messages[i]):
+            found = skeleton.find(name, calls_end, next_start)
+            calls_end = found + len(name) if found >= 0 else calls_end
+        eot = self._find_end_of_turn(skeleton, max(text_end, calls_end), next_start, rendered_as_last, next_role)
         end = eot[1] if eot else text_end
         if i == len(messages) - 1:
             target_faithful = True
@@ -286,9 +317,9 @@ class LayoutBuilder:
             target_faithful = skeleton.startswith(rendered_as_last[: self._generated_end(rendered_as_last, i)])
         calls_rendered = all(name in skeleton[start:end] for name in _tool_call_names(messages[i]))
         eot_start = eot[0] if eot else end
-        reasoning = sentinel(REASONING, i)
         as_generated = skeleton if rendered_as_last is None else rendered_as_last
-        needs_continuation = _holds(messages[i], reasoning) and reasoning not in as_generated
+        shown = any(o.message == i and o.kind == REASONING for o in find_occurrences(as_generated)[0])
+        needs_continuation = _holds(messages[i], sentinel(REASONING, i)) and not shown
         return Turn(
             i,
             start,
@@ -305,7 +336,7 @@ class LayoutBuilder:
     def _generation_start(
         self,
         messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
+        inputs: TemplateInputs,
         skeleton: str,
         i: int,
         previous_end: int,
@@ -315,9 +346,10 @@ class LayoutBuilder:
         start, context_faithful = upper, True
         if i > 0:
             try:
-                prompt = self.template.render(messages[:i], add_generation_prompt=True, tools=tools)
+                prompt = inputs.render(self.template, messages[:i], add_generation_prompt=True)
             except RecordError:
                 prompt = None
+            earlier = messages[:i]
             if prompt is not None:
                 if skeleton.startswith(prompt):
                     start = len(prompt)
@@ -327,10 +359,23 @@ class LayoutBuilder:
                     # The prompt differs earlier (history rewritten, a system prompt moved into the last user
                     # turn) but may still end exactly like the text before this turn: the turn starts there,
                     # never inside the prompt's own text (Mistral's [/INST] must not train).
-                    aligned = _aligned_prompt_end(prompt, skeleton, previous_end, upper)
-                    if aligned is not None:
-                        start = max(start, aligned)
+                    header = self._generation_header(earlier, inputs, prompt)
+                    found = skeleton.find(header, previous_end, upper) if header else -1
+                    if found >= 0:  # the header the generation prompt adds (Tulu's `<|assistant|>\n`)
+                        start = max(start, found + len(header))
+                    else:
+                        aligned = _aligned_prompt_end(prompt, skeleton, previous_end, upper)
+                        if aligned is not None:
+                            start = max(start, aligned)
         return min(max(start, previous_end), upper), context_faithful
+
+    def _generation_header(self, messages: list[dict[str, Any]], inputs: TemplateInputs, prompt: str) -> str:
+        """What `add_generation_prompt=True` adds to the rendering of the earlier messages: the turn's header."""
+        try:
+            plain = inputs.render(self.template, messages)
+        except RecordError:
+            return ""
+        return prompt[len(plain) :] if prompt.startswith(plain) else ""
 
     def _generated_end(self, rendered: str, message: int) -> int:
         """End of the final assistant turn (message) in a rendering where it is the last message."""
@@ -425,8 +470,15 @@ def _label_text(
     return first_occurrence, places
 
 
-def _holds(message: dict[str, Any], text: str) -> bool:
-    return any(isinstance(value, str) and text in value for value in message.values())
+def _holds(value: Any, text: str) -> bool:
+    """Whether a message (or any string inside it: content parts, fields) contains `text`."""
+    if isinstance(value, str):
+        return text in value
+    if isinstance(value, dict):
+        return any(_holds(v, text) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds(v, text) for v in value)
+    return False
 
 
 def _with_space_before(skeleton: str, lower: int, start: int) -> int:
@@ -456,14 +508,6 @@ def _common_prefix(a: str, b: str) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _has_text(content: Any) -> bool:
-    if isinstance(content, str):
-        return bool(content)
-    if isinstance(content, list):
-        return any(isinstance(p, dict) and p.get("text") for p in content)
-    return False
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,10 @@ class TemplateProfile:
     stops_at_next_header: bool = False  # nothing ends a final turn; the model stops by writing the next header
     requires_tools: bool = False  # renders only when `tools` is given (Hermes / Command-R tool_use templates)
     stop_sequences: tuple[str, ...] = ()  # what ends a turn, e.g. `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`
+    # Marker-like strings the template writes around an answer that are no token of the tokenizer (ChatML's
+    # `<|im_end|>` with a Mistral tokenizer): the model would see them as plain-text pieces.
+    text_markers: tuple[str, ...] = ()
+    tool_arguments: str = "either"  # the type of tool-call arguments it takes: "either", "object" or "string"
 
 
 def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,6 +86,16 @@ def profile_template(
     # End-of-turn markers come from renderings where the assistant turn is the last one, as at inference:
     # what follows a non-final turn may be the next message's header (Metharme's <|user|>), not an ending.
     full = render(probe)
+    final = render(probe[:2])
+    markers = _text_markers(final[_content_end(final, 1) :], control_re)
+    try:
+        prompt = template.render(probe[:1] if content_format == "string" else to_parts(probe[:1]), tools=tools)
+        with_header = template.render(
+            probe[:1] if content_format == "string" else to_parts(probe[:1]), add_generation_prompt=True, tools=tools
+        )
+        markers |= _text_markers(with_header[len(prompt) :] if with_header.startswith(prompt) else "", control_re)
+    except RecordError:
+        pass
     footers = _markers_after(full, {0, 2}, control_re)
     eot: set[str] = set()
     sequences: set[str] = set()
@@ -106,7 +121,54 @@ def profile_template(
         stops_at_next_header=stops_at_next_header and bool(eot),
         requires_tools=tools is not None,
         stop_sequences=tuple(sorted(sequences)),
+        text_markers=tuple(sorted(markers)),
+        tool_arguments=_tool_arguments(template, content_format),
     )
+
+
+_PROBE_ARGUMENTS = {"probe_argument": "probe_value"}
+
+
+def _tool_arguments(template: ChatTemplate, content_format: str) -> str:
+    """Which type of tool-call arguments the template renders as the JSON they are: "either", "object" (it
+    quotes a string, or reads the object's items) or "string" (it concatenates them)."""
+
+    def renders(arguments: dict[str, Any] | str) -> bool:
+        call = {"type": "function", "function": {"name": "probe", "arguments": arguments}}
+        messages = [
+            {"role": "user", "content": sentinel(CONTENT, 0)},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+        ]
+        try:
+            text = template.render(messages if content_format == "string" else to_parts(messages), tools=[_PROBE_TOOL])
+        except RecordError:
+            return False
+        return "probe_value" in text and '\\"probe_value' not in text
+
+    takes_object, takes_string = renders(_PROBE_ARGUMENTS), renders(json.dumps(_PROBE_ARGUMENTS))
+    if takes_object and not takes_string:
+        return "object"
+    if takes_string and not takes_object:
+        return "string"
+    return "either"
+
+
+# What a turn marker looks like: <|x|>, <｜x｜>, <x>, </x>, <|x>, <x|>, [INST], [/INST].
+MARKER_SHAPE = re.compile(
+    r"<\|[^|<>\s]{1,40}\|>|<｜[^｜]{1,40}｜>|<\|?/?[A-Za-z_][A-Za-z0-9_:.\-]{0,30}\|?>|\[/?[A-Z_]{2,20}\]"
+)
+
+
+def _text_markers(text: str, control_re: re.Pattern[str] | None) -> set[str]:
+    """Marker-shaped strings in `text` that are not control tokens of the tokenizer."""
+    controls = {m.span() for m in control_re.finditer(text)} if control_re is not None else set()
+    covered = [range(a, b) for a, b in controls]
+    return {m.group(0) for m in MARKER_SHAPE.finditer(text) if not any(m.start() in span for span in covered)}
+
+
+def _content_end(rendered: str, message: int) -> int:
+    ends = [o.end for o in find_occurrences(rendered)[0] if o.message == message and o.kind == CONTENT]
+    return ends[0] if ends else len(rendered)
 
 
 def _stop_sequence(

@@ -12,7 +12,7 @@ from lossmask.pipeline.mask import (
     tokens_trained,
     train_characters,
 )
-from lossmask.pipeline.templates.plan import LayoutBuilder
+from lossmask.pipeline.templates.plan import LayoutBuilder, TemplateInputs
 from lossmask.pipeline.templates.probe import profile_template
 from lossmask.pipeline.templates.sentinels import CONTENT, sentinel
 from lossmask.schemas.classes import TokenClass
@@ -141,7 +141,7 @@ def chatml_layout():
     builder = LayoutBuilder(template, profile_template(template, info.control_re), info.control_re, None)
     roles = ["user", "assistant", "user", "assistant"]
     messages = [{"role": role, "content": sentinel(CONTENT, i)} for i, role in enumerate(roles)]
-    return builder.build(messages, None)
+    return builder.build(messages, TemplateInputs())
 
 
 def trained_text(layout, train) -> list[str]:
