@@ -203,8 +203,6 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
         for outcome in result.outcomes:
             accounting.add(outcome)
             if outcome.status == "written":
-                if outcome.detail:
-                    accounting.rows_dropped.update(outcome.detail.split(","))
                 continue
             key = (outcome.status, outcome.reason or "")
             seen[key] = seen.get(key, 0) + 1
