@@ -13,7 +13,7 @@ Batching rules (docs/trainer.md):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def collate(rows: list[Example], length: int | None = None) -> Batch:
     """Stack rows into (B, T), T = the longest row (or `length`), padding on the right: the loader's `collate`,
     one row per sequence."""
     batch = collate_sequences([[row.view()] for row in rows], PAD_ID, length)
-    return Batch(*(batch[name] for name in ("input_ids", "target_ids", "loss_mask", "position_ids", "segment_ids")))
+    return Batch(**{field.name: batch[field.name] for field in fields(Batch)})
 
 
 @dataclass
