@@ -9,7 +9,6 @@ tokenizer and chat template when they can be loaded. The sample mode calls `proc
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from ..loader import ShardSet
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext, load_job_template, process_batch
 from ..pipeline.config import PrepareConfig
@@ -28,7 +28,7 @@ from ..pipeline.read import expand_inputs
 from ..pipeline.shift import rows_to_batch
 from ..pipeline.templates import ChatTemplate
 from ..pipeline.tokenizer import TokenizerInfo, load_tokenizer
-from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS, MANIFEST_NAME, REJECTS_NAME, SHARD_SCHEMA, SHARD_SUFFIX
+from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME, SHARD_SCHEMA, SHARD_SUFFIX
 
 REJECT_EXAMPLES = 5  # example records kept per (status, reason)
 
@@ -58,39 +58,39 @@ def is_shards_folder(target: str) -> bool:
 
 
 def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
-    """A shards folder: rows from `shard-*.arrow`, accounting from `_manifest.json`, examples from `_rejects.jsonl`."""
+    """A shards folder: rows from `shard-*.arrow`, accounting from `_manifest.json`, examples from `_rejects.jsonl`.
+
+    The shards are read through the loader's `ShardSet`, checked as every reader checks them (schema version,
+    layout, columns and types, row counts) and their sha256 verified: the audit reads every byte anyway, and a
+    verdict on bytes other than the ones `prepare` wrote would vouch for nothing.
+    """
     path = Path(folder)
-    manifest: dict[str, Any] = {}
     notes: list[str] = []
-    manifest_path = path / MANIFEST_NAME
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SetupError(f"{manifest_path} is not valid JSON: {exc}") from None
-        shard_files = [path / s["file"] for s in manifest.get("shards", [])]
+    if (path / MANIFEST_NAME).is_file():
+        shards = ShardSet(path, verify=True)
+        manifest = shards.manifest
     else:
-        shard_files = sorted(path.glob(f"shard-*{SHARD_SUFFIX}"))
+        shards = ShardSet.unlisted(path)
+        manifest = {}
         notes.append(f"{folder} has no {MANIFEST_NAME}: record accounting, rejects and the template are unknown")
-    missing = [str(p) for p in shard_files if not p.is_file()]
-    if missing:
-        raise SetupError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:3])}")
-    paths = [str(p) for p in shard_files]
-    if manifest.get("layout", LAYOUT_ROWS) == LAYOUT_PACKED or _layout(shard_files) == LAYOUT_PACKED:
+    shards.check()
+    if shards.packed:
         # Packed rows are audited as the documents they hold: unpacking only re-cuts the list offsets. The
         # unpacked rows are held in memory (the rows layout is scanned lazily from the files instead).
-        table = pa.Table.from_batches([unpack_batch(b) for b in _read_batches(paths, None)], schema=SHARD_SCHEMA)
+        batches = [unpack_batch(batch) for _, batch in shards.iter_batches()]
+        table = pa.Table.from_batches(batches, schema=SHARD_SCHEMA)
         frame = pl.from_arrow(table).lazy()  # type: ignore[union-attr]
         notes.append(f"{folder} holds packed shards: audited as the documents they hold, one per row")
 
-        def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        def stream(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
             return iter(table.to_batches() if columns is None else table.select(columns).to_batches())
 
     else:
+        paths = [str(shard.path) for shard in shards.files]
         frame = pl.scan_ipc(paths) if paths else empty_frame()
 
-        def batches(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-            return _read_batches(paths, columns)
+        def stream(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+            return (batch for _, batch in shards.iter_batches(columns))
 
     config = manifest.get("config", {})
     tokenizer = _shards_tokenizer(tokenizer_path, config.get("tokenizer"), notes)
@@ -100,7 +100,7 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
         kind="shards",
         label=folder,
         frame=frame,
-        batches=batches,
+        batches=stream,
         records=records,
         rejects=read_reject_examples(path / REJECTS_NAME),
         tokenizer=tokenizer,
@@ -109,24 +109,6 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
         config=config,
         notes=notes,
     )
-
-
-def _read_batches(paths: list[str], columns: list[str] | None) -> Iterator[pa.RecordBatch]:
-    for shard in paths:
-        with pa.memory_map(shard) as source:
-            reader = pa.ipc.open_file(source)
-            if columns is not None:  # decompress only these columns
-                wanted = [reader.schema.get_field_index(name) for name in columns]
-                reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted))
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
-
-
-def _layout(shard_files: list[Path]) -> str:
-    if not shard_files:
-        return LAYOUT_ROWS
-    metadata = pa.ipc.open_file(str(shard_files[0])).schema.metadata or {}
-    return metadata.get(b"lossmask.layout", LAYOUT_ROWS.encode()).decode()
 
 
 def _shards_tokenizer(override: str | None, recorded: str | None, notes: list[str]) -> TokenizerInfo | None:
@@ -203,8 +185,6 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
         for outcome in result.outcomes:
             accounting.add(outcome)
             if outcome.status == "written":
-                if outcome.detail:
-                    accounting.rows_dropped.update(outcome.detail.split(","))
                 continue
             key = (outcome.status, outcome.reason or "")
             seen[key] = seen.get(key, 0) + 1

@@ -53,6 +53,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("detail", pa.string()),
         ("field", pa.string()),
+        ("rows_dropped", pa.list_(pa.string())),
         ("rows", pa.list_(_ROW)),
     ]
 )
@@ -98,6 +99,7 @@ def result_to_table(result: BatchResult) -> pa.Table:
         columns["reason"].append(outcome.reason)
         columns["detail"].append(outcome.detail)
         columns["field"].append(outcome.field)
+        columns["rows_dropped"].append(list(outcome.rows_dropped))
         columns["rows"].append(
             [
                 {
@@ -146,9 +148,9 @@ def table_to_result(table: pa.Table) -> BatchResult:
                     flags=int(flags[k]),
                 )
             )
-        result.outcomes.append(
-            Outcome(source, item["status"], last - first, item["reason"], item["detail"] or "", item["field"])
-        )
+        outcome = Outcome(source, item["status"], last - first, item["reason"], item["detail"] or "", item["field"])
+        outcome.rows_dropped = tuple(item["rows_dropped"])
+        result.outcomes.append(outcome)
     return result
 
 

@@ -1,14 +1,17 @@
 """Open a folder that `lossmask prepare` wrote: its manifest, its layout, and its shards, checked before use.
 
-Everything that reads shards back (the loader, the exports, `lossmask inspect`) goes through `ShardSet`, so the
-checks are made once: the manifest exists and has a schema version this code knows, every shard it lists is
-there with the columns and types of its layout (`SHARD_SCHEMA` or `PACKED_SHARD_SCHEMA`) and the row count the
-manifest says, and, on request, the bytes match the manifest's sha256. Shards are read in manifest order, which
-is input order, never in the order a directory listing happens to give.
+Everything that reads shards back (the loader, the exports, `lossmask inspect`, the trainer, the audit) goes
+through `ShardSet`, so the checks are made once: the manifest exists and has a schema version this code knows,
+every shard it lists is there with the columns and types of its layout (`SHARD_SCHEMA` or `PACKED_SHARD_SCHEMA`)
+and the row count the manifest says, and, on request, the bytes match the manifest's sha256: all at once
+(`verify()`), or each shard the first time it is opened (`verify=True`, for readers that may never reach the
+last shard). Shards are read in manifest order, which is input order, never in the order a directory listing
+happens to give.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +21,6 @@ from typing import Any
 import pyarrow as pa
 
 from ..pipeline.errors import SetupError
-from ..pipeline.write import file_sha256
 from ..schemas.shards import (
     LAYOUT_PACKED,
     LAYOUT_ROWS,
@@ -26,6 +28,7 @@ from ..schemas.shards import (
     PACKED_SHARD_SCHEMA,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
+    SHARD_SUFFIX,
 )
 
 
@@ -47,17 +50,13 @@ class ShardSet:
     >>> for index, batch in shards.iter_batches(["input_ids", "target_ids"]): ...   # doctest: +SKIP
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, manifest: dict[str, Any] | None = None, *, verify: bool = False):
+        """`manifest` is read from `directory` when not given; `verify` checks each shard's sha256 when first opened."""
         self.directory = Path(directory)
         manifest_path = self.directory / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise SetupError(
-                f"{self.directory} has no {MANIFEST_NAME}: pass a folder written by `lossmask prepare --out`"
-            )
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SetupError(f"{manifest_path} is not valid JSON: {exc}") from None
+        self.manifest: dict[str, Any] = read_manifest(self.directory) if manifest is None else manifest
+        self.verify_on_open = verify
+        self._verified: set[int] = set()
         version = self.manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise SetupError(
@@ -73,6 +72,22 @@ class ShardSet:
             if not path.is_file():
                 raise SetupError(f"shard {path} is listed in {MANIFEST_NAME} but missing")
             self.files.append(ShardFile(path=path, rows=int(entry["rows"]), sha256=entry.get("sha256")))
+
+    @classmethod
+    def unlisted(cls, directory: str | Path) -> ShardSet:
+        """The `shard-*.arrow` files of a folder without a manifest (shards written by hand), in name order.
+
+        There is nothing to check them against but their own schema: the layout is the one the first shard's
+        metadata names, the row counts are the files' own, and there is no sha256.
+        """
+        directory = Path(directory)
+        paths = sorted(directory.glob(f"shard-*{SHARD_SUFFIX}"))
+        layout = LAYOUT_ROWS
+        if paths:
+            metadata = pa.ipc.open_file(str(paths[0])).schema.metadata or {}
+            layout = metadata.get(b"lossmask.layout", LAYOUT_ROWS.encode()).decode()
+        shards = [{"file": path.name, "rows": _count_rows(path)} for path in paths]
+        return cls(directory, {"schema_version": SCHEMA_VERSION, "layout": layout, "shards": shards})
 
     @property
     def packed(self) -> bool:
@@ -92,13 +107,31 @@ class ShardSet:
         return None if value is None else int(value)
 
     def verify(self) -> None:
-        """Check every shard's sha256 against the manifest (reads every byte once, in 1 MiB chunks)."""
-        for shard in self.files:
-            if shard.sha256 is not None and file_sha256(shard.path) != shard.sha256:
-                raise SetupError(f"shard {shard.path} does not match the sha256 in {MANIFEST_NAME}: it changed")
+        """Check every shard's sha256 against the manifest (reads every byte once)."""
+        for index in range(len(self.files)):
+            self.verify_shard(index)
+
+    def verify_shard(self, index: int) -> None:
+        """Check shard `index`'s sha256 against the manifest, once per ShardSet. The bytes are hashed through a
+        memory map: no copy on the heap, and the pages stay cached for the reads that follow."""
+        shard = self.files[index]
+        if index in self._verified or shard.sha256 is None:
+            return
+        with pa.memory_map(str(shard.path), "r") as source:
+            digest = hashlib.sha256(source.read_buffer()).hexdigest()
+        if digest != shard.sha256:
+            raise SetupError(f"shard {shard.path} does not match the sha256 in {MANIFEST_NAME}: it changed")
+        self._verified.add(index)
+
+    def check(self) -> None:
+        """Open every shard now: the columns and types of the layout (and the sha256 with `verify=True`)."""
+        for index in range(len(self.files)):
+            self.open(index)
 
     def open(self, index: int, columns: Sequence[str] | None = None) -> pa.ipc.RecordBatchFileReader:
         """A memory-mapped reader of shard `index` that decodes only `columns` (all when None), schema checked."""
+        if self.verify_on_open:
+            self.verify_shard(index)
         shard = self.files[index]
         try:
             source = pa.memory_map(str(shard.path), "r")
@@ -125,11 +158,23 @@ class ShardSet:
             yield batch
         self.check_rows(index, rows)
 
-    def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """(shard index, record batch) for every record batch of every shard, in order."""
-        for index in range(len(self.files)):
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, start: int = 0
+    ) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(shard index, record batch) for every record batch of every shard, in order, from row `start` on.
+
+        Shards that end before `start` are not opened (the manifest's row counts say where they end); the record
+        batch that holds row `start` comes sliced to begin there.
+        """
+        first = 0  # row number of the first row of the shard or batch at hand
+        for index, shard in enumerate(self.files):
+            if first + shard.rows <= start:
+                first += shard.rows
+                continue
             for batch in self.batches(index, columns):
-                yield index, batch
+                if first + batch.num_rows > start:
+                    yield index, batch.slice(max(start - first, 0))
+                first += batch.num_rows
 
     def check_rows(self, index: int, rows: int) -> None:
         shard = self.files[index]
@@ -143,3 +188,20 @@ class ShardSet:
             missing = sorted({n for n, _ in expected} - {n for n, _ in found})
             detail = f"missing {missing}" if missing else f"columns {found} instead of {expected}"
             raise SetupError(f"shard {shard.path} does not have the {self.layout} layout of {MANIFEST_NAME}: {detail}")
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise SetupError(f"{directory} has no {MANIFEST_NAME}: pass a folder written by `lossmask prepare --out`")
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SetupError(f"{manifest_path} is not valid JSON: {exc}") from None
+
+
+def _count_rows(path: Path) -> int:
+    """Rows of an Arrow IPC file, decoding only its first column."""
+    with pa.memory_map(str(path), "r") as source:
+        reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=[0]))
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))

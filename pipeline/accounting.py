@@ -26,6 +26,8 @@ class Outcome:
     reason: str | None = None
     detail: str = ""
     field: str | None = None
+    # Written records only: the reason of each of their rows a policy dropped (e.g. one split turn too long).
+    rows_dropped: tuple[str, ...] = ()
 
     @classmethod
     def failed(cls, source: SourceRef, error: RecordError) -> Outcome:
@@ -78,8 +80,7 @@ class Accounting:
         if outcome.status == "written":
             self.written += 1
             self.rows += outcome.rows
-            if outcome.detail:  # rows of this record dropped by a policy (e.g. one split turn too long)
-                self.rows_dropped.update(outcome.detail.split(","))
+            self.rows_dropped.update(outcome.rows_dropped)
             return
         if outcome.status == "rejected":
             self.rejected += 1

@@ -135,8 +135,7 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
             nothing = RecordError("no_trainable_tokens", "the length policy left no row")
             result.outcomes.append(Outcome.failed(raw.source, drops[0] if drops else nothing))
         else:
-            outcome = Outcome(raw.source, "written", rows=len(rows))
-            outcome.detail = ",".join(d.reason for d in drops)
-            result.outcomes.append(outcome)
+            dropped = tuple(d.reason for d in drops)
+            result.outcomes.append(Outcome(raw.source, "written", rows=len(rows), rows_dropped=dropped))
             result.rows.extend(rows)
     return result

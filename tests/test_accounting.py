@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .conftest import FIXTURES, read_rejects, read_rows, run_prepare
+from lossmask.engines.tables import result_to_table, table_to_result
+from lossmask.pipeline.accounting import Accounting
+from lossmask.pipeline.batch import JobContext, process_batch
+from lossmask.pipeline.config import PrepareConfig
+from lossmask.pipeline.prepare import iter_raw_records
+
+from .conftest import FIXTURE_TOKENIZER, FIXTURES, read_rejects, read_rows, run_prepare, write_jsonl
 
 MALFORMED = FIXTURES / "bad" / "malformed.jsonl"
 
@@ -46,3 +52,20 @@ def test_manifest_shard_totals_match_the_shards(tmp_path):
     assert manifest["totals"]["loss_tokens"] == sum(r["num_loss_tokens"] for r in rows)
     assert manifest["totals"]["tokens"] == sum(r["num_tokens"] for r in rows)
     assert manifest["records"]["rows"] == len(rows)
+
+
+def test_rows_dropped_inside_a_written_record_travel_typed_and_are_counted_once(tmp_path):
+    """`process_batch` hands the drops of a written record's rows over as reasons, not text; `Accounting.add`
+    counts them, once; and the Arrow form the Ray engine moves keeps them."""
+    record = {"prompt": " ".join(["word"] * 20), "completion": " end"}  # every window but the last trains nothing
+    path = write_jsonl(tmp_path / "in.jsonl", [record])
+    config = PrepareConfig(inputs=[str(path)], tokenizer=str(FIXTURE_TOKENIZER), max_length=8, overflow="split")
+    context = JobContext.from_config(config)
+    result = process_batch(list(iter_raw_records([path], None, context.format_options)), context)
+    (outcome,) = result.outcomes
+    assert outcome.status == "written" and outcome.detail == ""
+    assert len(outcome.rows_dropped) > 1 and set(outcome.rows_dropped) == {"no_trainable_tokens"}
+    accounting = Accounting()
+    accounting.add(outcome)
+    assert accounting.rows_dropped == {"no_trainable_tokens": len(outcome.rows_dropped)}
+    assert [o.rows_dropped for o in table_to_result(result_to_table(result)).outcomes] == [outcome.rows_dropped]

@@ -168,7 +168,14 @@ def test_split_rows_that_train_nothing_are_dropped_and_counted(tmp_path):
     manifest, out = run_prepare(tmp_path, [path], max_length=60, overflow="split")
     rows = read_rows(out)
     assert all(r["num_loss_tokens"] for r in rows)
-    assert manifest["records"]["written"] == 1 and manifest["records"]["rows_dropped"]["no_trainable_tokens"] >= 1
+    # Weights change no text, so the runs are those of the unweighted conversation; the runs holding neither of
+    # the two trained answers are the ones dropped.
+    runs = positions_of(tmp_path, conversation(6), "unweighted", max_length=60, overflow="split")
+    untrained = [run for run in runs if "Answer 4:" not in decode(run) and "Answer 5:" not in decode(run)]
+    assert untrained and len(rows) == len(runs) - len(untrained)
+    assert manifest["records"]["written"] == 1 and manifest["records"]["rows_dropped"] == {
+        "no_trainable_tokens": len(untrained)
+    }
 
 
 def test_exchanges_start_at_user_turns_and_keep_tool_results_with_their_call():

@@ -13,25 +13,31 @@ Batching rules (docs/trainer.md):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..loader import ShardSet
+from ..loader import collate as collate_sequences
 from ..pipeline.errors import SetupError
-from .shards import Example, ShardSet
+from .shards import Example, iter_examples, vocab_size_of
 
 PAD_SEGMENT = -1
+PAD_ID = 0
 
 
 @dataclass
 class Batch:
-    """B rows padded to T positions. segment_ids is -1 on padding, which is how the model and loss know it."""
+    """B rows padded to T positions. segment_ids is -1 on padding, which is how the model and loss know it.
+
+    The arrays of the loader's batch (`lossmask.loader.batching`) the model and the loss read, by the same names.
+    """
 
     input_ids: np.ndarray  # (B, T) int64
     target_ids: np.ndarray  # (B, T) int64
-    loss_mask: np.ndarray  # (B, T) uint8
+    loss_mask: np.ndarray  # (B, T) bool (or 0/1)
     position_ids: np.ndarray  # (B, T) int64
-    segment_ids: np.ndarray  # (B, T) int32, -1 = padding
+    segment_ids: np.ndarray  # (B, T) int64, -1 = padding
 
     @property
     def num_tokens(self) -> int:
@@ -43,25 +49,11 @@ class Batch:
         return int(self.loss_mask.sum())
 
 
-def collate(examples: list[Example], length: int | None = None) -> Batch:
-    """Stack rows into (B, T), T = the longest row (or `length`), padding on the right."""
-    positions = max(e.num_tokens for e in examples) if length is None else length
-    shape = (len(examples), positions)
-    batch = Batch(
-        input_ids=np.zeros(shape, dtype=np.int64),
-        target_ids=np.zeros(shape, dtype=np.int64),
-        loss_mask=np.zeros(shape, dtype=np.uint8),
-        position_ids=np.zeros(shape, dtype=np.int64),
-        segment_ids=np.full(shape, PAD_SEGMENT, dtype=np.int32),
-    )
-    for row, e in enumerate(examples):
-        n = e.num_tokens
-        batch.input_ids[row, :n] = e.input_ids
-        batch.target_ids[row, :n] = e.target_ids
-        batch.loss_mask[row, :n] = e.loss_mask
-        batch.position_ids[row, :n] = e.position_ids
-        batch.segment_ids[row, :n] = e.segment_ids
-    return batch
+def collate(rows: list[Example], length: int | None = None) -> Batch:
+    """Stack rows into (B, T), T = the longest row (or `length`), padding on the right: the loader's `collate`,
+    one row per sequence."""
+    batch = collate_sequences([[row.view()] for row in rows], PAD_ID, length)
+    return Batch(**{field.name: batch[field.name] for field in fields(Batch)})
 
 
 @dataclass
@@ -128,7 +120,7 @@ def training_batches(
     """Endless (epoch, batch) pairs over the shards. Batches never mix epochs: an epoch's last one may be smaller."""
     epoch = 0
     while True:
-        rows = fitted(shards.examples(), seq_len, shards.vocab_size, stats if epoch == 0 else None)
+        rows = fitted(iter_examples(shards), seq_len, vocab_size_of(shards), stats if epoch == 0 else None)
         pending: list[Example] = []
         produced = False
         for example in shuffled(rows, shuffle_buffer, rng):
@@ -141,14 +133,14 @@ def training_batches(
             produced = True
             yield epoch, collate(pending)
         if not produced:
-            raise SetupError(f"no row of {shards.root} has a counted target within the first {seq_len} positions")
+            raise SetupError(f"no row of {shards.directory} has a counted target within the first {seq_len} positions")
         epoch += 1
 
 
 def first_rows(shards: ShardSet, count: int, seq_len: int) -> list[Example]:
     """The first `count` usable rows in shard order: the fixed set the loss is evaluated on before and after."""
     rows: list[Example] = []
-    for example in fitted(shards.examples(), seq_len, shards.vocab_size, None):
+    for example in fitted(iter_examples(shards), seq_len, vocab_size_of(shards), None):
         if len(rows) >= count:
             break
         rows.append(example)

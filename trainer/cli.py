@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..pipeline.errors import fails_cleanly
 from .loss import LOSS_NORMS
 from .model import DTYPES
-from .shards import ShardSet
+from .shards import open_shards, vocab_size_of
 from .train import CURVE_NAME, METRICS_NAME, RUN_NAME, WEIGHTS_NAME, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -74,7 +74,7 @@ def train(shards_dir: str, out: str, quiet: bool, **options: Any) -> None:
 
     config = TrainConfig(**options)
     config.validate()
-    config.model_config(ShardSet.open(shards_dir).vocab_size)  # a bad folder or model fails before the bar shows
+    config.model_config(vocab_size_of(open_shards(shards_dir)))  # a bad folder or model fails before the bar shows
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("step"),

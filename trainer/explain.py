@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..loader import ShardSet
 from ..pipeline.errors import SetupError
 from ..pipeline.tokenizer import load_tokenizer
 from .batches import collate
 from .loss import loss_weights, masked_cross_entropy
 from .model import ModelConfig, Params, forward, init_params, load
-from .shards import Example, ShardSet
+from .shards import Example, iter_examples, open_shards, vocab_size_of
 from .train import WEIGHTS_NAME
 
 CONTEXT_CHARS = 36
@@ -56,10 +57,10 @@ class Explanation:
 def find_row(shards: ShardSet, row: int) -> Example:
     if row < 0:
         raise SetupError(f"--row must be 0 or more, not {row}")
-    for example in shards.examples(start=row):
+    for example in iter_examples(shards, start=row):
         return example
     raise SetupError(
-        f"--row {row} is out of range: {shards.root} has {shards.num_rows} rows (0..{shards.num_rows - 1})"
+        f"--row {row} is out of range: {shards.directory} has {shards.num_rows} rows (0..{shards.num_rows - 1})"
     )
 
 
@@ -99,14 +100,14 @@ def explain(
     seed: int = 0,
     context_tokens: int = 8,
 ) -> Explanation:
-    shards = ShardSet.open(shards_dir)
+    shards = open_shards(shards_dir)
     example = find_row(shards, row)
     tokenizer_path = tokenizer or shards.tokenizer_path
     if not tokenizer_path:
-        raise SetupError(f"{shards.root}'s manifest names no tokenizer; pass --tokenizer")
+        raise SetupError(f"{shards.directory}'s manifest names no tokenizer; pass --tokenizer")
     if not Path(tokenizer_path).exists():
         raise SetupError(
-            f"tokenizer {tokenizer_path!r} (from {shards.root}'s manifest, relative to where prepare ran) "
+            f"tokenizer {tokenizer_path!r} (from {shards.directory}'s manifest, relative to where prepare ran) "
             "does not exist here; pass --tokenizer PATH"
         )
     info = load_tokenizer(tokenizer_path)
@@ -115,7 +116,7 @@ def explain(
     if recorded and recorded != info.fingerprint:
         notes.append(f"warning: tokenizer {tokenizer_path} differs from the one the shards were made with")
 
-    params, config, description = load_model(run_dir, shards.vocab_size, example.num_tokens, seed)
+    params, config, description = load_model(run_dir, vocab_size_of(shards), example.num_tokens, seed)
     if example.num_tokens > config.block_size:
         notes.append(f"the row has {example.num_tokens} positions; the model sees the first {config.block_size}")
         example = example.cut(config.block_size)
@@ -148,7 +149,7 @@ def explain(
         row=row,
         source=example.source,
         model=description,
-        vocab_size=shards.vocab_size,
+        vocab_size=vocab_size_of(shards),
         positions=positions,
         loss=loss if example.num_loss_tokens else math.nan,
         notes=notes,

@@ -1,4 +1,9 @@
-"""Read a shard folder written by `lossmask prepare`, one Arrow record batch at a time.
+"""The trainer's rows: a shard folder opened through the loader's `ShardSet`, read one record batch at a time.
+
+`open_shards` gives the trainer the checks every reader of shards gets (a manifest of a known schema version, the
+columns and types of its layout, the row counts it lists) and also the sha256 of each shard, on by default:
+training on bytes that are not the ones `prepare` wrote and the audit passed would prove nothing. Checking costs
+one extra read of a shard, so it is made once per shard, when the shard is first opened, not once an epoch.
 
 Rows come out as `Example`s (numpy arrays of one row, copied out of the record batch so that holding a few does
 not pin whole batches in memory). Memory stays bounded by one record batch plus what the caller keeps, whatever
@@ -8,15 +13,15 @@ and packed rows (several documents, `segment_ids` per position).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from ..loader.batching import RowView
+from ..loader.shards import ShardSet
 from ..pipeline.errors import SetupError
 from ..schemas.shards import MANIFEST_NAME
 
@@ -57,74 +62,34 @@ class Example:
             self.source,
         )
 
-
-@dataclass
-class ShardSet:
-    """A shard folder: its shard files in order and what the manifest says about them."""
-
-    root: Path
-    files: list[Path]
-    manifest: dict[str, Any]
-
-    @classmethod
-    def open(cls, root: str | Path) -> ShardSet:
-        root = Path(root)
-        manifest_path = root / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise SetupError(f"{root} has no {MANIFEST_NAME}; pass the --out folder of `lossmask prepare`")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SetupError(f"{manifest_path} is not valid JSON: {exc}") from None
-        files = [root / shard["file"] for shard in manifest.get("shards", [])]
-        missing = [str(path) for path in files if not path.is_file()]
-        if missing:
-            raise SetupError(f"shard(s) listed in {manifest_path} are missing: {', '.join(missing)}")
-        if not files:
-            raise SetupError(f"{manifest_path} lists no shards: nothing to train on")
-        return cls(root=root, files=files, manifest=manifest)
-
-    @property
-    def vocab_size(self) -> int:
-        try:
-            return int(self.manifest["tokenizer"]["vocab_size"])
-        except (KeyError, TypeError, ValueError):
-            raise SetupError(f"{self.root / MANIFEST_NAME} has no tokenizer.vocab_size") from None
-
-    @property
-    def tokenizer_path(self) -> str | None:
-        return (self.manifest.get("config") or {}).get("tokenizer")
-
-    @property
-    def num_rows(self) -> int:
-        return sum(int(shard.get("rows", 0)) for shard in self.manifest.get("shards", []))
-
-    def examples(self, start: int = 0) -> Iterator[Example]:
-        """Every row from row `start` on, in shard order, reading one record batch at a time."""
-        index = 0
-        for path, info in zip(self.files, self.manifest["shards"], strict=True):
-            rows = int(info.get("rows", -1))
-            if rows >= 0 and index + rows <= start:  # the manifest's counts let us skip whole shards
-                index += rows
-                continue
-            with pa.memory_map(str(path), "r") as source:
-                reader = pa.ipc.open_file(source)
-                check_columns(reader.schema, path)
-                for i in range(reader.num_record_batches):
-                    batch = reader.get_batch(i)
-                    if index + batch.num_rows <= start:
-                        index += batch.num_rows
-                        continue
-                    for example in batch_examples(batch, index):
-                        if example.index >= start:
-                            yield example
-                    index += batch.num_rows
+    def view(self) -> RowView:
+        """The row as the loader's `collate` takes it (its documents are where `segment_ids` changes)."""
+        return RowView(self.index, self.input_ids, self.target_ids, self.loss_mask, self.position_ids, self.segment_ids)
 
 
-def check_columns(schema: pa.Schema, path: Path) -> None:
-    missing = [name for name in POSITION_COLUMNS if name not in schema.names]
-    if missing:
-        raise SetupError(f"{path} is not a lossmask shard: no column(s) {', '.join(missing)}")
+def open_shards(root: str | Path) -> ShardSet:
+    """The shard folder to train on or explain: checked, each shard's sha256 verified when first opened."""
+    shards = ShardSet(root, verify=True)
+    if not shards.files:
+        raise SetupError(f"{shards.directory / MANIFEST_NAME} lists no shards: nothing to train on")
+    vocab_size_of(shards)
+    return shards
+
+
+def vocab_size_of(shards: ShardSet) -> int:
+    """The vocabulary the shards' ids come from, which sizes the model's embeddings."""
+    if shards.vocab_size is None:
+        raise SetupError(f"{shards.directory / MANIFEST_NAME} has no tokenizer.vocab_size")
+    return shards.vocab_size
+
+
+def iter_examples(shards: ShardSet, start: int = 0) -> Iterator[Example]:
+    """Every row from row `start` on, in shard order, reading one record batch at a time."""
+    columns = [*POSITION_COLUMNS, "segment_ids", "source"] if shards.packed else [*POSITION_COLUMNS, "source"]
+    index = start
+    for _, batch in shards.iter_batches(columns, start):
+        yield from batch_examples(batch, index)
+        index += batch.num_rows
 
 
 def batch_examples(batch: pa.RecordBatch, first_index: int) -> Iterator[Example]:
@@ -139,7 +104,7 @@ def batch_examples(batch: pa.RecordBatch, first_index: int) -> Iterator[Example]
         elif not np.array_equal(np.diff(column.offsets.to_numpy()), lengths):
             raise SetupError(f"row lengths differ between input_ids and {name}: not a lossmask shard")
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    sources = batch.column("source").to_pylist() if "source" in batch.schema.names else [""] * batch.num_rows
+    sources = batch.column("source").to_pylist()
     for row in range(batch.num_rows):
         lo, hi = int(starts[row]), int(starts[row + 1])
         segments = values["segment_ids"][lo:hi] if "segment_ids" in values else np.zeros(hi - lo, dtype=np.int32)

@@ -30,7 +30,7 @@ from .loss import LOSS_NORMS, count_sequences, loss_weights, masked_cross_entrop
 from .model import ModelConfig, Params, backward, count_params, forward, init_params, save
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .plot import write_loss_curve
-from .shards import Example, ShardSet
+from .shards import Example, open_shards, vocab_size_of
 
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "loss.svg"
@@ -155,8 +155,8 @@ def _train(
     config: TrainConfig,
     on_step: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    shards = ShardSet.open(shards_dir)
-    model_config = config.model_config(shards.vocab_size)
+    shards = open_shards(shards_dir)
+    model_config = config.model_config(vocab_size_of(shards))
     out = Path(out_dir)
     prepare_out_dir(out)
 
@@ -212,7 +212,7 @@ def _train(
         title=f"lossmask train: masked mean loss per step ({config.loss_norm} norm)",
     )
     summary = {
-        "shards": str(shards.root),
+        "shards": str(shards.directory),
         "model": model_config.to_dict(),
         "parameters": count_params(params),
         "train": asdict(config),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -113,6 +114,21 @@ def test_setup_errors_exit_2_with_one_message(clean_shards: Path, tmp_path: Path
         code, out, err = invoke(*args)
         assert code == 2, (args, out, err)
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_shards_that_are_not_the_ones_prepare_wrote_are_refused(lesson_shards: Path, tmp_path: Path) -> None:
+    """The audit reads shards through the loader's ShardSet: the same checks as every reader, sha256 included."""
+    copy = tmp_path / "shards"
+    shutil.copytree(lesson_shards, copy)
+    manifest = json.loads((copy / "_manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = "0" * 64  # as if the shard had changed since prepare
+    (copy / "_manifest.json").write_text(json.dumps(manifest))
+    code, _, err = invoke(str(copy))
+    assert code == 2 and "does not match the sha256" in err and err.count("\n") == 1
+    manifest["schema_version"] = 99
+    (copy / "_manifest.json").write_text(json.dumps(manifest))
+    code, _, err = invoke(str(copy))
+    assert code == 2 and "schema_version 99" in err and err.count("\n") == 1
 
 
 def test_raw_inputs_run_the_pipeline_on_a_sample_and_write_nothing(

@@ -58,3 +58,41 @@ def test_an_empty_folder_loads_and_yields_nothing(kit):
     loader = ShardLoader(kit.write([]), batch_size=3)
     assert loader.num_rows == 0 and len(loader) == 0 and list(loader) == []
     assert loader.epoch == 1
+
+
+def test_reading_from_a_row_on_skips_whole_shards_unopened(kit):
+    docs = kit.random_documents(np.random.default_rng(53), 30)
+    folder = kit.write(docs, rows_per_shard=10, batch_rows=4)
+    rows = [row for _, b in ShardSet(folder).iter_batches(["input_ids"]) for row in b.column(0).to_pylist()]
+    assert rows == [doc[0][:-1].tolist() for doc in docs]
+    for start in (0, 3, 10, 13, 29, 30):
+        read = [row for _, b in ShardSet(folder).iter_batches(["input_ids"], start) for row in b.column(0).to_pylist()]
+        assert read == rows[start:], start
+    (folder / "shard-00000.arrow").write_bytes(b"not arrow")  # shards 0 and 1 end before row 20: never opened
+    assert [i for i, _ in ShardSet(folder).iter_batches(["input_ids"], 20)] == [2, 2, 2]
+    with pytest.raises(SetupError, match="not an Arrow IPC file"):
+        list(ShardSet(folder).iter_batches(["input_ids"], 5))
+
+
+def test_verify_on_open_checks_each_shard_as_it_is_first_read(kit):
+    folder = kit.write(kit.random_documents(np.random.default_rng(54), 30), rows_per_shard=10)
+    (folder / "shard-00001.arrow").write_bytes((folder / "shard-00002.arrow").read_bytes())  # readable, 10 rows
+    shards = ShardSet(folder, verify=True)  # nothing read yet
+    assert sum(b.num_rows for _, b in shards.iter_batches(["input_ids"], 20)) == 10
+    assert sum(b.num_rows for _, b in ShardSet(folder).iter_batches(["input_ids"])) == 30  # unverified: read
+    with pytest.raises(SetupError, match=r"shard-00001\.arrow does not match the sha256"):
+        list(shards.iter_batches(["input_ids"]))
+    with pytest.raises(SetupError, match="does not match the sha256"):
+        ShardSet(folder).verify()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_folder_without_manifest_is_read_from_its_shard_files(kit, packed):
+    docs = kit.random_documents(np.random.default_rng(55), 12)
+    folder = kit.write(docs, rows_per_shard=5, packed=packed, pack_sizes=(2,))
+    expected = ShardSet(folder)
+    (folder / "_manifest.json").unlink()
+    shards = ShardSet.unlisted(folder)
+    assert shards.layout == expected.layout == ("packed" if packed else "rows")
+    assert [(f.path, f.rows, f.sha256) for f in shards.files] == [(f.path, f.rows, None) for f in expected.files]
+    assert [b.to_pylist() for _, b in shards.iter_batches()] == [b.to_pylist() for _, b in expected.iter_batches()]

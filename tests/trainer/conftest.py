@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.prepare import prepare
-from lossmask.schemas.shards import MANIFEST_NAME, PACKED_SHARD_SCHEMA
+from lossmask.schemas.shards import MANIFEST_NAME, PACKED_SHARD_SCHEMA, SCHEMA_VERSION
 from lossmask.trainer.model import ModelConfig, Params, init_params
 from lossmask.trainer.shards import Example
 from threadpoolctl import threadpool_limits
@@ -114,6 +114,7 @@ def write_packed_shards(out: Path, rows: list[Example], vocab_size: int) -> Path
     with pa.OSFile(str(out / "shard-00000.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=2)
     manifest = {
+        "schema_version": SCHEMA_VERSION,
         "layout": "packed",
         "tokenizer": {"vocab_size": vocab_size},
         "config": {"tokenizer": str(FIXTURES / "tokenizer")},

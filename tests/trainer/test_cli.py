@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from lossmask.cli import main
+from lossmask.pipeline.errors import SetupError
 from lossmask.schemas.shards import MANIFEST_NAME
 from lossmask.trainer.explain import explain, format_explanation
-from lossmask.trainer.shards import ShardSet
+from lossmask.trainer.shards import iter_examples, open_shards
 from lossmask.trainer.train import TrainConfig, train
 from tokenizers import Tokenizer
 
@@ -64,7 +66,7 @@ def test_train_prints_where_everything_is_and_the_loss(trained_run: Path) -> Non
 def test_explain_untrained_is_near_log_vocab_and_the_loss_is_the_mean_of_counted_rows(demo_shards: Path) -> None:
     code, stdout, stderr = run("explain", str(demo_shards), "--row", "3")
     assert code == 0, stderr
-    example = next(ShardSet.open(demo_shards).examples(start=3))
+    example = next(iter_examples(open_shards(demo_shards), start=3))
     rows = table_rows(stdout)
     assert len(rows) == example.num_tokens
     assert [counts == "yes" for counts, _, _ in rows] == example.loss_mask.astype(bool).tolist()
@@ -78,7 +80,7 @@ def test_explain_untrained_is_near_log_vocab_and_the_loss_is_the_mean_of_counted
 
 def test_explain_decodes_real_tokens_and_computes_the_exact_mean(demo_shards: Path) -> None:
     explanation = explain(str(demo_shards), 0)
-    example = next(ShardSet.open(demo_shards).examples())
+    example = next(iter_examples(open_shards(demo_shards)))
     tokenizer = Tokenizer.from_file(str(FIXTURES / "tokenizer" / "tokenizer.json"))
     assert [p.target for p in explanation.positions] == [
         tokenizer.decode([int(t)], skip_special_tokens=False) for t in example.target_ids
@@ -144,9 +146,30 @@ def test_bad_jobs_exit_2_with_one_message(demo_shards: Path, tmp_path: Path, arg
 
 def test_explain_cuts_a_row_longer_than_the_runs_context(demo_shards: Path, tmp_path: Path) -> None:
     train(demo_shards, tmp_path, TrainConfig(steps=2, seq_len=16, layers=1, d_model=8, heads=2, eval_rows=0))
-    shards = ShardSet.open(demo_shards)
-    row = next(e.index for e in shards.examples() if e.num_tokens > 16)
+    shards = open_shards(demo_shards)
+    row = next(e.index for e in iter_examples(shards) if e.num_tokens > 16)
     explanation = explain(str(demo_shards), row, run_dir=str(tmp_path))
     assert len(explanation.positions) == 16
     assert any("the model sees the first 16" in note for note in explanation.notes)
     assert json.loads((tmp_path / "run.json").read_text())["eval"]["loss_before"] is None
+
+
+def test_train_and_explain_refuse_a_shard_that_is_not_the_one_prepare_wrote(demo_shards: Path, tmp_path: Path) -> None:
+    """The same rows with one target counted that prepare did not count: still a valid shard of the same layout and
+    row count, so only the manifest's sha256 can tell, and the trainer checks it."""
+    copy = tmp_path / "shards"
+    shutil.copytree(demo_shards, copy)
+    shard = copy / json.loads((copy / MANIFEST_NAME).read_text())["shards"][0]["file"]
+    with pa.memory_map(str(shard), "r") as source:
+        table = pa.ipc.open_file(source).read_all()
+    masks = table["loss_mask"].to_pylist()
+    masks[0][0] = 1 - masks[0][0]
+    table = table.set_column(
+        table.schema.get_field_index("loss_mask"), "loss_mask", pa.array(masks, pa.list_(pa.uint8()))
+    )
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(SetupError, match=r"does not match the sha256 in _manifest\.json"):
+        train(copy, tmp_path / "run", TrainConfig(steps=1, seq_len=16, layers=1, d_model=8, heads=2, eval_rows=0))
+    code, _, stderr = run("explain", str(copy), "--row", "0")
+    assert code == 2 and "does not match the sha256" in stderr and stderr.count("\n") == 1

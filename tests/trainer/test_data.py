@@ -14,15 +14,15 @@ import pytest
 from lossmask.pipeline.errors import SetupError
 from lossmask.pipeline.shift import Row
 from lossmask.pipeline.write import ShardWriter
-from lossmask.schemas.shards import MANIFEST_NAME
+from lossmask.schemas.shards import MANIFEST_NAME, SCHEMA_VERSION
 from lossmask.trainer.batches import StreamStats, collate, first_rows, fitted, shuffled, training_batches
-from lossmask.trainer.shards import ShardSet
+from lossmask.trainer.shards import iter_examples, open_shards, vocab_size_of
 
 
 def test_rows_come_out_as_written(demo_shards: Path) -> None:
-    shards = ShardSet.open(demo_shards)
+    shards = open_shards(demo_shards)
     table = ds.dataset(demo_shards, format="arrow").to_table()
-    examples = list(shards.examples())
+    examples = list(iter_examples(shards))
     assert len(examples) == table.num_rows == shards.num_rows
     for i in (0, 1, 17, table.num_rows - 1):
         example = examples[i]
@@ -31,14 +31,14 @@ def test_rows_come_out_as_written(demo_shards: Path) -> None:
         for name in ("input_ids", "target_ids", "loss_mask", "position_ids"):
             np.testing.assert_array_equal(getattr(example, name), table[name][i].as_py())
         assert not example.segment_ids.any()
-    assert [e.index for e in shards.examples(start=300)] == list(range(300, table.num_rows))
+    assert [e.index for e in iter_examples(shards, start=300)] == list(range(300, table.num_rows))
 
 
 def test_packed_rows_keep_their_segments(tmp_path: Path, make_example, pack_examples, packed_shards) -> None:
     rng = np.random.default_rng(0)
     rows = [pack_examples([make_example(rng, 3), make_example(rng, 4)]), make_example(rng, 5)]
-    shards = ShardSet.open(packed_shards(tmp_path / "packed", rows, 13))
-    examples = list(shards.examples())
+    shards = open_shards(packed_shards(tmp_path / "packed", rows, 13))
+    examples = list(iter_examples(shards))
     assert [e.segment_ids.tolist() for e in examples] == [[0, 0, 0, 1, 1, 1, 1], [0] * 5]
     assert examples[0].position_ids.tolist() == [0, 1, 2, 0, 1, 2, 3]
     assert examples[0].source == "doc.jsonl:1:0, doc.jsonl:1:1"
@@ -94,14 +94,14 @@ def test_shuffle_is_a_seeded_permutation(make_example) -> None:
 
 
 def test_each_epoch_yields_every_usable_row_once(demo_shards: Path) -> None:
-    shards = ShardSet.open(demo_shards)
+    shards = open_shards(demo_shards)
     batches = training_batches(shards, batch_size=16, seq_len=64, rng=np.random.default_rng(0), shuffle_buffer=64)
     rows, targets = 0, 0
     epoch, batch = next(batches)
     while epoch == 0:
         rows, targets = rows + batch.input_ids.shape[0], targets + batch.num_loss_tokens
         epoch, batch = next(batches)
-    usable = list(fitted(shards.examples(), 64, shards.vocab_size, None))
+    usable = list(fitted(iter_examples(shards), 64, vocab_size_of(shards), None))
     assert epoch == 1
     assert rows == len(usable)
     assert targets == sum(e.num_loss_tokens for e in usable)
@@ -110,7 +110,7 @@ def test_each_epoch_yields_every_usable_row_once(demo_shards: Path) -> None:
 
 def test_a_folder_without_manifest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match=r"_manifest\.json"):
-        ShardSet.open(tmp_path)
+        open_shards(tmp_path)
 
 
 def write_synthetic_shards(out: Path, rows: int, length: int = 64) -> Path:
@@ -138,14 +138,18 @@ def write_synthetic_shards(out: Path, rows: int, length: int = 64) -> Path:
             writer.add_record([row])
     writer.close()
     shards = writer.shards
-    manifest = {"tokenizer": {"vocab_size": 1000}, "shards": [s.to_dict() for s in shards]}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tokenizer": {"vocab_size": 1000},
+        "shards": [s.to_dict() for s in shards],
+    }
     (out / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
     return out
 
 
 def peak_memory_of_one_epoch(root: Path) -> int:
     """Peak of (Python/NumPy heap + Arrow's pool) while streaming one epoch of batches."""
-    shards = ShardSet.open(root)
+    shards = open_shards(root)
     batches = training_batches(shards, batch_size=8, seq_len=128, rng=np.random.default_rng(0), shuffle_buffer=256)
     arrow_before, arrow_peak = pa.total_allocated_bytes(), 0
     tracemalloc.start()

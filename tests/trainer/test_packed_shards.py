@@ -19,7 +19,7 @@ from lossmask.pipeline.prepare import prepare
 from lossmask.trainer.batches import Batch, collate
 from lossmask.trainer.loss import loss_weights, masked_cross_entropy
 from lossmask.trainer.model import ModelConfig, Params, forward, init_params
-from lossmask.trainer.shards import Example, ShardSet
+from lossmask.trainer.shards import Example, iter_examples, open_shards
 
 from .conftest import DEMO_INPUTS, FIXTURES
 
@@ -51,7 +51,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def model(prepared: dict[str, Path]) -> tuple[ModelConfig, Params]:
     """A small float64 model with weights big enough that attention and positions really matter."""
     config = ModelConfig(
-        vocab_size=ShardSet.open(prepared["rows"]).vocab_size, block_size=PACK, n_layer=2, n_head=2, d_model=16,
+        vocab_size=open_shards(prepared["rows"]).vocab_size, block_size=PACK, n_layer=2, n_head=2, d_model=16,
         dtype="float64",
     )  # fmt: skip
     rng = np.random.default_rng(7)
@@ -62,8 +62,8 @@ def model(prepared: dict[str, Path]) -> tuple[ModelConfig, Params]:
 def documents(shards: Path) -> list[list[Key]]:
     """For each row, in shard order, the (record_index, part) of each of its documents, in segment order."""
     keys: list[list[Key]] = []
-    for shard in ShardSet.open(shards).files:
-        with pa.memory_map(str(shard), "r") as source:
+    for shard in open_shards(shards).files:
+        with pa.memory_map(str(shard.path), "r") as source:
             table = pa.ipc.open_file(source).read_all().select(["record_index", "part"])
         for record, part in zip(table["record_index"].to_pylist(), table["part"].to_pylist(), strict=True):
             if isinstance(record, list):
@@ -78,7 +78,7 @@ def per_document_losses(
 ) -> tuple[dict[Key, np.ndarray], dict[Key, np.ndarray]]:
     """-log p(target) at every position of every document, and its loss mask, keyed by document."""
     config, params = model
-    examples = list(ShardSet.open(shards).examples())
+    examples = list(iter_examples(open_shards(shards)))
     keys = documents(shards)
     assert len(keys) == len(examples)
     nll_of: dict[Key, np.ndarray] = {}
@@ -109,8 +109,8 @@ def total_loss(nll_of: dict[Key, np.ndarray], mask_of: dict[Key, np.ndarray]) ->
 
 
 def test_packed_and_unpacked_give_the_same_per_token_and_total_loss(prepared, model):
-    assert ShardSet.open(prepared["packed"]).manifest["layout"] == "packed"
-    packed_rows = ShardSet.open(prepared["packed"]).num_rows
+    assert open_shards(prepared["packed"]).manifest["layout"] == "packed"
+    packed_rows = open_shards(prepared["packed"]).num_rows
     plain_nll, plain_mask = per_document_losses(prepared["rows"], model)
     packed_nll, packed_mask = per_document_losses(prepared["packed"], model)
     assert packed_rows < len(plain_nll) / 3  # several documents per packed row
