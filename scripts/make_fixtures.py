@@ -312,7 +312,15 @@ def build_all() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="verify the committed fixtures instead of writing")
+    parser.add_argument("--styles", metavar="DIR", help="write the family STYLE tokenizers (needs the kit) to DIR")
+    parser.add_argument("--kit", default=str(ROOT.parent / "shared" / "realworld"), help="the real-world kit")
     args = parser.parse_args()
+    if args.styles:
+        from style_tokenizers import build_styles
+
+        for name, folder in build_styles(Path(args.kit), Path(args.styles)).items():
+            print(f"{name}: {folder}")
+        return 0
     files = build_all()
     if args.check:
         stale = [n for n, c in files.items() if not (FIXTURES / n).is_file() or (FIXTURES / n).read_text("utf-8") != c]
