@@ -19,7 +19,7 @@ from lossmask.pipeline.templates import ChatTemplate
 from lossmask.pipeline.templates.environment import DEFAULT_TEMPLATE_DATE
 from lossmask.pipeline.tokenize import tokenize_batch
 from lossmask.pipeline.tokenizer import load_tokenizer
-from lossmask.schemas.classes import GENERATED_CLASSES
+from lossmask.schemas.classes import GENERATED_CLASSES, TokenClass
 from lossmask.schemas.reasons import REJECT_REASONS
 from lossmask.schemas.records import Conversation, Message, SourceRef
 from lossmask.schemas.shards import RowFlag
@@ -204,3 +204,42 @@ def test_masks_agree_with_trl_generation_tags(tmp_path: Path, training: str, ori
                     assert int(ids[after]) == out["input_ids"][trl_after]
             else:  # only the training variant writes it (GLM appends <|user|> after the final turn)
                 assert flags & RowFlag.NO_END_OF_TURN
+
+
+REASONED = [
+    ("user", "What is the capital of France?", None),
+    ("assistant", "The capital of France is Paris.", "France's capital is Paris."),
+    ("user", "And of Germany?", None),
+    ("assistant", "Berlin.", "Germany's capital is Berlin."),
+]
+
+
+@pytest.mark.parametrize(
+    ("option", "removed"),
+    [
+        ({"train_end_of_turn": False}, TokenClass.END_OF_TURN),
+        ({"train_reasoning": False}, TokenClass.REASONING),
+        ({"train_tool_calls": False}, TokenClass.TOOL_CALL),
+    ],
+    ids=["no-train-eot", "no-train-reasoning", "no-train-tool-calls"],
+)
+def test_each_option_removes_its_class_on_every_kit_template(option, removed):
+    """--no-train-eot, --no-train-reasoning and --no-train-tool-calls on all 121 templates, with generation tags
+    or without: no counted target of the removed class, on a conversation with reasoning on every answer."""
+    checked = 0
+    for name, source in KIT:
+        info = style_info(source)
+        try:
+            template = ChatTemplate(name, source, {"bos_token": BOS, "eos_token": EOS})
+            renderer = Renderer(template, info, RenderOptions(mask=MaskPolicy(**option)))
+            messages = [Message(role, text, reasoning=thought) for role, text, thought in REASONED]
+            examples = renderer.render(Conversation(messages, SourceRef("kit", 1)))
+        except (SetupError, RecordError):
+            continue
+        for result in tokenize_batch(info, examples):
+            if isinstance(result, RecordError):
+                continue
+            counted = {TokenClass(c) for c in result.classes[1:][result.trainable[1:] == 1]}
+            assert removed not in counted, (name, removed)
+            checked += 1
+    assert checked >= 140  # rows of the 110 or so templates that render this conversation (143 when written)
