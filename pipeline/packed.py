@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA
-from .shift import Row
+from ..schemas.shards import PACKED_SHARD_SCHEMA, PER_DOCUMENT_COLUMNS, PER_POSITION_COLUMNS, SHARD_SCHEMA, record_batch
+from .shift import Row, document_values, token_values
 
 
 @dataclass(slots=True)
@@ -56,36 +56,23 @@ def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
     position_offsets = pa.array(doc_offsets[row_docs].astype(np.int32))  # row r: positions of its documents
     document_offsets = pa.array(row_docs.astype(np.int32))  # row r: its documents
 
-    def flat(values: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype=dtype)
-
-    def per_position(values: np.ndarray) -> pa.ListArray:
-        return pa.ListArray.from_arrays(position_offsets, pa.array(values))
-
-    def per_document(values: pa.Array) -> pa.ListArray:
-        return pa.ListArray.from_arrays(document_offsets, values)
-
     total = int(doc_offsets[-1])
     positions = np.arange(total, dtype=np.int64) - np.repeat(doc_offsets[:-1], doc_lengths)
     segment_of_doc = np.arange(len(documents), dtype=np.int64) - np.repeat(row_docs[:-1], docs_per_row)
-    segments = np.repeat(segment_of_doc, doc_lengths)
-    loss_mask = flat([d.loss_mask for d in documents], np.uint8)
+    per_position = {
+        **token_values(documents),
+        "position_ids": positions.astype(np.int32),
+        "segment_ids": np.repeat(segment_of_doc, doc_lengths).astype(np.int32),
+    }
     row_of_position = np.repeat(np.arange(len(rows)), doc_offsets[row_docs[1:]] - doc_offsets[row_docs[:-1]])
-    columns = [
-        per_position(flat([d.input_ids for d in documents], np.int32)),
-        per_position(flat([d.target_ids for d in documents], np.int32)),
-        per_position(loss_mask),
-        per_position(positions.astype(np.int32)),
-        per_position(flat([d.token_class for d in documents], np.uint8)),
-        per_position(segments.astype(np.int32)),
-        pa.array(np.diff(doc_offsets[row_docs]).astype(np.int32), type=pa.int32()),
-        pa.array(np.bincount(row_of_position, weights=loss_mask, minlength=len(rows)).astype(np.int32)),
-        per_document(pa.array([d.source for d in documents], type=pa.string())),
-        per_document(pa.array([d.record_index for d in documents], type=pa.int64())),
-        per_document(pa.array([d.part for d in documents], type=pa.int32())),
-        per_document(pa.array([d.flags for d in documents], type=pa.uint32())),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=PACKED_SHARD_SCHEMA)
+    loss_tokens = np.bincount(row_of_position, weights=per_position["loss_mask"], minlength=len(rows))
+    columns = {
+        **{name: pa.ListArray.from_arrays(position_offsets, pa.array(v)) for name, v in per_position.items()},
+        "num_tokens": pa.array(np.diff(doc_offsets[row_docs]).astype(np.int32), type=pa.int32()),
+        "num_loss_tokens": pa.array(loss_tokens.astype(np.int32)),
+        **{name: pa.ListArray.from_arrays(document_offsets, v) for name, v in document_values(documents).items()},
+    }
+    return record_batch(columns, PACKED_SHARD_SCHEMA)
 
 
 def unpack_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -104,24 +91,13 @@ def unpack_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     mask = batch.column("loss_mask").values.to_numpy()
     lengths = np.diff(new_offsets)
     loss_tokens = np.add.reduceat(mask.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
-
-    def lists(name: str) -> pa.ListArray:
-        return pa.ListArray.from_arrays(pa.array(new_offsets), batch.column(name).values)
-
-    def flat(name: str) -> pa.Array:
-        return batch.column(name).values
-
-    columns = [
-        lists("input_ids"),
-        lists("target_ids"),
-        lists("loss_mask"),
-        lists("position_ids"),
-        lists("token_class"),
-        pa.array(lengths, type=pa.int32()),
-        pa.array(loss_tokens, type=pa.int32()),
-        flat("source"),
-        flat("record_index"),
-        flat("part"),
-        flat("flags"),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=SHARD_SCHEMA)
+    columns = {
+        **{
+            name: pa.ListArray.from_arrays(pa.array(new_offsets), batch.column(name).values)
+            for name in PER_POSITION_COLUMNS
+        },
+        "num_tokens": pa.array(lengths, type=pa.int32()),
+        "num_loss_tokens": pa.array(loss_tokens, type=pa.int32()),
+        **{name: batch.column(name).values for name in PER_DOCUMENT_COLUMNS},
+    }
+    return record_batch(columns, SHARD_SCHEMA)
