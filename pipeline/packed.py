@@ -5,12 +5,13 @@ target) pairs: no target ever crosses from one document into the next. Per posit
 document of the row it belongs to (0, 1, ...) and `position_ids` restart at 0 with each document; per document,
 `source`, `record_index`, `part` and `flags` become lists in segment order.
 
-cu_seqlens (flash-attention's varlen boundaries) are not stored: they are where the segment changes,
+cu_seqlens (flash-attention's varlen boundaries) are not stored: they are where the segment changes
+(`schemas.segments.segment_bounds`, the rule every reader uses), the same places where `position_ids` is 0:
 
-    starts = np.flatnonzero(np.diff(segment_ids, prepend=-1))      # == np.flatnonzero(position_ids == 0)
+    starts, _ = segment_bounds(segment_ids)                       # == np.flatnonzero(position_ids == 0)
     cu_seqlens = np.append(starts, len(segment_ids)).astype(np.int32)
 
-(docs/packing.md runs this as a test).
+(docs/packing.md runs its own version of this as a test).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..schemas.segments import segment_bounds
 from ..schemas.shards import PACKED_SHARD_SCHEMA, PER_DOCUMENT_COLUMNS, PER_POSITION_COLUMNS, SHARD_SCHEMA, record_batch
 from .shift import Row, document_values, token_values
 
@@ -38,10 +40,9 @@ class PackedRow:
 
 
 def cu_seqlens(segment_ids: np.ndarray) -> np.ndarray:
-    """Document boundaries of one packed row: document k is positions [cu[k], cu[k + 1])."""
-    segments = np.asarray(segment_ids)
-    starts = np.flatnonzero(np.diff(segments, prepend=-1))
-    return np.append(starts, segments.size).astype(np.int32)
+    """Document boundaries of one packed row: document k is positions [cu[k], cu[k + 1]) (`segment_bounds`)."""
+    starts, _ = segment_bounds(segment_ids)
+    return np.append(starts, np.asarray(segment_ids).size).astype(np.int32)
 
 
 def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
@@ -79,23 +80,16 @@ def unpack_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """The inverse of packing: a packed record batch as the rows layout (`SHARD_SCHEMA`), one document per row.
 
     Documents were shifted before packing, so the per-position values stay as they are; only the list offsets
-    change, to cut at every segment start. The per-document lists (source, record_index, part, flags) hold one
-    entry per segment, in order, so their flattened values are exactly the new rows' columns.
+    change, to cut at every document start (`segment_bounds`). The per-document lists (source, record_index, part,
+    flags) hold one entry per segment, in order, so their flattened values are exactly the new rows' columns.
     """
     segments = batch.column("segment_ids")
-    offsets = segments.offsets.to_numpy()
-    values = segments.values.to_numpy()
-    starts = np.flatnonzero(np.diff(values, prepend=-1) != 0)  # a segment starts where its id changes...
-    starts = np.union1d(starts, offsets[:-1][offsets[:-1] < offsets[1:]])  # ...or where a row starts
-    new_offsets = np.append(starts, len(values)).astype(np.int32)
+    starts, lengths = segment_bounds(segments.values.to_numpy(), segments.offsets.to_numpy())
+    new_offsets = pa.array(np.append(starts, len(segments.values)).astype(np.int32))
     mask = batch.column("loss_mask").values.to_numpy()
-    lengths = np.diff(new_offsets)
     loss_tokens = np.add.reduceat(mask.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
     columns = {
-        **{
-            name: pa.ListArray.from_arrays(pa.array(new_offsets), batch.column(name).values)
-            for name in PER_POSITION_COLUMNS
-        },
+        **{name: pa.ListArray.from_arrays(new_offsets, batch.column(name).values) for name in PER_POSITION_COLUMNS},
         "num_tokens": pa.array(lengths, type=pa.int32()),
         "num_loss_tokens": pa.array(loss_tokens, type=pa.int32()),
         **{name: batch.column(name).values for name in PER_DOCUMENT_COLUMNS},
