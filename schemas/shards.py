@@ -109,8 +109,7 @@ def _packed(field: pa.Field) -> pa.Field:
 
 
 def _packed_schema(rows: pa.Schema) -> pa.Schema:
-    """`rows` with `segment_ids` after its per-position columns (which come first) and its per-document columns
-    as lists."""
+    """`rows` with `segment_ids` after its per-position columns, and its per-document columns as lists."""
     positions = [f for f in rows if f.name in PER_POSITION_COLUMNS]
     others = [f for f in rows if f.name not in PER_POSITION_COLUMNS]
     fields = [*positions, _field("segment_ids", pa.list_(pa.int32())), *others]
