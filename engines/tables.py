@@ -18,8 +18,9 @@ import pyarrow as pa
 from ..pipeline.accounting import Outcome
 from ..pipeline.batch import BatchResult, JobContext, process_batch
 from ..pipeline.config import PrepareConfig
-from ..pipeline.shift import Row
+from ..pipeline.shift import TOKEN_COLUMNS, Row
 from ..schemas.records import RawRecord, SourceRef
+from ..schemas.shards import SHARD_SCHEMA
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -34,16 +35,10 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 
-_ROW = pa.struct(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("target_ids", pa.list_(pa.int32())),
-        ("loss_mask", pa.list_(pa.uint8())),
-        ("token_class", pa.list_(pa.uint8())),
-        ("part", pa.int32()),
-        ("flags", pa.uint32()),
-    ]
-)
+# A row as its record's outcome carries it: what the outcome does not already say (source, record_index), typed as
+# in the shards.
+_ROW_FIELDS = (*TOKEN_COLUMNS, "part", "flags")
+_ROW = pa.struct([(name, SHARD_SCHEMA.field(name).type) for name in _ROW_FIELDS])
 OUTCOME_SCHEMA = pa.schema(
     [
         ("file", pa.string()),
@@ -101,17 +96,7 @@ def result_to_table(result: BatchResult) -> pa.Table:
         columns["field"].append(outcome.field)
         columns["rows_dropped"].append(list(outcome.rows_dropped))
         columns["rows"].append(
-            [
-                {
-                    "input_ids": r.input_ids,
-                    "target_ids": r.target_ids,
-                    "loss_mask": r.loss_mask,
-                    "token_class": r.token_class,
-                    "part": r.part,
-                    "flags": r.flags,
-                }
-                for r in (next(rows) for _ in range(outcome.rows))
-            ]
+            [{name: getattr(r, name) for name in _ROW_FIELDS} for r in (next(rows) for _ in range(outcome.rows))]
         )
     return pa.table(columns, schema=OUTCOME_SCHEMA)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..schemas.exports import IGNORE_INDEX
+from ..schemas.segments import segment_bounds
 
 POSITION_COLUMNS = ("input_ids", "target_ids", "loss_mask", "position_ids")
 
@@ -71,9 +72,11 @@ def unshift(
         raise ValueError(f"row {int(np.flatnonzero(row_lengths == 0)[0])} has no positions: it holds no document")
     row_start = np.zeros(n, dtype=bool)
     row_start[row_offsets[:-1]] = True
-    starts_mask = row_start.copy()
+    one_document_per_row = np.zeros(n, dtype=np.int8)  # the rows layout
+    starts, lengths = segment_bounds(one_document_per_row if segments is None else segments, row_offsets)
+    starts_mask = np.zeros(n, dtype=bool)
+    starts_mask[starts] = True
     if segments is not None:
-        starts_mask[1:] |= segments[1:] != segments[:-1]
         _check(segments[row_start] == 0, row_start, row_offsets, "segment_ids do not start at 0")
         inner = starts_mask & ~row_start
         steps = np.ones(n, dtype=bool)
@@ -88,9 +91,8 @@ def unshift(
     ok[1:][follows[1:]] = inputs[1:][follows[1:]] == targets[:-1][follows[1:]]
     _check(ok, None, row_offsets, "input_ids[k + 1] != target_ids[k]: the row is not a shifted document")
 
-    starts = np.flatnonzero(starts_mask)
     docs = starts.size
-    ends = np.append(starts[1:], n)
+    ends = starts + lengths
     doc_of = np.cumsum(starts_mask) - 1
     out = np.arange(n) + doc_of  # where each input token lands
     last = ends + np.arange(docs)  # where each document's last token lands

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..schemas.segments import segment_bounds
+
 
 @dataclass(slots=True)
 class RowView:
@@ -43,10 +45,9 @@ class RowView:
         return int(self.input_ids.size)
 
     def document_lengths(self) -> np.ndarray:
-        if self.segment_ids is None or self.length == 0:
-            return np.array([self.length], dtype=np.int64)
-        starts = np.flatnonzero(np.diff(self.segment_ids, prepend=self.segment_ids[0] - 1))
-        return np.diff(np.append(starts, self.length)).astype(np.int64)
+        """Positions of each document of the row, in order (`segment_bounds`); a row with no position has none."""
+        one_document = np.zeros(self.length, dtype=np.int8)  # the rows layout
+        return segment_bounds(one_document if self.segment_ids is None else self.segment_ids)[1]
 
 
 def collate(sequences: Sequence[Sequence[RowView]], pad_id: int, length: int | None = None) -> dict[str, Any]:

@@ -9,9 +9,10 @@ run that never stopped. Anything written after the last checkpoint (a half-writt
 discarded and recomputed.
 
 Packed output (`--pack`, `--concat`) is made from many records at once, so a finished shard can end in the middle
-of what a window or the stream of documents will give. `replay` says how to make the rest again: re-read from
-record `replay[0]` (records before `next_record` are processed again but not counted or rejected again) and let
-the combiner skip what is already written (see `combine`); `packing` holds the packing counts so far.
+of what a window or the stream of documents will give. `replay` says how to make the rest again: the combiner's
+`ResumeState` after the last written row, as a dict (`combine`: from which record to re-read, and what to skip
+of what is made again; records before `next_record` are processed again but not counted or rejected again);
+`packing` holds the packing counts so far.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Checkpoint:
     next_record: int = 0
     rejects_bytes: int = 0
     accounting: dict[str, Any] = field(default_factory=dict)
-    replay: list[int] = field(default_factory=list)  # combiner state after the last written row; [] = next_record
+    replay: dict[str, int] = field(default_factory=dict)  # the combiner's ResumeState.to_dict(); {} = from the start
     packing: dict[str, int] = field(default_factory=dict)
 
     def save(self, out: Path) -> None:
@@ -61,7 +62,7 @@ class Checkpoint:
                 next_record=int(data["next_record"]),
                 rejects_bytes=int(data["rejects_bytes"]),
                 accounting=data["accounting"],
-                replay=[int(v) for v in data.get("replay", [])],
+                replay={str(k): int(v) for k, v in data["replay"].items()},
                 packing={str(k): int(v) for k, v in data.get("packing", {}).items()},
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
@@ -73,11 +74,6 @@ class Checkpoint:
             if not shard_path.is_file() or file_sha256(shard_path) != shard.sha256:
                 return None
         return checkpoint
-
-    @property
-    def resume(self) -> tuple[int, ...]:
-        """Where the combiner restarts: `replay`, or simply the next record when nothing is carried over."""
-        return tuple(self.replay) if self.replay else (self.next_record,)
 
 
 def job_digest(parts: dict[str, Any]) -> str:

@@ -7,19 +7,21 @@
 - `Concatenator` (`--concat N`): lays the documents end to end and cuts a row every N positions; a document that
   crosses a row boundary becomes two pieces (flagged WINDOW, numbered by `part`), each with positions from 0.
 
-Every output carries `resume`: how a killed run makes everything after it again. The job checkpoints after a
-finished shard; a resumed run re-reads records from `resume[0]` (the records before the checkpoint's
-`next_record` are processed again but not counted again), hands them to a combiner built with `resume`, and
-that combiner skips what was already written: the first `resume[1]` rows of its first window (Packer), or the
-first `resume[1]` positions of record `resume[0]` (Concatenator, whose next piece of that record is numbered
-`resume[2]`). Windows and rows depend only on the records from the window's start, so the rows made again are
-the same bytes. `counts` are the running totals up to the output, restored from the checkpoint likewise.
+Every output carries `resume`, the combiner's typed state after it: how a killed run makes everything after it
+again. The job checkpoints after a finished shard; a resumed run re-reads records from `resume.replay_from` (the
+records before the checkpoint's `next_record` are processed again but not counted again), hands them to a
+combiner built with `resume`, and that combiner skips what was already written: the first `rows_written` rows of
+the window that starts at record `window_start` (`PackerResume`), or the first `positions_written` positions of
+record `record`, whose next piece is numbered `next_part` (`ConcatenatorResume`). Windows and rows depend only on
+the records from the window's start, so the rows made again are the same bytes. `counts` are the running totals
+up to the output, restored from the checkpoint likewise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -31,37 +33,101 @@ from .shift import Row
 _WINDOW = int(RowFlag.WINDOW)
 
 
+@dataclass(frozen=True)
+class ResumeState:
+    """A combiner's replay state (a subclass per combiner), as the checkpoint stores it: `to_dict` / `from_dict`.
+    `from_dict({})` is the state of a job that has written nothing yet."""
+
+    @property
+    def replay_from(self) -> int:
+        """The first record a combiner resumed from this state must be given."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, int]) -> Self:
+        return cls(**{str(name): int(value) for name, value in data.items()})
+
+
+@dataclass(frozen=True)
+class PassthroughResume(ResumeState):
+    next_record: int = 0  # nothing is carried over: go on from this record
+
+    @property
+    def replay_from(self) -> int:
+        return self.next_record
+
+
+@dataclass(frozen=True)
+class PackerResume(ResumeState):
+    window_start: int = 0  # the first record of the window being written
+    rows_written: int = 0  # rows of that window already in finished shards
+
+    @property
+    def replay_from(self) -> int:
+        return self.window_start
+
+
+@dataclass(frozen=True)
+class ConcatenatorResume(ResumeState):
+    record: int = 0  # the record whose documents are being written
+    positions_written: int = 0  # its positions already in finished shards, across its rows
+    next_part: int = 0  # the `part` of its next piece
+
+    @property
+    def replay_from(self) -> int:
+        return self.record
+
+
 @dataclass(slots=True)
 class Output:
     rows: list[Any]  # written together, never split over two shards: one record's Rows, or one PackedRow
-    resume: tuple[int, ...]  # replay state after these rows (see the module's docstring)
+    resume: ResumeState  # replay state after these rows (see the module's docstring)
     counts: dict[str, int] = field(default_factory=dict)  # running totals, including these rows
 
 
 class Combiner(Protocol):
+    replay_from: int  # the first record it must be given (see `ResumeState.replay_from`)
+
     def add(self, index: int, rows: list[Row]) -> list[Output]: ...
 
     def finish(self) -> list[Output]: ...
+
+    def summary(self) -> dict[str, Any] | None:
+        """The manifest's `packing` (None: no packing)."""
+        ...
 
 
 class Passthrough:
     """One output per record that has rows."""
 
+    def __init__(self, resume: PassthroughResume | None = None):
+        self.replay_from = (resume or PassthroughResume()).replay_from
+
     def add(self, index: int, rows: list[Row]) -> list[Output]:
-        return [Output(rows, (index + 1,))] if rows else []
+        return [Output(rows, PassthroughResume(index + 1))] if rows else []
 
     def finish(self) -> list[Output]:
         return []
+
+    def summary(self) -> None:
+        return None
 
 
 class Packer:
     """`--pack N`: best-fit decreasing over windows of whole documents."""
 
-    def __init__(self, length: int, window: int, resume: tuple[int, ...] = (0,), counts: dict[str, int] | None = None):
+    def __init__(
+        self, length: int, window: int, resume: PackerResume | None = None, counts: dict[str, int] | None = None
+    ):
+        resume = resume or PackerResume()
         self.length = length
         self.window = window
-        self.start = resume[0]  # first record of the current window
-        self.skip = resume[1] if len(resume) > 1 else 0  # rows of this window already written
+        self.replay_from = resume.replay_from
+        self.start = resume.window_start  # first record of the current window
+        self.skip = resume.rows_written  # rows of this window already written
         self.next_index = self.start
         self.documents: list[Row] = []
         self.counts = {"documents": 0, "rows": 0, "tokens": 0, "loss_tokens": 0, **(counts or {})}
@@ -91,10 +157,13 @@ class Packer:
             self.counts["rows"] += 1
             self.counts["tokens"] += row.num_tokens
             self.counts["loss_tokens"] += row.num_loss_tokens
-            resume = (self.next_index, 0) if number == len(bins) else (self.start, number)
+            resume = PackerResume(self.next_index, 0) if number == len(bins) else PackerResume(self.start, number)
             outputs.append(Output([row], resume, dict(self.counts)))
         self.start, self.skip = self.next_index, 0
         return outputs
+
+    def summary(self) -> dict[str, Any]:
+        return _summary("pack", self.length, self.counts, window=self.window)
 
 
 class Concatenator:
@@ -103,12 +172,11 @@ class Concatenator:
     A row with no counted target (possible only when documents have untrained tokens) is dropped and counted.
     """
 
-    def __init__(self, length: int, resume: tuple[int, ...] = (0,), counts: dict[str, int] | None = None):
+    def __init__(self, length: int, resume: ConcatenatorResume | None = None, counts: dict[str, int] | None = None):
+        self.resume = resume or ConcatenatorResume()
         self.length = length
-        self.skip_record = resume[0]
-        self.skip_positions = resume[1] if len(resume) > 1 else 0
-        self.skip_piece = resume[2] if len(resume) > 2 else 0
-        self.next_index = resume[0]
+        self.replay_from = self.resume.replay_from
+        self.next_index = self.resume.record
         self.pending: list[Row] = []
         self.pending_cut: list[bool] = []  # whether each pending piece is part of a document cut across rows
         self.pending_positions = 0
@@ -117,7 +185,8 @@ class Concatenator:
 
     def add(self, index: int, rows: list[Row]) -> list[Output]:
         self.next_index = index + 1
-        skip, piece = (self.skip_positions, self.skip_piece) if index == self.skip_record else (0, 0)
+        resumed = index == self.resume.record
+        skip, piece = (self.resume.positions_written, self.resume.next_part) if resumed else (0, 0)
         done = skip  # positions of this record consumed, across its rows
         total = sum(r.num_tokens for r in rows)
         outputs: list[Output] = []
@@ -136,14 +205,17 @@ class Concatenator:
                 done += take
                 piece += 1
                 if self.pending_positions == self.length:
-                    resume = (index + 1, 0, 0) if done == total else (index, done, piece)
+                    resume = ConcatenatorResume(index + 1) if done == total else ConcatenatorResume(index, done, piece)
                     outputs.extend(self._emit(resume))
         return outputs
 
     def finish(self) -> list[Output]:
-        return self._emit((self.next_index, 0, 0)) if self.pending else []
+        return self._emit(ConcatenatorResume(self.next_index)) if self.pending else []
 
-    def _emit(self, resume: tuple[int, ...]) -> list[Output]:
+    def summary(self) -> dict[str, Any]:
+        return _summary("concat", self.length, self.counts)
+
+    def _emit(self, resume: ConcatenatorResume) -> list[Output]:
         row, cut = PackedRow(self.pending), sum(self.pending_cut)
         self.pending, self.pending_cut, self.pending_positions = [], [], 0
         if row.num_loss_tokens == 0:
@@ -155,6 +227,14 @@ class Concatenator:
         self.counts["tokens"] += row.num_tokens
         self.counts["loss_tokens"] += row.num_loss_tokens
         return [Output([row], resume, dict(self.counts))]
+
+
+def _summary(mode: str, length: int, counts: dict[str, int], **settings: int) -> dict[str, Any]:
+    """The manifest's `packing`: fill rate = tokens / (rows x N), the share of N-position rows that holds tokens
+    (what a trainer that pads every row to N uses); padding overhead = 1 - fill rate."""
+    fill = counts["tokens"] / (counts["rows"] * length) if counts["rows"] else 0.0
+    overhead = 1.0 - fill if counts["rows"] else 0.0
+    return {"mode": mode, "length": length, **settings, **counts, "fill_rate": fill, "padding_overhead": overhead}
 
 
 def _compact(row: Row) -> Row:

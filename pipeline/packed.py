@@ -5,12 +5,13 @@ target) pairs: no target ever crosses from one document into the next. Per posit
 document of the row it belongs to (0, 1, ...) and `position_ids` restart at 0 with each document; per document,
 `source`, `record_index`, `part` and `flags` become lists in segment order.
 
-cu_seqlens (flash-attention's varlen boundaries) are not stored: they are where the segment changes,
+cu_seqlens (flash-attention's varlen boundaries) are not stored: they are where the segment changes
+(`schemas.segments.segment_bounds`, the rule every reader uses), the same places where `position_ids` is 0:
 
-    starts = np.flatnonzero(np.diff(segment_ids, prepend=-1))      # == np.flatnonzero(position_ids == 0)
+    starts, _ = segment_bounds(segment_ids)                       # == np.flatnonzero(position_ids == 0)
     cu_seqlens = np.append(starts, len(segment_ids)).astype(np.int32)
 
-(docs/packing.md runs this as a test).
+(docs/packing.md runs its own version of this as a test).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA
-from .shift import Row
+from ..schemas.segments import segment_bounds
+from ..schemas.shards import PACKED_SHARD_SCHEMA, PER_DOCUMENT_COLUMNS, PER_POSITION_COLUMNS, SHARD_SCHEMA, record_batch
+from .shift import Row, document_values, token_values
 
 
 @dataclass(slots=True)
@@ -38,10 +40,9 @@ class PackedRow:
 
 
 def cu_seqlens(segment_ids: np.ndarray) -> np.ndarray:
-    """Document boundaries of one packed row: document k is positions [cu[k], cu[k + 1])."""
-    segments = np.asarray(segment_ids)
-    starts = np.flatnonzero(np.diff(segments, prepend=-1))
-    return np.append(starts, segments.size).astype(np.int32)
+    """Document boundaries of one packed row: document k is positions [cu[k], cu[k + 1]) (`segment_bounds`)."""
+    starts, _ = segment_bounds(segment_ids)
+    return np.append(starts, np.asarray(segment_ids).size).astype(np.int32)
 
 
 def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
@@ -56,72 +57,41 @@ def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
     position_offsets = pa.array(doc_offsets[row_docs].astype(np.int32))  # row r: positions of its documents
     document_offsets = pa.array(row_docs.astype(np.int32))  # row r: its documents
 
-    def flat(values: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype=dtype)
-
-    def per_position(values: np.ndarray) -> pa.ListArray:
-        return pa.ListArray.from_arrays(position_offsets, pa.array(values))
-
-    def per_document(values: pa.Array) -> pa.ListArray:
-        return pa.ListArray.from_arrays(document_offsets, values)
-
     total = int(doc_offsets[-1])
     positions = np.arange(total, dtype=np.int64) - np.repeat(doc_offsets[:-1], doc_lengths)
     segment_of_doc = np.arange(len(documents), dtype=np.int64) - np.repeat(row_docs[:-1], docs_per_row)
-    segments = np.repeat(segment_of_doc, doc_lengths)
-    loss_mask = flat([d.loss_mask for d in documents], np.uint8)
+    per_position = {
+        **token_values(documents),
+        "position_ids": positions.astype(np.int32),
+        "segment_ids": np.repeat(segment_of_doc, doc_lengths).astype(np.int32),
+    }
     row_of_position = np.repeat(np.arange(len(rows)), doc_offsets[row_docs[1:]] - doc_offsets[row_docs[:-1]])
-    columns = [
-        per_position(flat([d.input_ids for d in documents], np.int32)),
-        per_position(flat([d.target_ids for d in documents], np.int32)),
-        per_position(loss_mask),
-        per_position(positions.astype(np.int32)),
-        per_position(flat([d.token_class for d in documents], np.uint8)),
-        per_position(segments.astype(np.int32)),
-        pa.array(np.diff(doc_offsets[row_docs]).astype(np.int32), type=pa.int32()),
-        pa.array(np.bincount(row_of_position, weights=loss_mask, minlength=len(rows)).astype(np.int32)),
-        per_document(pa.array([d.source for d in documents], type=pa.string())),
-        per_document(pa.array([d.record_index for d in documents], type=pa.int64())),
-        per_document(pa.array([d.part for d in documents], type=pa.int32())),
-        per_document(pa.array([d.flags for d in documents], type=pa.uint32())),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=PACKED_SHARD_SCHEMA)
+    loss_tokens = np.bincount(row_of_position, weights=per_position["loss_mask"], minlength=len(rows))
+    columns = {
+        **{name: pa.ListArray.from_arrays(position_offsets, pa.array(v)) for name, v in per_position.items()},
+        "num_tokens": pa.array(np.diff(doc_offsets[row_docs]).astype(np.int32), type=pa.int32()),
+        "num_loss_tokens": pa.array(loss_tokens.astype(np.int32)),
+        **{name: pa.ListArray.from_arrays(document_offsets, v) for name, v in document_values(documents).items()},
+    }
+    return record_batch(columns, PACKED_SHARD_SCHEMA)
 
 
 def unpack_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """The inverse of packing: a packed record batch as the rows layout (`SHARD_SCHEMA`), one document per row.
 
     Documents were shifted before packing, so the per-position values stay as they are; only the list offsets
-    change, to cut at every segment start. The per-document lists (source, record_index, part, flags) hold one
-    entry per segment, in order, so their flattened values are exactly the new rows' columns.
+    change, to cut at every document start (`segment_bounds`). The per-document lists (source, record_index, part,
+    flags) hold one entry per segment, in order, so their flattened values are exactly the new rows' columns.
     """
     segments = batch.column("segment_ids")
-    offsets = segments.offsets.to_numpy()
-    values = segments.values.to_numpy()
-    starts = np.flatnonzero(np.diff(values, prepend=-1) != 0)  # a segment starts where its id changes...
-    starts = np.union1d(starts, offsets[:-1][offsets[:-1] < offsets[1:]])  # ...or where a row starts
-    new_offsets = np.append(starts, len(values)).astype(np.int32)
+    starts, lengths = segment_bounds(segments.values.to_numpy(), segments.offsets.to_numpy())
+    new_offsets = pa.array(np.append(starts, len(segments.values)).astype(np.int32))
     mask = batch.column("loss_mask").values.to_numpy()
-    lengths = np.diff(new_offsets)
     loss_tokens = np.add.reduceat(mask.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
-
-    def lists(name: str) -> pa.ListArray:
-        return pa.ListArray.from_arrays(pa.array(new_offsets), batch.column(name).values)
-
-    def flat(name: str) -> pa.Array:
-        return batch.column(name).values
-
-    columns = [
-        lists("input_ids"),
-        lists("target_ids"),
-        lists("loss_mask"),
-        lists("position_ids"),
-        lists("token_class"),
-        pa.array(lengths, type=pa.int32()),
-        pa.array(loss_tokens, type=pa.int32()),
-        flat("source"),
-        flat("record_index"),
-        flat("part"),
-        flat("flags"),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=SHARD_SCHEMA)
+    columns = {
+        **{name: pa.ListArray.from_arrays(new_offsets, batch.column(name).values) for name in PER_POSITION_COLUMNS},
+        "num_tokens": pa.array(lengths, type=pa.int32()),
+        "num_loss_tokens": pa.array(loss_tokens, type=pa.int32()),
+        **{name: batch.column(name).values for name in PER_DOCUMENT_COLUMNS},
+    }
+    return record_batch(columns, SHARD_SCHEMA)

@@ -27,7 +27,16 @@ from ..schemas.shards import (
 from .accounting import Accounting
 from .batch import JobContext
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
-from .combine import Combiner, Concatenator, Output, Packer, Passthrough
+from .combine import (
+    Combiner,
+    Concatenator,
+    ConcatenatorResume,
+    Output,
+    Packer,
+    PackerResume,
+    Passthrough,
+    PassthroughResume,
+)
 from .config import PrepareConfig
 from .errors import SetupError
 from .formats import detect
@@ -114,11 +123,10 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     writer = ShardWriter(
         out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes, shards=checkpoint.shards, packed=packed
     )
-    resume = checkpoint.resume
-    combiner = make_combiner(config, resume, checkpoint.packing)
+    combiner = make_combiner(config, checkpoint.replay, checkpoint.packing)
     counted_from = checkpoint.next_record  # records before it are only replayed: counted by the run that died
     next_record = counted_from
-    records = iter_raw_records(paths, config.format, context.format_options, skip=resume[0])
+    records = iter_raw_records(paths, config.format, context.format_options, skip=combiner.replay_from)
     run_engine = engines.get(config.engine)
     with open(out / REJECTS_NAME, "a+b") as rejects:
         rejects.truncate(checkpoint.rejects_bytes)
@@ -132,7 +140,7 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                     checkpoint.next_record = next_record
                     checkpoint.rejects_bytes = rejects.tell()
                     checkpoint.accounting = accounting.to_dict()
-                    checkpoint.replay = [] if output.resume == (next_record,) else list(output.resume)
+                    checkpoint.replay = output.resume.to_dict()
                     checkpoint.packing = output.counts
                     checkpoint.save(out)
 
@@ -154,33 +162,20 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
         write(combiner.finish())
     writer.close()
     accounting.check()
-    manifest = build_manifest(config, context, prints, accounting, writer.shards, packing_summary(config, combiner))
+    manifest = build_manifest(config, context, prints, accounting, writer.shards, combiner.summary())
     write_json(out / MANIFEST_NAME, manifest)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     manifest["_elapsed_seconds"] = time.perf_counter() - started  # for the caller; not written
     return manifest
 
 
-def make_combiner(config: PrepareConfig, resume: tuple[int, ...], counts: dict[str, int]) -> Combiner:
+def make_combiner(config: PrepareConfig, replay: dict[str, int], counts: dict[str, int]) -> Combiner:
+    """The job's combiner, resumed from a checkpoint's `replay` state and packing counts ({} = from the start)."""
     if config.pack is not None:
-        return Packer(config.pack, config.pack_window, resume, counts)
+        return Packer(config.pack, config.pack_window, PackerResume.from_dict(replay), counts)
     if config.concat is not None:
-        return Concatenator(config.concat, resume, counts)
-    return Passthrough()
-
-
-def packing_summary(config: PrepareConfig, combiner: Combiner) -> dict[str, Any] | None:
-    """The manifest's `packing`: fill rate = tokens / (rows x N), the share of N-position rows that holds tokens
-    (what a trainer that pads every row to N uses); padding overhead = 1 - fill rate."""
-    if not isinstance(combiner, Packer | Concatenator):
-        return None
-    length = combiner.length
-    counts = combiner.counts
-    fill = counts["tokens"] / (counts["rows"] * length) if counts["rows"] else 0.0
-    summary: dict[str, Any] = {"mode": "pack" if isinstance(combiner, Packer) else "concat", "length": length}
-    if isinstance(combiner, Packer):
-        summary["window"] = config.pack_window
-    return {**summary, **counts, "fill_rate": fill, "padding_overhead": 1.0 - fill if counts["rows"] else 0.0}
+        return Concatenator(config.concat, ConcatenatorResume.from_dict(replay), counts)
+    return Passthrough(PassthroughResume.from_dict(replay))
 
 
 def build_manifest(

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..schemas.examples import TokenizedExample
-from ..schemas.shards import SHARD_SCHEMA
+from ..schemas.shards import PER_DOCUMENT_COLUMNS, SHARD_SCHEMA, record_batch
 
 
 @dataclass(slots=True)
@@ -51,28 +51,37 @@ def shift(example: TokenizedExample) -> Row:
     )
 
 
+TOKEN_COLUMNS = ("input_ids", "target_ids", "loss_mask", "token_class")  # the per-position arrays a Row holds
+
+
+def token_values(rows: list[Row]) -> dict[str, np.ndarray]:
+    """Each of `TOKEN_COLUMNS`, concatenated over `rows`, in its `SHARD_SCHEMA` type (the values of list columns)."""
+    values = {}
+    for name in TOKEN_COLUMNS:
+        dtype = SHARD_SCHEMA.field(name).type.value_type.to_pandas_dtype()
+        arrays = [getattr(r, name) for r in rows]
+        values[name] = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype=dtype)
+    return values
+
+
+def document_values(rows: list[Row]) -> dict[str, pa.Array]:
+    """Each of `PER_DOCUMENT_COLUMNS` (source, record_index, part, flags): a value per row, typed as in the schema."""
+    return {
+        name: pa.array([getattr(r, name) for r in rows], type=SHARD_SCHEMA.field(name).type)
+        for name in PER_DOCUMENT_COLUMNS
+    }
+
+
 def rows_to_batch(rows: list[Row]) -> pa.RecordBatch:
     """Rows -> one Arrow record batch of `SHARD_SCHEMA`, building list columns from flat buffers."""
     lengths = np.fromiter((r.num_tokens for r in rows), dtype=np.int32, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-
-    def lists(values: list[np.ndarray], dtype: type) -> pa.ListArray:
-        flat = np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype=dtype)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-
-    positions = [np.arange(n, dtype=np.int32) for n in lengths]
-    columns = [
-        lists([r.input_ids for r in rows], np.int32),
-        lists([r.target_ids for r in rows], np.int32),
-        lists([r.loss_mask for r in rows], np.uint8),
-        lists(positions, np.int32),
-        lists([r.token_class for r in rows], np.uint8),
-        pa.array(lengths, type=pa.int32()),
-        pa.array([r.num_loss_tokens for r in rows], type=pa.int32()),
-        pa.array([r.source for r in rows], type=pa.string()),
-        pa.array([r.record_index for r in rows], type=pa.int64()),
-        pa.array([r.part for r in rows], type=pa.int32()),
-        pa.array([r.flags for r in rows], type=pa.uint32()),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=SHARD_SCHEMA)
+    offsets = pa.array(np.append(0, np.cumsum(lengths)).astype(np.int32))
+    positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]) if rows else np.zeros(0, np.int32)
+    per_position = {**token_values(rows), "position_ids": positions}
+    columns = {
+        **{name: pa.ListArray.from_arrays(offsets, pa.array(values)) for name, values in per_position.items()},
+        "num_tokens": pa.array(lengths, type=pa.int32()),
+        "num_loss_tokens": pa.array([r.num_loss_tokens for r in rows], type=pa.int32()),
+        **document_values(rows),
+    }
+    return record_batch(columns, SHARD_SCHEMA)

@@ -17,6 +17,7 @@ Consumers that want Hugging Face's unshifted `input_ids` + `labels` (-100 where 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntFlag
 
 import pyarrow as pa
@@ -75,8 +76,8 @@ LAYOUT_ROWS = "rows"  # one document per row
 LAYOUT_PACKED = "packed"  # several documents per row (--pack N)
 
 
-def _field(name: str, type_: pa.DataType) -> pa.Field:
-    return pa.field(name, type_, nullable=False, metadata={"doc": COLUMN_DOCS[name]})
+def _field(name: str, type_: pa.DataType, doc: str | None = None) -> pa.Field:
+    return pa.field(name, type_, nullable=False, metadata={"doc": doc or COLUMN_DOCS[name]})
 
 
 SHARD_SCHEMA = pa.schema(
@@ -99,29 +100,37 @@ SHARD_SCHEMA = pa.schema(
 # Packed layout (`--pack N`): several whole documents per row, each shifted before packing so no target
 # crosses documents. Per-position columns are as above plus `segment_ids`; per-document columns become lists,
 # one entry per segment. The manifest's "layout" says which of the two a shard set uses.
+PER_POSITION_COLUMNS = tuple(f.name for f in SHARD_SCHEMA if pa.types.is_list(f.type))  # the same when packed
+PER_DOCUMENT_COLUMNS = ("source", "record_index", "part", "flags")  # one value per document: lists when packed
 
 
-def _packed_field(name: str, type_: pa.DataType) -> pa.Field:
-    return pa.field(name, type_, nullable=False, metadata={"doc": PACKED_COLUMN_DOCS.get(name, COLUMN_DOCS[name])})
+def _packed(field: pa.Field) -> pa.Field:
+    """A rows-layout column as the packed layout has it: per-document values become lists, with their own doc."""
+    type_ = pa.list_(field.type) if field.name in PER_DOCUMENT_COLUMNS else field.type
+    return _field(field.name, type_, PACKED_COLUMN_DOCS.get(field.name))
 
 
-PACKED_SHARD_SCHEMA = pa.schema(
-    [
-        _packed_field("input_ids", pa.list_(pa.int32())),
-        _packed_field("target_ids", pa.list_(pa.int32())),
-        _packed_field("loss_mask", pa.list_(pa.uint8())),
-        _packed_field("position_ids", pa.list_(pa.int32())),
-        _packed_field("token_class", pa.list_(pa.uint8())),
-        _packed_field("segment_ids", pa.list_(pa.int32())),
-        _packed_field("num_tokens", pa.int32()),
-        _packed_field("num_loss_tokens", pa.int32()),
-        _packed_field("source", pa.list_(pa.string())),
-        _packed_field("record_index", pa.list_(pa.int64())),
-        _packed_field("part", pa.list_(pa.int32())),
-        _packed_field("flags", pa.list_(pa.uint32())),
-    ],
-    metadata={"lossmask.schema_version": str(SCHEMA_VERSION), "lossmask.layout": LAYOUT_PACKED},
-)
+def _packed_schema(rows: pa.Schema) -> pa.Schema:
+    """`rows` with `segment_ids` after its per-position columns, and its per-document columns as lists."""
+    positions = [f for f in rows if f.name in PER_POSITION_COLUMNS]
+    others = [f for f in rows if f.name not in PER_POSITION_COLUMNS]
+    fields = [*positions, _field("segment_ids", pa.list_(pa.int32())), *others]
+    metadata = {**rows.metadata, b"lossmask.layout": LAYOUT_PACKED.encode()}
+    return pa.schema([_packed(f) for f in fields], metadata=metadata)
+
+
+PACKED_SHARD_SCHEMA = _packed_schema(SHARD_SCHEMA)
+
+
+def record_batch(columns: Mapping[str, pa.Array], schema: pa.Schema) -> pa.RecordBatch:
+    """One record batch of `schema` from its columns by name, in the schema's order; a missing or extra column
+    is an error (a column that matched the wrong name by position would write a valid-looking, wrong shard)."""
+    missing = [name for name in schema.names if name not in columns]
+    extra = [name for name in columns if name not in schema.names]
+    if missing or extra:
+        raise ValueError(f"columns do not match the schema: missing {missing}, extra {extra}")
+    return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+
 
 SHARD_SUFFIX = ".arrow"
 # Metadata files start with "_" (the convention of Parquet's `_metadata`): `pyarrow.dataset.dataset(DIR)` skips

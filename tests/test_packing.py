@@ -153,19 +153,22 @@ def test_concat_cuts_the_stream_of_documents_into_rows_of_exactly_n(data, length
 @settings(max_examples=80, deadline=None)
 @given(data=st.data(), length=st.integers(1, 16), window=st.integers(1, 8))
 def test_a_combiner_rebuilt_from_any_outputs_resume_state_makes_the_same_rest(data, length, window):
-    """What a resumed run relies on: from an output's `resume` and `counts`, re-reading records from resume[0]
-    gives exactly the outputs after it, and the same final counts."""
+    """What a resumed run relies on: from an output's `resume` and `counts`, as the checkpoint stores them (JSON),
+    re-reading records from resume.replay_from gives exactly the outputs after it, and the same final counts."""
     docs = data.draw(records(length))
     makers = [
-        lambda resume=(0,), counts=None: Packer(length, window, resume, counts),
-        lambda resume=(0,), counts=None: Concatenator(length, resume, counts),
+        lambda resume=None, counts=None: Packer(length, window, resume, counts),
+        lambda resume=None, counts=None: Concatenator(length, resume, counts),
     ]
     for make in makers:
         whole = make()
         outputs = run(whole, docs)
         for at, output in enumerate(outputs):
-            again = make(output.resume, output.counts)
-            rest = [o for index, rows in enumerate(docs) if index >= output.resume[0] for o in again.add(index, rows)]
+            stored = type(output.resume).from_dict(json.loads(json.dumps(output.resume.to_dict())))
+            assert stored == output.resume
+            again = make(stored, output.counts)
+            assert again.replay_from == output.resume.replay_from
+            rest = [o for index, rows in enumerate(docs) if index >= again.replay_from for o in again.add(index, rows)]
             rest += again.finish()
             assert len(rest) == len(outputs) - at - 1
             if rest:
