@@ -14,9 +14,9 @@ import click
 
 from . import __version__
 from .cli_options import choice, default, row_options
+from .errors import fails_cleanly
 from .export.cli import export_command, inspect_command
 from .pipeline.config import PrepareConfig, load_config_file
-from .pipeline.errors import fails_cleanly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -53,7 +53,7 @@ def main() -> None:
 @fails_cleanly
 def prepare(inputs: tuple[str, ...], config_file: str | None, quiet: bool, format_: str | None, **flags: Any) -> None:
     """Turn INPUT files (JSONL, JSON, Parquet, Arrow; .gz/.zst) into token shards with loss masks."""
-    from .pipeline.prepare import prepare as run_prepare
+    from .jobs.prepare import prepare as run_prepare
 
     values: dict[str, Any] = load_config_file(config_file) if config_file else {}
     if inputs:

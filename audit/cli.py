@@ -15,8 +15,8 @@ import click
 from rich.console import Console
 
 from ..cli_options import row_options
+from ..errors import SetupError, fails_cleanly
 from ..pipeline.config import PrepareConfig, load_config_file
-from ..pipeline.errors import SetupError, fails_cleanly
 
 
 @click.command()

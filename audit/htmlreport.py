@@ -19,7 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from .. import __version__
-from ..pipeline.errors import SetupError
+from ..errors import SetupError
 from ..schemas.shards import RowFlag
 from .charts import BarRow, bars, histogram
 from .lints import ERROR

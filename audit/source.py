@@ -17,13 +17,13 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from ..errors import SetupError
 from ..loader import ShardSet
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext, load_job_template, process_batch
 from ..pipeline.config import PrepareConfig
-from ..pipeline.errors import SetupError
+from ..pipeline.inputs import batched, iter_raw_records
 from ..pipeline.packed import unpack_batch
-from ..pipeline.prepare import batched, iter_raw_records
 from ..pipeline.read import expand_inputs
 from ..pipeline.shift import rows_to_batch
 from ..pipeline.templates import ChatTemplate
@@ -173,7 +173,6 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
         raise SetupError("auditing raw inputs needs --tokenizer PATH (a tokenizer.json or a model folder)")
     if sample < 1:
         raise SetupError("--sample must be at least 1")
-    config.validate()
     context = JobContext.from_config(config)
     accounting = Accounting()
     rows = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..pipeline.errors import RecordError
+from ..errors import RecordError
 from ..pipeline.templates import ChatTemplate
 from ..pipeline.tokenizer import TokenizerInfo
 

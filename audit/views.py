@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from ..pipeline.errors import SetupError
+from ..errors import SetupError
 from ..pipeline.tokenizer import TokenizerInfo
 from .palette import style
 

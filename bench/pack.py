@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
+from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.binpack import best_fit_decreasing
 from lossmask.pipeline.combine import Packer
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.packed import packed_rows_to_batch
-from lossmask.pipeline.prepare import prepare
 from lossmask.pipeline.shift import Row
 
 REALWORLD = Path(__file__).resolve().parent.parent.parent / "shared" / "realworld"

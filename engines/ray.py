@@ -15,9 +15,9 @@ import os
 from collections.abc import Iterator
 from itertools import islice
 
+from ..errors import SetupError
 from ..pipeline.batch import BatchResult, JobContext
 from ..pipeline.config import PrepareConfig
-from ..pipeline.errors import SetupError
 from ..schemas.records import RawRecord
 from .tables import process_table, records_to_table, table_to_result
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..pipeline.errors import SetupError, fails_cleanly
+from ..errors import SetupError, fails_cleanly
 
 
 @click.command("export")

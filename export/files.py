@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ..pipeline.errors import SetupError
-from ..pipeline.write import TEMP_PREFIX, TEMP_SUFFIX, temp_path
+from ..errors import SetupError
+from ..files import TEMP_PREFIX, TEMP_SUFFIX, is_temporary
 
 
 def prepare_out(out: Path, shards_dir: Path, owned: Callable[[str], bool]) -> None:
@@ -22,20 +19,7 @@ def prepare_out(out: Path, shards_dir: Path, owned: Callable[[str], bool]) -> No
     out.mkdir(parents=True, exist_ok=True)
     for path in out.iterdir():
         name = path.name
-        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+        if is_temporary(name):
             name = name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
         if path.is_file() and owned(name):
             path.unlink()
-
-
-def finish(temp: Path, path: Path) -> None:
-    """Flush `temp` to disk and give it its final name."""
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    temp = temp_path(path)
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    finish(temp, path)

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import SetupError
+from ..files import file_sha256, finish, temp_path, write_json
 from ..loader.shards import ShardSet
-from ..pipeline.errors import SetupError
-from ..pipeline.write import file_sha256, temp_path
 from ..schemas.exports import (
     EXPORT_INFO_NAME,
     HF_COLUMN_DOCS,
@@ -29,7 +29,7 @@ from ..schemas.exports import (
     HF_SUFFIXES,
 )
 from ..schemas.shards import MANIFEST_NAME
-from .files import finish, prepare_out, write_json
+from .files import prepare_out
 from .unshift import Unshifted, unshift_batch
 
 _OWNED = re.compile(r"train-\d{5}-of-\d{5}\.(parquet|arrow)")

@@ -27,9 +27,9 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 
+from ..errors import SetupError
+from ..files import file_sha256, finish, temp_path, write_json
 from ..loader.shards import ShardSet
-from ..pipeline.errors import SetupError
-from ..pipeline.write import file_sha256, temp_path
 from ..schemas.exports import (
     MEMMAP_ARRAYS,
     MEMMAP_FORMAT,
@@ -38,7 +38,7 @@ from ..schemas.exports import (
     token_dtype,
 )
 from ..schemas.shards import MANIFEST_NAME
-from .files import finish, prepare_out, write_json
+from .files import prepare_out
 from .unshift import POSITION_COLUMNS, unshift_batch
 
 _DTYPES = {"loss_mask": "|u1", "doc_offsets": "<i8", "row_offsets": "<i8", "record_index": "<i8"}

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline.errors import SetupError
+from ..errors import SetupError
 from .batching import RowView, collate
 from .order import epoch_order, rank_rows
 from .shards import ShardSet

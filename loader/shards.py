@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..pipeline.errors import SetupError
+from ..errors import SetupError
 from ..schemas.shards import (
     LAYOUT_PACKED,
     LAYOUT_ROWS,

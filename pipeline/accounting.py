@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RecordError
 from ..schemas.reasons import DROP_REASONS, describe
 from ..schemas.records import SourceRef
 from ..schemas.shards import RowFlag
-from .errors import RecordError
 
 
 @dataclass(slots=True)

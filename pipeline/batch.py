@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RecordError
 from ..schemas.examples import TokenizedExample
 from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
-from .errors import RecordError
 from .fit import LengthPolicy, fit
 from .formats import parse
 from .formats.options import FormatOptions

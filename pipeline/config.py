@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import SetupError
 from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS
-from .errors import SetupError
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
 from .formats.options import FormatOptions

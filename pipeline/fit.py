@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import RecordError
 from ..schemas.examples import TokenizedExample
 from ..schemas.shards import RowFlag
-from .errors import RecordError
 
 OVERFLOW_POLICIES = ("truncate", "drop", "split")
 TRUNCATE_SIDES = ("right", "left")

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import SetupError
+from ..errors import SetupError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json"]

@@ -40,10 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import RecordError
 from ..schemas.classes import TokenClass
 from ..schemas.records import Conversation, PromptCompletion, Record, TextDocument
 from ..schemas.shards import RowFlag
-from .errors import RecordError
 from .templates.plan import Layout, Plan
 
 MASK_MODES = ("assistant", "last-assistant", "all")

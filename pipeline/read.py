@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from ..errors import SetupError
 from ..schemas.records import RawRecord, SourceRef
-from .errors import SetupError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIXES = (".json",)

@@ -15,11 +15,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RecordError, SetupError
 from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample
 from ..schemas.records import Conversation, PromptCompletion, Record, TextDocument
 from ..schemas.shards import RowFlag
-from .errors import RecordError, SetupError
 from .mask import MaskPolicy, appended_eos_trains, class_trains, message_intent, plan, row_plans
 from .reasoning import ReasoningTags
 from .template_messages import TemplateMessage, template_messages

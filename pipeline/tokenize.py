@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
+from ..errors import RecordError
 from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample, TokenizedExample
 from ..schemas.shards import RowFlag
-from .errors import RecordError
 from .mask import tokens_trained
 from .tokenizer import TokenizerInfo
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Encoding, Tokenizer
 
-from .errors import SetupError
+from ..errors import SetupError
 from .hub import looks_like_hub_id, resolve_hub_tokenizer
 
 SPECIAL_TOKEN_KEYS = (

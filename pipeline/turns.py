@@ -27,10 +27,10 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import RecordError
 from ..schemas.examples import TokenizedExample
 from ..schemas.records import Conversation
 from ..schemas.shards import RowFlag
-from .errors import RecordError
 from .fit import LengthPolicy, fit
 from .mask import MaskPolicy, message_intent
 

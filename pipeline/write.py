@@ -7,7 +7,6 @@ same data gives the same files whatever the number of workers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,17 +14,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..files import file_sha256, temp_path
 from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA, SHARD_SUFFIX
 from .faults import crash_point
 from .packed import PackedRow, packed_rows_to_batch
 from .shift import Row, rows_to_batch
-
-TEMP_SUFFIX = ".tmp"
-TEMP_PREFIX = "."  # hidden while incomplete: dataset readers skip it, and it is never taken for a finished shard
-
-
-def temp_path(path: Path) -> Path:
-    return path.with_name(TEMP_PREFIX + path.name + TEMP_SUFFIX)
 
 
 @dataclass
@@ -154,11 +147,3 @@ def write_shard(path: Path, rows: list[Any], batch_rows: int = 1024, packed: boo
     shard = _OpenShard(path, batch_rows, packed)
     shard.add(rows)
     return shard.finish()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

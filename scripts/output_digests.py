@@ -64,8 +64,8 @@ def digest_folder(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(inputs: list[str], tokenizer: str, options: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    from lossmask.jobs.prepare import prepare
     from lossmask.pipeline.config import PrepareConfig
-    from lossmask.pipeline.prepare import prepare
 
     out = scratch / "out"
     config = PrepareConfig.from_mapping(

@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

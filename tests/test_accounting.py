@@ -6,7 +6,7 @@ from lossmask.engines.tables import result_to_table, table_to_result
 from lossmask.pipeline.accounting import Accounting
 from lossmask.pipeline.batch import JobContext, process_batch
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import iter_raw_records
+from lossmask.pipeline.inputs import iter_raw_records
 
 from .conftest import FIXTURE_TOKENIZER, FIXTURES, read_rejects, read_rows, run_prepare, write_jsonl
 

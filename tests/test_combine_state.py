@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from lossmask.pipeline.checkpoint import CHECKPOINT_NAME, Checkpoint
+from lossmask.jobs.checkpoint import CHECKPOINT_NAME, Checkpoint
 from lossmask.pipeline.combine import (
     Concatenator,
     ConcatenatorResume,

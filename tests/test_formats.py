@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from lossmask.pipeline.errors import RecordError
+from lossmask.errors import RecordError
 from lossmask.pipeline.formats import detect, parse
 from lossmask.pipeline.formats.options import FormatOptions
 from lossmask.schemas.classes import TokenClass

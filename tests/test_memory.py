@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 MEASURE = """
 import sys
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import prepare
+from lossmask.jobs.prepare import prepare
 config = PrepareConfig(inputs=[sys.argv[1]], out=sys.argv[2], tokenizer=sys.argv[3], workers=1, batch_size=64)
 manifest = prepare(config)
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]

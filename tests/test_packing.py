@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lossmask.cli import main
+from lossmask.errors import SetupError
 from lossmask.pipeline.combine import Concatenator, Output, Packer
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.errors import SetupError
 from lossmask.pipeline.packed import cu_seqlens, packed_rows_to_batch
 from lossmask.pipeline.shift import Row
 from lossmask.schemas.shards import PACKED_SHARD_SCHEMA, RowFlag

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from lossmask.pipeline.errors import SetupError
+from lossmask.errors import SetupError
 from lossmask.pipeline.read import expand_inputs, iter_inputs
 
 LESSON = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lossmask.pipeline.errors import RecordError, SetupError
+from lossmask.errors import RecordError, SetupError
 from lossmask.pipeline.mask import MaskPolicy
 from lossmask.pipeline.render import Renderer, RenderOptions
 from lossmask.pipeline.templates import ChatTemplate

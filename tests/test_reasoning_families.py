@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from lossmask.pipeline.errors import RecordError
+from lossmask.errors import RecordError
 from lossmask.pipeline.formats import parse
 from lossmask.pipeline.formats.options import FormatOptions
 from lossmask.pipeline.mask import MaskPolicy

@@ -17,9 +17,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..errors import SetupError
 from ..loader import ShardSet
 from ..loader import collate as collate_sequences
-from ..pipeline.errors import SetupError
 from .shards import Example, iter_examples, vocab_size_of
 
 PAD_SEGMENT = -1

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..pipeline.errors import fails_cleanly
+from ..errors import fails_cleanly
 from .loss import LOSS_NORMS
 from .model import DTYPES
 from .shards import open_shards, vocab_size_of

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..errors import SetupError
 from ..loader import ShardSet
-from ..pipeline.errors import SetupError
 from ..pipeline.tokenizer import load_tokenizer
 from .batches import collate
 from .loss import loss_weights, masked_cross_entropy

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline.errors import SetupError
+from ..errors import SetupError
 from .layers import (
     attention_backward,
     attention_forward,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..errors import SetupError
 from ..loader.batching import RowView
 from ..loader.shards import ShardSet
-from ..pipeline.errors import SetupError
 from ..schemas.shards import MANIFEST_NAME
 
 POSITION_COLUMNS = ("input_ids", "target_ids", "loss_mask", "position_ids")

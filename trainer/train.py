@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..pipeline.errors import SetupError
+from ..errors import SetupError
 from .batches import Batch, StreamStats, collate, first_rows, training_batches
 from .loss import LOSS_NORMS, count_sequences, loss_weights, masked_cross_entropy
 from .model import ModelConfig, Params, backward, count_params, forward, init_params, save

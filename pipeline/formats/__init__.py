@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ...errors import RecordError
 from ...schemas.records import Record, SourceRef
-from ..errors import RecordError
 from . import alpaca, openai, prompt_completion, sharegpt, text
 from .options import FormatOptions
 

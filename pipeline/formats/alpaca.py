@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import RecordError
 from ...schemas.records import Conversation, Message, SourceRef
-from ..errors import RecordError
 from .common import as_list, as_str, require
 from .options import FormatOptions
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...errors import RecordError
 from ...schemas.records import ToolCall
-from ..errors import RecordError
 
 
 def require(value: dict[str, Any], name: str, where: str = "") -> Any:

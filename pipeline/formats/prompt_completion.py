@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import RecordError
 from ...schemas.records import Conversation, PromptCompletion, Record, SourceRef
-from ..errors import RecordError
 from .common import require
 from .openai import parse_message
 from .options import FormatOptions

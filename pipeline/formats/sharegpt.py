@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import RecordError
 from ...schemas.records import Conversation, Message, SourceRef
-from ..errors import RecordError
 from .common import as_list, as_str, as_train_flag, parse_template_kwargs, parse_tool_call, parse_tools, require
 from .options import TOOL_CALL_ROLES, FormatOptions
 

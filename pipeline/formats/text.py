@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import RecordError
 from ...schemas.records import SourceRef, TextDocument
-from ..errors import RecordError
 from .common import as_str, require
 from .options import FormatOptions
 

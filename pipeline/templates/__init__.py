@@ -11,7 +11,7 @@ from typing import Any
 
 import jinja2
 
-from ..errors import RecordError, SetupError
+from ...errors import RecordError, SetupError
 from .environment import DEFAULT_TEMPLATE_DATE, TemplateRule, make_environment
 
 BUILTIN_NAMES = ("chatml", "llama3", "mistral", "gemma", "phi3", "zephyr", "alpaca")

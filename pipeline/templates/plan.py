@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import RecordError
 from ...schemas.classes import ROLE_CONTENT_CLASS, TokenClass
 from ...schemas.shards import RowFlag
-from ..errors import RecordError
 from . import ChatTemplate
 from .probe import TemplateProfile
 from .sentinels import CONTENT, REASONING, Occurrence, find_occurrences, sentinel

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RecordError, SetupError
+from ...errors import RecordError, SetupError
 from . import ChatTemplate
 from .sentinels import CONTENT, REASONING, find_occurrences, sentinel
 

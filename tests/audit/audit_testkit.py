@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from lossmask.audit import AuditReport, open_shards, run_audit, run_sample
 from lossmask.audit.lints import LintResult
+from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from lossmask.files import file_sha256
+from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import prepare
 from lossmask.pipeline.shift import Row
-from lossmask.pipeline.write import file_sha256, shard_name, write_shard
+from lossmask.pipeline.write import shard_name, write_shard
 from lossmask.schemas.shards import (
     LAYOUT_PACKED,
     LAYOUT_ROWS,

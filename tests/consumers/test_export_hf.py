@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from lossmask.errors import SetupError
 from lossmask.export.hf import export_hf
 from lossmask.loader.shards import ShardSet
-from lossmask.pipeline.errors import SetupError
 from lossmask.schemas.exports import EXPORT_INFO_NAME
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from lossmask.errors import SetupError
 from lossmask.export.memmap import MemmapExport, export_memmap
 from lossmask.loader.shards import ShardSet
-from lossmask.pipeline.errors import SetupError
 
 
 def assert_reads_back(shards_dir, out, packed: bool) -> None:

@@ -9,9 +9,9 @@ import pyarrow.dataset as ds
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lossmask.errors import SetupError
 from lossmask.loader import ShardLoader, block_causal_mask
 from lossmask.loader.order import epoch_order, permutation
-from lossmask.pipeline.errors import SetupError
 
 
 @pytest.fixture(scope="module")

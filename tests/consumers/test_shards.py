@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from lossmask.errors import SetupError
 from lossmask.loader import ShardLoader, ShardSet
-from lossmask.pipeline.errors import SetupError
 
 
 def edit_manifest(folder, change) -> None:

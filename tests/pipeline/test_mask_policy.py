@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lossmask.pipeline.errors import RecordError
+from lossmask.errors import RecordError
 from lossmask.pipeline.mask import (
     MaskPolicy,
     message_intent,

@@ -12,7 +12,7 @@ import huggingface_hub.errors
 import pytest
 from click.testing import CliRunner
 from lossmask.cli import main
-from lossmask.pipeline.errors import SetupError
+from lossmask.errors import SetupError
 from lossmask.pipeline.hub import TOKENIZER_FILES, looks_like_hub_id
 from lossmask.pipeline.tokenizer import load_tokenizer
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import prepare
 from lossmask.schemas.shards import MANIFEST_NAME, PACKED_SHARD_SCHEMA, SCHEMA_VERSION
 from lossmask.trainer.model import ModelConfig, Params, init_params
 from lossmask.trainer.shards import Example

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from lossmask.cli import main
-from lossmask.pipeline.errors import SetupError
+from lossmask.errors import SetupError
 from lossmask.schemas.shards import MANIFEST_NAME
 from lossmask.trainer.explain import explain, format_explanation
 from lossmask.trainer.shards import iter_examples, open_shards

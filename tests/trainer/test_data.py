@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from lossmask.pipeline.errors import SetupError
+from lossmask.errors import SetupError
 from lossmask.pipeline.shift import Row
 from lossmask.pipeline.write import ShardWriter
 from lossmask.schemas.shards import MANIFEST_NAME, SCHEMA_VERSION

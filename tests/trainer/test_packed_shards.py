@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.config import PrepareConfig
-from lossmask.pipeline.prepare import prepare
 from lossmask.trainer.batches import Batch, collate
 from lossmask.trainer.loss import loss_weights, masked_cross_entropy
 from lossmask.trainer.model import ModelConfig, Params, forward, init_params

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import file_sha256, temp_path
+from ..pipeline.faults import crash_point
+from ..pipeline.write import ShardInfo
 from ..schemas.shards import SHARD_SUFFIX
-from .faults import crash_point
-from .write import ShardInfo, file_sha256, temp_path
 
 CHECKPOINT_NAME = "_checkpoint.json"
 

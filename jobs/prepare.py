@@ -7,27 +7,17 @@ into shards in order, and writes the manifest last.
 
 from __future__ import annotations
 
-import itertools
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, engines
-from ..schemas.records import RawRecord
-from ..schemas.shards import (
-    LAYOUT_PACKED,
-    MANIFEST_NAME,
-    PACKED_SHARD_SCHEMA,
-    REJECTS_NAME,
-    SCHEMA_VERSION,
-    SHARD_SCHEMA,
-)
-from .accounting import Accounting
-from .batch import JobContext
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
-from .combine import (
+from ..errors import SetupError
+from ..files import file_sha256, is_temporary, write_json
+from ..pipeline.accounting import Accounting
+from ..pipeline.batch import JobContext
+from ..pipeline.combine import (
     Combiner,
     Concatenator,
     ConcatenatorResume,
@@ -37,35 +27,19 @@ from .combine import (
     Passthrough,
     PassthroughResume,
 )
-from .config import PrepareConfig
-from .errors import SetupError
-from .formats import detect
-from .formats.options import FormatOptions
-from .read import decode, expand_inputs, iter_file
-from .write import TEMP_PREFIX, TEMP_SUFFIX, ShardWriter, file_sha256, temp_path
-
-
-def iter_raw_records(
-    paths: list[Path], forced_format: str | None, options: FormatOptions, skip: int = 0
-) -> Iterator[RawRecord]:
-    """All records of all inputs, in order, each tagged with its file's format (detected from its first record).
-    The first `skip` records (done by a resumed run) are read but not yielded."""
-    index = 0
-    for path in paths:
-        file_format = forced_format
-        for raw in iter_file(path, str(path), index):
-            index += 1
-            if file_format is None and raw.error is None:
-                probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
-                file_format = None if probe.error else detect(probe.value, options)
-            raw.extra["format"] = file_format
-            if raw.source.index >= skip:
-                yield raw
-
-
-def batched(items: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
+from ..pipeline.config import PrepareConfig
+from ..pipeline.inputs import batched, iter_raw_records
+from ..pipeline.read import expand_inputs
+from ..pipeline.write import ShardWriter
+from ..schemas.shards import (
+    LAYOUT_PACKED,
+    MANIFEST_NAME,
+    PACKED_SHARD_SCHEMA,
+    REJECTS_NAME,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA,
+)
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
 
 
 def clear_unfinished_output(out: Path, checkpoint: Checkpoint | None) -> None:
@@ -77,7 +51,7 @@ def clear_unfinished_output(out: Path, checkpoint: Checkpoint | None) -> None:
     kept = {s.file for s in checkpoint.shards} if checkpoint else set()
     for path in out.iterdir():
         name = path.name
-        temporary = name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+        temporary = is_temporary(name)
         if (
             temporary
             or name == MANIFEST_NAME
@@ -108,7 +82,6 @@ def fingerprints(config: PrepareConfig, context: JobContext, paths: list[Path]) 
 def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the job; resume a killed run of the same job from its checkpoint. Returns the manifest."""
     config.require_paths()
-    config.validate()
     started = time.perf_counter()
     paths = expand_inputs(config.inputs)
     context = JobContext.from_config(config)
@@ -223,9 +196,3 @@ def build_manifest(
     if packing is not None:
         manifest["packing"] = packing
     return manifest
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    temp = temp_path(path)
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    temp.replace(path)

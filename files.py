@@ -1,0 +1,48 @@
+"""Files lossmask writes: each under a temporary, hidden name first, and renamed only when complete, so a reader (or a
+resumed run) never mistakes a half-written file for output; and the sha256 the manifests record.
+
+Every package may import this module (it imports nothing of lossmask's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+TEMP_PREFIX = "."  # hidden while incomplete: dataset readers skip it, and it is never taken for a finished file
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(TEMP_PREFIX + path.name + TEMP_SUFFIX)
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read through a memory map (no copy of the file in memory)."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()
+
+
+def finish(temp: Path, path: Path) -> None:
+    """Flush `temp` to disk and give it its final name."""
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """`data` as sorted, indented JSON, written whole or not at all."""
+    temp = temp_path(path)
+    temp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    finish(temp, path)
