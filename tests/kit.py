@@ -13,7 +13,7 @@ from lossmask.pipeline.templates.probe import MARKER_SHAPE
 from lossmask.pipeline.tokenizer import TokenizerInfo
 from tokenizers import AddedToken, Tokenizer
 
-from .conftest import REALWORLD
+from .support import REALWORLD
 
 TEMPLATES = REALWORLD / "templates"
 TOKENIZERS = REALWORLD / "tokenizers"

@@ -8,7 +8,7 @@ from lossmask.pipeline.batch import JobContext, process_batch
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.inputs import iter_raw_records
 
-from .conftest import FIXTURE_TOKENIZER, FIXTURES, read_rejects, read_rows, run_prepare, write_jsonl
+from .support import FIXTURE_TOKENIZER, FIXTURES, read_rejects, read_rows, run_prepare, write_jsonl
 
 MALFORMED = FIXTURES / "bad" / "malformed.jsonl"
 

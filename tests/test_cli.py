@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from lossmask.cli import main
 
-from .conftest import DATA, FIXTURE_TOKENIZER, FIXTURES, read_rows
+from .support import DATA, FIXTURE_TOKENIZER, FIXTURES, read_rows
 
 
 def invoke(*args: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import DATA, FIXTURES, run_prepare
+from .support import DATA, FIXTURES, run_prepare
 
 INPUTS = [DATA / "openai.jsonl", DATA / "tools.jsonl", FIXTURES / "bad" / "malformed.jsonl", DATA / "text.jsonl"]
 

@@ -12,7 +12,7 @@ from lossmask.schemas.classes import TokenClass
 from lossmask.schemas.records import Conversation, PromptCompletion, SourceRef, TextDocument
 from tokenizers import Tokenizer
 
-from .conftest import DATA, FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
+from .support import DATA, FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
 
 SRC = SourceRef("f", 1)
 OPTIONS = FormatOptions()

@@ -13,7 +13,7 @@ from lossmask.pipeline.config import PrepareConfig
 from lossmask.schemas.records import RawRecord, SourceRef
 from lossmask.schemas.shards import RowFlag
 
-from .conftest import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare
+from .support import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare
 
 pytestmark = pytest.mark.slow  # hypothesis runs hundreds of examples, and 50 MB lines
 

@@ -15,7 +15,7 @@ from lossmask.schemas.examples import TokenizedExample
 from lossmask.schemas.records import SourceRef
 from lossmask.schemas.shards import RowFlag
 
-from .conftest import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare, write_jsonl
+from .support import FIXTURE_TOKENIZER, read_rejects, read_rows, run_prepare, write_jsonl
 
 LONG = {
     "messages": [

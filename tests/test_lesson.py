@@ -5,7 +5,7 @@ from __future__ import annotations
 from lossmask.schemas.classes import TokenClass
 from tokenizers import Tokenizer
 
-from .conftest import DATA, FIXTURE_TOKENIZER, read_rows, run_prepare
+from .support import DATA, FIXTURE_TOKENIZER, read_rows, run_prepare
 
 QUESTION = "What's the capital of France?"
 ANSWER = "The capital of France is Paris."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lossmask.schemas.classes import TokenClass
 from tokenizers import Tokenizer
 
-from .conftest import FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
+from .support import FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
 
 TOK = Tokenizer.from_file(str(FIXTURE_TOKENIZER / "tokenizer.json"))
 CHAT = {

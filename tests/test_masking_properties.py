@@ -17,7 +17,7 @@ from lossmask.pipeline.tokenize import tokenize_batch
 from lossmask.schemas.classes import GENERATED_CLASSES, TokenClass
 from lossmask.schemas.records import Conversation, Message, SourceRef
 
-from .conftest import BUILTIN_SPECIALS, builtin_setup
+from .support import BUILTIN_SPECIALS, builtin_setup
 
 PROMPT_ALPHABET = "abcdefghijklmnop qrstuvwxyz,?\n"
 ANSWER_ALPHABET = "ABCDEFGHIJKLMNOP QRSTUVWXYZ0123456789.!\né😀"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DATA, FIXTURE_TOKENIZER
+from .support import DATA, FIXTURE_TOKENIZER
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from lossmask.schemas.shards import SCHEMA_VERSION, SHARD_SCHEMA
 
-from .conftest import DATA, read_table, run_prepare
+from .support import DATA, read_table, run_prepare
 
 INPUTS = [DATA / "openai.jsonl", DATA / "sharegpt.json", DATA / "tools.jsonl", DATA / "text.jsonl"]
 

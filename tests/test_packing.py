@@ -22,7 +22,7 @@ from lossmask.pipeline.packed import cu_seqlens, packed_rows_to_batch
 from lossmask.pipeline.shift import Row
 from lossmask.schemas.shards import PACKED_SHARD_SCHEMA, RowFlag
 
-from .conftest import DATA, FIXTURE_TOKENIZER, ROOT, read_rows, run_prepare
+from .support import DATA, FIXTURE_TOKENIZER, ROOT, read_rows, run_prepare
 
 CHAT = [DATA / "openai.jsonl", DATA / "sharegpt.json", DATA / "tools.jsonl", DATA / "prompt_completion.jsonl"]
 

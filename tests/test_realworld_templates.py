@@ -24,8 +24,8 @@ from lossmask.schemas.reasons import REJECT_REASONS
 from lossmask.schemas.records import Conversation, Message, SourceRef
 from lossmask.schemas.shards import RowFlag
 
-from .conftest import realworld
 from .kit import BOS, EOS, TEMPLATES, kit_templates, save_style_folder, style_info
+from .support import realworld
 
 pytestmark = [realworld, pytest.mark.realworld]
 

@@ -11,7 +11,7 @@ import json
 import pytest
 from lossmask.schemas.shards import RowFlag
 
-from .conftest import REALWORLD, read_rows, realworld, run_prepare, write_jsonl
+from .support import REALWORLD, read_rows, realworld, run_prepare, write_jsonl
 
 pytestmark = [realworld, pytest.mark.realworld]
 

@@ -27,7 +27,7 @@ from lossmask.schemas.classes import TokenClass
 from lossmask.schemas.reasons import REJECT_REASONS
 from lossmask.schemas.records import SourceRef
 
-from .conftest import REALWORLD, ROOT, realworld
+from .support import REALWORLD, ROOT, realworld
 
 pytestmark = [realworld, pytest.mark.realworld]
 

@@ -9,7 +9,7 @@ from lossmask.schemas.classes import TokenClass
 from lossmask.schemas.records import Conversation, Message, SourceRef
 from lossmask.schemas.shards import RowFlag
 
-from .conftest import builtin_setup
+from .support import builtin_setup
 
 # Like Mistral v3: the system prompt is written only inside the LAST user message, so the prompt the model gets
 # at inference ([INST] SYS\n\nQ[/INST]) is not a prefix of a training rendering that ends with the answer.

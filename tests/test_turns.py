@@ -18,7 +18,7 @@ from lossmask.schemas.records import Conversation, Message, SourceRef
 from lossmask.schemas.shards import RowFlag
 from tokenizers import AddedToken, Tokenizer
 
-from .conftest import BUILTIN_SPECIALS, FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
+from .support import BUILTIN_SPECIALS, FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
 
 SYSTEM = "Answer in one short sentence."
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 from lossmask.pipeline.packed import unpack_batch
 from lossmask.schemas.shards import SHARD_SCHEMA
 
-from .conftest import DATA, read_table, run_prepare
+from .support import DATA, read_table, run_prepare
 
 
 def test_unpacked_packed_shards_equal_the_rows_layout(tmp_path):

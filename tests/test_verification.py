@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import read_rejects, run_prepare, write_jsonl
+from .support import read_rejects, run_prepare, write_jsonl
 
 SPLIT_CHARACTERS = "विकल्प ભાષા 😀😀 ✓ 漢字かな"  # Devanagari, Gujarati, emoji, CJK: bytes split across tokens
 

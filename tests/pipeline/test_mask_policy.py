@@ -19,7 +19,7 @@ from lossmask.schemas.classes import TokenClass
 from lossmask.schemas.records import Conversation, Message, PromptCompletion, SourceRef, TextDocument
 from lossmask.schemas.shards import RowFlag
 
-from ..conftest import builtin_setup
+from ..support import builtin_setup
 
 SOURCE = SourceRef("policy", 1)
 

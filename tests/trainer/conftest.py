@@ -17,10 +17,7 @@ from lossmask.trainer.model import ModelConfig, Params, init_params
 from lossmask.trainer.shards import Example
 from threadpoolctl import threadpool_limits
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "fixtures"
-# The inputs of the Makefile's `demo` target.
-DEMO_INPUTS = ["openai.jsonl", "sharegpt.json", "alpaca.json", "prompt_completion.jsonl", "tools.jsonl"]
+from ..support import DEMO_INPUTS, FIXTURES
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,7 +21,7 @@ from lossmask.trainer.loss import loss_weights, masked_cross_entropy
 from lossmask.trainer.model import ModelConfig, Params, forward, init_params
 from lossmask.trainer.shards import Example, iter_examples, open_shards
 
-from .conftest import DEMO_INPUTS, FIXTURES
+from ..support import DEMO_INPUTS, FIXTURES
 
 PACK = 256
 
