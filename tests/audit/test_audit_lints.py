@@ -8,7 +8,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from audit_testkit import (
     FIXTURES,
@@ -17,12 +16,12 @@ from audit_testkit import (
     audit_sample,
     audit_shards,
     fired,
+    handmade_row,
     prepare_shards,
     write_jsonl,
 )
 from lossmask.audit import AuditReport, open_shards, run_audit
 from lossmask.audit.lints import CODES, SPECS
-from lossmask.pipeline.shift import Row
 from lossmask.pipeline.write import write_shard
 from lossmask.schemas.classes import TokenClass
 
@@ -276,31 +275,17 @@ def _lesson_file(tmp: Path) -> list[str]:
 # Shards not made by lossmask's pipeline: the token-derived checks must find what no flag says.
 
 
-def _row(tokens: list[int], classes: list[int], counted: list[int], flags: int = 0, index: int = 0) -> Row:
-    ids = np.asarray(tokens, dtype=np.int32)
-    return Row(
-        input_ids=ids[:-1],
-        target_ids=ids[1:],
-        loss_mask=np.asarray(counted[1:], dtype=np.uint8),
-        token_class=np.asarray(classes[1:], dtype=np.uint8),
-        source=f"handmade:{index + 1}",
-        record_index=index,
-        part=0,
-        flags=flags,
-    )
-
-
 def test_unflagged_handmade_shards_are_caught_from_their_tokens(tmp_path: Path) -> None:
     folder = tmp_path / "handmade"
     folder.mkdir()
     H, U, A, E = TokenClass.ROLE_HEADER, TokenClass.USER, TokenClass.ASSISTANT, TokenClass.END_OF_TURN
     rows = [
-        _row([0, 0, 5, 6, 7, 2], [0, 0, H, U, A, E], [0, 0, 0, 0, 1, 1], index=0),  # double BOS (id 0)
-        _row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 0, 0], index=1),  # no counted target at all
-        _row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 0], index=2),  # end-of-turn not counted
-        _row([1, 5, 6, 7, 8], [0, H, U, A, U], [0, 0, 0, 1, 0], index=3),  # answer not followed by end-of-turn
-        _row([1, 5, 6, 2], [0, H, U, E], [0, 0, 0, 1], index=4),  # counted end-of-turn after no answer
-        _row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 1], index=5),  # clean
+        handmade_row([0, 0, 5, 6, 7, 2], [0, 0, H, U, A, E], [0, 0, 0, 0, 1, 1], index=0),  # double BOS (id 0)
+        handmade_row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 0, 0], index=1),  # no counted target at all
+        handmade_row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 0], index=2),  # end-of-turn not counted
+        handmade_row([1, 5, 6, 7, 8], [0, H, U, A, U], [0, 0, 0, 1, 0], index=3),  # answer not followed by end-of-turn
+        handmade_row([1, 5, 6, 2], [0, H, U, E], [0, 0, 0, 1], index=4),  # counted end-of-turn after no answer
+        handmade_row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 1], index=5),  # clean
     ]
     write_shard(folder / "shard-00000.arrow", rows)
     report = run_audit(open_shards(str(folder), tokenizer_path=bos_tokenizer(tmp_path)))
