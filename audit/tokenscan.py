@@ -14,6 +14,9 @@ Rules:
   without truncation): the answer has no end-of-turn marker at all.
 - empty_assistant: a counted END_OF_TURN whose turn has no counted content, or only whitespace: the model is
   taught to answer with nothing.
+
+Besides the rules, `tally_batch` counts one class per row, in the context and counted, with its first position in
+the context: whether reasoning is ever trained is a question about the whole dataset, asked of these tallies.
 """
 
 from __future__ import annotations
@@ -36,10 +39,30 @@ COLUMNS = ["token_class", "loss_mask", "target_ids", "flags"]  # what the scan r
 
 
 @dataclass
+class ClassTally:
+    """Per row, for one class: its targets in the context (not counted), its counted targets, and the position of
+    its first target in the context (-1 when none)."""
+
+    context: np.ndarray
+    counted: np.ndarray
+    first_context: np.ndarray
+
+    @classmethod
+    def join(cls, parts: list[ClassTally]) -> ClassTally:
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(empty, empty.copy(), empty.copy())
+        return cls(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in ("context", "counted", "first_context"))
+        )
+
+
+@dataclass
 class ScanResult:
-    """Per row: the first target position where each rule fires, or -1."""
+    """Per row: the first target position where each rule fires, or -1; and the reasoning tally."""
 
     first: dict[str, np.ndarray] = field(default_factory=dict)
+    reasoning: ClassTally = field(default_factory=lambda: ClassTally.join([]))
 
     def hits(self, rule: str) -> np.ndarray:
         return self.first[rule] >= 0
@@ -107,6 +130,30 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
     return out
 
 
+def tally_batch(batch: pa.RecordBatch, cls: TokenClass) -> ClassTally:
+    """The targets of class `cls` in each row of one record batch: in the context, counted, first in the context."""
+    offsets, classes = _list_parts(batch.column("token_class"))
+    _, mask = _list_parts(batch.column("loss_mask"))
+    offsets = offsets.astype(np.int64)
+    n_rows = batch.num_rows
+    of_class = classes == np.uint8(cls)
+    counted = mask.astype(bool)
+    in_context = of_class & ~counted
+    first_context = np.full(n_rows, -1, dtype=np.int64)
+    _record(first_context, offsets, in_context)
+    return ClassTally(
+        context=_per_row(offsets, in_context, n_rows),
+        counted=_per_row(offsets, of_class & counted, n_rows),
+        first_context=first_context,
+    )
+
+
+def _per_row(offsets: np.ndarray, hits: np.ndarray, n_rows: int) -> np.ndarray:
+    """How many hits each row holds."""
+    rows = np.searchsorted(offsets, np.flatnonzero(hits), side="right") - 1
+    return np.bincount(rows, minlength=n_rows).astype(np.int64)
+
+
 def _blank_runs(
     ends: np.ndarray, row_start: np.ndarray, content: np.ndarray, targets: np.ndarray, whitespace: np.ndarray
 ) -> np.ndarray:
@@ -158,11 +205,14 @@ def _chunks(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 def scan(batches: Iterable[pa.RecordBatch], whitespace: np.ndarray | None) -> ScanResult:
     parts: dict[str, list[np.ndarray]] = {rule: [] for rule in RULES}
+    reasoning: list[ClassTally] = []
     for batch in _chunks(batches):
         for rule, first in scan_batch(batch, whitespace).items():
             parts[rule].append(first)
+        reasoning.append(tally_batch(batch, TokenClass.REASONING))
     return ScanResult(
-        {rule: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64) for rule, chunks in parts.items()}
+        {rule: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64) for rule, chunks in parts.items()},
+        ClassTally.join(reasoning),
     )
 
 

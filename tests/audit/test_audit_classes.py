@@ -68,12 +68,22 @@ def encoded_length(text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def json_classes(folder: Path) -> dict[str, tuple[int, int]]:
-    """`lossmask audit FOLDER --json`: (targets, counted) per class label."""
+def audit_json(folder: Path) -> dict[str, Any]:
     result = CliRunner().invoke(main, ["audit", str(folder), "--json"])
     assert result.exit_code == 0, result.output
-    statistics = json.loads(result.stdout)["statistics"]
-    return {c["label"]: (c["positions"], c["counted"]) for c in statistics["classes"]}
+    return json.loads(result.stdout)
+
+
+def json_classes(folder: Path) -> dict[str, tuple[int, int]]:
+    """`lossmask audit FOLDER --json`: (targets, counted) per class label."""
+    return {c["label"]: (c["positions"], c["counted"]) for c in audit_json(folder)["statistics"]["classes"]}
+
+
+def json_lint(folder: Path, code: str) -> dict[str, Any]:
+    summary = audit_json(folder)
+    (entry,) = [lint for lint in summary["lints"] if lint["code"] == code]
+    assert entry["fired"] == (code in summary["fired"])
+    return entry
 
 
 def shard_classes(folder: Path) -> dict[str, tuple[int, int]]:
@@ -121,6 +131,19 @@ def test_json_counts_each_class_exactly_on_handmade_shards(tmp_path: Path) -> No
     assert json_classes(folder) == HANDMADE_CLASSES == shard_classes(folder)
     roles = {r.role: (r.positions, r.counted) for r in run_audit(open_shards(str(folder))).stats.roles}
     assert roles == {"user": (4, 0), "tool": (2, 0), "assistant": (16, 14), "template": (8, 0)}
+
+
+def test_the_reasoning_lint_in_json_on_handmade_shards(tmp_path: Path) -> None:
+    """Silent while one row trains reasoning; with none counted, every row that reads reasoning is counted."""
+    assert not json_lint(handmade_shards(tmp_path / "trained"), "reasoning-never-trained")["fired"]
+    untrained = [
+        (classes, [0 if c == R else m for c, m in zip(classes, counted, strict=True)]) for classes, counted in HANDMADE
+    ]
+    lint = json_lint(handmade_shards(tmp_path / "untrained", untrained), "reasoning-never-trained")
+    assert (lint["fired"], lint["count"], lint["rows"], lint["records"]) == (True, 2, 2, 0)
+    assert lint["breakdown"] == {"reasoning token(s) in the context, none counted": 5}
+    assert [(e["row"], e["position"]) for e in lint["examples"]] == [(0, 4), (2, 3)]  # target positions of the first R
+    assert lint["severity"] == "warning" and "--no-train-reasoning" in lint["hint"]
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +303,7 @@ class ClassMarkup(HTMLParser):
         if tag == "td" and self._cell is not None and self._line is not None:
             self.table[self._line].append("".join(self._cell).strip())
             self._cell = None
-        if tag == "table" and self._where == "table" or tag == "div" and self._where == "legend":
+        if (tag, self._where) in (("table", "table"), ("div", "legend")):
             self._where = None
             self._line = None
 
@@ -312,10 +335,10 @@ def test_the_html_names_counts_and_marks_each_class(tmp_path: Path) -> None:
     ]
 
 
-def _tables_of(report: AuditReport) -> dict[str, Any]:
-    return {c.label: (c.positions, c.counted) for c in report.stats.classes}
-
-
 def test_the_sample_mode_counts_the_classes_as_the_shards_do(records: str, tmp_path: Path) -> None:
-    shards = prepare_shards(tmp_path / "s", [records])
-    assert _tables_of(audit_sample([records])) == json_classes(shards)
+    shards = prepare_shards(tmp_path / "s", [records], train_reasoning=False)
+    sample = audit_sample([records], train_reasoning=False)
+    assert {c.label: (c.positions, c.counted) for c in sample.stats.classes} == json_classes(shards)
+    lint = json_lint(shards, "reasoning-never-trained")
+    assert (lint["rows"], lint["breakdown"]) == (1, {"reasoning token(s) in the context, none counted": 32})
+    assert sample.lints[[lint.code for lint in sample.lints].index("reasoning-never-trained")].rows == 1

@@ -9,7 +9,7 @@ import pytest
 from audit_testkit import TOKENIZER, realworld
 from lossmask.audit.report import spread
 from lossmask.audit.stats import compute_stats, nice_width
-from lossmask.audit.tokenscan import scan_batch, whitespace_table
+from lossmask.audit.tokenscan import scan_batch, tally_batch, whitespace_table
 from lossmask.audit.views import token_texts
 from lossmask.pipeline.shift import Row, rows_to_batch
 from lossmask.pipeline.tokenizer import load_tokenizer
@@ -81,6 +81,21 @@ def test_token_scan_rules() -> None:
         "eot_missing": [-1, -1, -1, 4, -1, 4, -1, -1],
         "empty_assistant": [-1, -1, -1, -1, -1, -1, 3, -1],
     }
+
+
+def test_reasoning_tally_per_row() -> None:
+    H, R, A, E = C.ROLE_HEADER, C.REASONING, C.ASSISTANT, C.END_OF_TURN
+    batch = rows_to_batch(
+        [
+            row([H, R, R, A, E], [0, 1, 1, 1, 1]),  # trained reasoning
+            row([H, A, E], [0, 1, 1]),  # none
+            row([H, R, A, R, R, E], [0, 0, 1, 1, 0, 1]),  # read at 1 and 4, trained at 3
+        ]
+    )
+    tally = tally_batch(batch, C.REASONING)
+    assert tally.context.tolist() == [0, 0, 2]
+    assert tally.counted.tolist() == [2, 0, 1]
+    assert tally.first_context.tolist() == [-1, -1, 1]
 
 
 def test_whitespace_only_answers_count_as_empty() -> None:
