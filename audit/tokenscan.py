@@ -4,16 +4,18 @@ These need "the token before this one" within a row, which is awkward in polars 
 steps over the flat Arrow buffers of a record batch: no Python loop over tokens, bounded memory per batch.
 
 Terms, per target position of a row (classes from `token_class`, counted = `loss_mask`):
-- content: a class the assistant writes before its end-of-turn (answer, reasoning, tool call, markup);
+- content: a class the assistant writes before its end-of-turn (answer, reasoning, tool call, markup), counted
+  or not: a class left out of training (`--no-train-tool-calls`, `--no-train-reasoning`) is still part of the
+  turn the model reads, so it neither ends the turn nor leaves it empty;
 - a turn's end: a run of END_OF_TURN targets; its anchor is the target right before the run.
 
 Rules:
 - eot_not_counted: an END_OF_TURN target is not counted although the content right before it is: the model is
   taught the answer but never to stop after it.
-- eot_missing: a run of counted content is followed by something other than END_OF_TURN (or ends the row
-  without truncation): the answer has no end-of-turn marker at all.
-- empty_assistant: a counted END_OF_TURN whose turn has no counted content, or only whitespace: the model is
-  taught to answer with nothing.
+- eot_missing: a run of content holding counted content is followed by something other than END_OF_TURN (or
+  ends the row without truncation): the answer has no end-of-turn marker at all.
+- empty_assistant: a counted END_OF_TURN whose turn has no content, or only whitespace: the model is taught to
+  answer with nothing.
 
 Besides the rules, `tally_batch` counts one class per row, in the context and counted, with its first position in
 the context: whether reasoning is ever trained is a question about the whole dataset, asked of these tallies.
@@ -98,27 +100,36 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
 
     counted = mask.astype(bool)
     is_eot = cls == _EOT
-    content = _CONTENT_TABLE[cls] & counted  # counted content
+    written = _CONTENT_TABLE[cls]  # content, counted or not
+    content = written & counted  # counted content
 
     # The anchor of a position: the last non-END_OF_TURN position at or before it, within the row.
     anchor = np.maximum.accumulate(np.where(is_eot, np.int32(-1), np.arange(n, dtype=np.int32)))
-    anchor_content = (anchor >= row_start) & content[np.maximum(anchor, 0)]
+    anchor_in_row = anchor >= row_start
+    anchor_content = anchor_in_row & content[np.maximum(anchor, 0)]
+    anchor_written = anchor_in_row & written[np.maximum(anchor, 0)]
 
     _record(out["eot_not_counted"], offsets, is_eot & ~counted & anchor_content)
 
     # The start of a run of END_OF_TURN targets: the first one, or one right after a non-END_OF_TURN target.
     run_start = is_eot.copy()
     run_start[1:] &= ~is_eot[:-1] | first_in_row[1:]
-    empty = run_start & counted & ~anchor_content
+    empty = run_start & counted & ~anchor_written
     if whitespace is not None:
-        candidates = np.flatnonzero(run_start & counted & anchor_content)
-        blank = _blank_runs(anchor[candidates], row_start, content, targets, whitespace)
+        candidates = np.flatnonzero(run_start & counted & anchor_written)
+        blank = _blank_runs(anchor[candidates], row_start, written, targets, whitespace)
         empty[candidates[blank]] = True
     _record(out["empty_assistant"], offsets, empty)
 
-    # The end of a run of counted content, and what follows it: an END_OF_TURN target, or a cut row.
-    run_end = content.copy()
-    run_end[:-1] &= ~content[1:] | last_in_row[:-1]
+    # The end of a run of content that holds counted content, and what follows it: an END_OF_TURN target, or a
+    # cut row.
+    written_start = written.copy()
+    written_start[1:] &= ~written[:-1] | first_in_row[1:]
+    run_id = np.cumsum(written_start) - 1
+    trained_run = np.zeros(int(written_start.sum()) + 1, dtype=bool)  # + 1: never empty, for np.maximum below
+    trained_run[run_id[content]] = True
+    run_end = written & trained_run[np.maximum(run_id, 0)]
+    run_end[:-1] &= ~written[1:] | last_in_row[:-1]
     next_eot = np.zeros(n, dtype=bool)
     next_eot[:-1] = is_eot[1:]
     missing = run_end & ~last_in_row & ~next_eot

@@ -165,16 +165,22 @@ def test_json_counts_reasoning_tool_calls_tool_output_and_stop_of_a_prepare_run(
 
 
 @pytest.mark.parametrize(
-    ("option", "label"),
-    [("train_reasoning", "reasoning"), ("train_tool_calls", "tool_call"), ("train_end_of_turn", "end_of_turn")],
+    ("option", "label", "lints"),
+    [
+        ("train_reasoning", "reasoning", ["reasoning-never-trained"]),
+        ("train_tool_calls", "tool_call", []),  # an untrained call still ends its turn and is not empty
+        ("train_end_of_turn", "end_of_turn", ["eot-not-counted"]),
+    ],
 )
 def test_a_class_left_untrained_moves_to_the_context_and_nothing_else_changes(
-    records: str, tmp_path: Path, option: str, label: str
+    records: str, tmp_path: Path, option: str, label: str, lints: list[str]
 ) -> None:
     trained = json_classes(prepare_shards(tmp_path / "trained", [records]))
-    untrained = json_classes(prepare_shards(tmp_path / "untrained", [records], **{option: False}))
+    folder = prepare_shards(tmp_path / "untrained", [records], **{option: False})
+    untrained = json_classes(folder)
     assert untrained[label] == (trained[label][0], 0) and trained[label][1] == trained[label][0] > 0
     assert {k: v for k, v in untrained.items() if k != label} == {k: v for k, v in trained.items() if k != label}
+    assert audit_json(folder)["fired"] == lints
 
 
 def test_roles_list_their_classes_on_their_own_lines(tmp_path: Path) -> None:

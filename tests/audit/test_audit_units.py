@@ -83,6 +83,33 @@ def test_token_scan_rules() -> None:
     }
 
 
+def test_a_turn_whose_tool_call_is_left_untrained_still_ends_and_is_not_empty() -> None:
+    """--no-train-tool-calls: the call is content the model reads, not a missing end-of-turn or an empty answer;
+    a turn that really is empty or unended still fires."""
+    H, U, R, K, A, E = C.ROLE_HEADER, C.USER, C.REASONING, C.TOOL_CALL, C.ASSISTANT, C.END_OF_TURN
+    whitespace = np.zeros(64, dtype=bool)
+    whitespace[20] = True  # id 20 decodes to a space
+    result = scan_rows(
+        row([H, U, H, R, K, K, E], [0, 0, 0, 1, 0, 0, 1]),  # 0: trained reasoning, untrained call, stop
+        row([H, U, H, K, K, E], [0, 0, 0, 0, 0, 1]),  # 1: untrained call alone, stop
+        row([H, U, H, K, A, E], [0, 0, 0, 0, 1, 1], targets=[30, 31, 32, 33, 20, 40]),  # 2: call, then a space
+        row([H, U, H, R, K, H, U], [0, 0, 0, 1, 0, 0, 0]),  # 3: no end-of-turn after the turn
+        row([H, U, H, A, E], [0, 0, 0, 0, 1], targets=[30, 31, 32, 20, 40]),  # 4: an untrained space, stop
+        whitespace=whitespace,
+    )
+    assert result == {
+        "eot_not_counted": [-1, -1, -1, -1, -1],
+        "eot_missing": [-1, -1, -1, 4, -1],
+        "empty_assistant": [-1, -1, -1, -1, 4],
+    }
+
+
+def test_rows_without_assistant_content_scan_clean() -> None:
+    assert scan_rows(row([C.TEXT] * 4, [1] * 4), row([C.USER, C.END_OF_TURN], [0, 0])) == {
+        rule: [-1, -1] for rule in ("eot_not_counted", "eot_missing", "empty_assistant")
+    }
+
+
 def test_reasoning_tally_per_row() -> None:
     H, R, A, E = C.ROLE_HEADER, C.REASONING, C.ASSISTANT, C.END_OF_TURN
     batch = rows_to_batch(
