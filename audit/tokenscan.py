@@ -125,11 +125,13 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
     # cut row.
     written_start = written.copy()
     written_start[1:] &= ~written[:-1] | first_in_row[1:]
-    run_id = np.cumsum(written_start) - 1
-    trained_run = np.zeros(int(written_start.sum()) + 1, dtype=bool)  # + 1: never empty, for np.maximum below
-    trained_run[run_id[content]] = True
-    run_end = written & trained_run[np.maximum(run_id, 0)]
+    run_end = written.copy()
     run_end[:-1] &= ~written[1:] | last_in_row[:-1]
+    starts = np.flatnonzero(written_start)  # run k spans starts[k] .. its end; ids found by search, not per position
+    trained_run = np.zeros(starts.size, dtype=bool)
+    trained_run[np.searchsorted(starts, np.flatnonzero(content), side="right") - 1] = True
+    ends = np.flatnonzero(run_end)
+    run_end[ends[~trained_run[np.searchsorted(starts, ends, side="right") - 1]]] = False
     next_eot = np.zeros(n, dtype=bool)
     next_eot[:-1] = is_eot[1:]
     missing = run_end & ~last_in_row & ~next_eot
