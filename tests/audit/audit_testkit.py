@@ -64,6 +64,13 @@ def audit_sample(
     return run_audit(run_sample(config, sample), **(view or {"show": 1}))
 
 
+def function_tool(name: str, description: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAI-style tool definition whose parameters (name=JSON type) are all required."""
+    properties = {key: {"type": kind} for key, kind in parameters.items()}
+    schema = {"type": "object", "properties": properties, "required": list(parameters)}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
+
+
 def handmade_row(tokens: list[int], classes: list[int], counted: list[int], flags: int = 0, index: int = 0) -> Row:
     """A row not made by lossmask's pipeline, given per token (the first token's class and flag are unused)."""
     ids = np.asarray(tokens, dtype=np.int32)

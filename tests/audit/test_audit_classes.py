@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
-from audit_testkit import TOKENIZER, audit_sample, handmade_row, prepare_shards, write_jsonl
+from audit_testkit import TOKENIZER, audit_sample, function_tool, handmade_row, prepare_shards, write_jsonl
 from click.testing import CliRunner
 from lossmask.audit import AuditReport, open_shards, run_audit
 from lossmask.audit.htmlreport import render_html
@@ -29,14 +29,7 @@ from tokenizers import Tokenizer
 REASONING = "Two plus three makes five."
 CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
 TOOL_OUTPUT = '{"sum": 5}'
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two numbers.",
-        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
-    },
-}
+ADD = function_tool("add", "Add two numbers.", a="integer", b="integer")
 RECORDS = [
     {
         "messages": [

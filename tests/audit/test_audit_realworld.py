@@ -7,7 +7,7 @@ import runpy
 from pathlib import Path
 
 import pytest
-from audit_testkit import LESSON, ROOT, audit_sample, fired, realworld, write_jsonl
+from audit_testkit import LESSON, ROOT, audit_sample, fired, function_tool, realworld, write_jsonl
 from lossmask.schemas.classes import TokenClass
 
 pytestmark = pytest.mark.realworld
@@ -114,14 +114,7 @@ def test_real_data_through_a_real_template_is_clean(tmp_path: Path) -> None:
 
 # Reasoning and tool calls on the 2025-26 families, with the family STYLE tokenizers of scripts/style_tokenizers.py.
 FAMILY_NAMES = ("qwen3", "deepseek-r1", "deepseek-v3", "gpt-oss", "glm4.5", "cohere2")
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+WEATHER = function_tool("get_weather", "Weather in a city", city="string")
 REASONING_DATA = [
     {
         "messages": [
