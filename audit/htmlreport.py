@@ -3,8 +3,9 @@ network access), rendered with jinja2 from an `AuditReport`.
 
 Token spans are built here rather than in the template: a report can hold tens of thousands of tokens, and
 one string join is much faster than a template loop. Each token is
-`<span class="t c{class}[ k][ m]" data-i={id} data-c={class} data-p={position}>text</span>`, `k` when it
-counts, `m` when a lint points at it; the row's first token is `t f` (read, never predicted).
+`<span class="t c{class}[ name][ k][ m]" data-i={id} data-c={class} data-p={position}>text</span>`, `name` for
+the classes shown apart (`reasoning`, `tool-call`, `tool-output`, `end-of-turn`: `palette.DISTINCT_CLASSES`),
+`k` when it counts, `m` when a lint points at it; the row's first token is `t f` (read, never predicted).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from ..errors import SetupError
 from ..schemas.shards import RowFlag
 from .charts import BarRow, bars, histogram
 from .lints import ERROR
-from .palette import STYLES, style, tint
+from .palette import COUNTED_LEGEND, STYLES, style, tint
 from .report import AuditReport
 from .views import RowView
 
 ACCENT = "#4a5fc1"
+SPAN_CLASSES = {cls: " ".join(filter(None, ("t", f"c{cls}", entry.css))) for cls, entry in STYLES.items()}
 
 
 def _asset(name: str) -> str:
@@ -45,7 +47,9 @@ def token_html(view: RowView) -> Markup:
         if token.cls is None:
             parts.append(f'<span class="t f" data-i="{token.id}">{shown}</span>')
             continue
-        classes = f"t c{token.cls}" + (" k" if token.counted else "")
+        classes = SPAN_CLASSES.get(token.cls) or f"t c{token.cls}"
+        if token.counted:
+            classes += " k"
         marks = view.marks.get(index)
         extra = ""
         if marks:
@@ -110,6 +114,38 @@ def _charts(report: AuditReport) -> dict[str, Markup]:
     }
 
 
+def _legend_entry(cls: int) -> dict[str, Any]:
+    entry = STYLES[cls]
+    return {
+        "cls": cls,
+        "label": entry.label,
+        "color": entry.color,
+        "tint": tint(entry.color, 0.3),
+        "meaning": entry.meaning,
+        "span": SPAN_CLASSES[cls],
+        "italic": entry.italic,
+    }
+
+
+def _class_table(report: AuditReport) -> list[dict[str, Any]]:
+    """The lines of the table of targets per role and class: a role, then its classes (`DatasetStats.by_role`)."""
+    lines = []
+    for role, classes in report.stats.by_role():
+        lines.append({"role": True, "label": role.role, "positions": role.positions, "counted": role.counted})
+        for entry in classes:
+            lines.append(
+                {
+                    "role": False,
+                    "label": entry.label,
+                    "span": SPAN_CLASSES.get(entry.cls, f"t c{entry.cls}"),
+                    "meaning": style(entry.cls).meaning,
+                    "positions": entry.positions,
+                    "counted": entry.counted,
+                }
+            )
+    return lines
+
+
 def render_html(report: AuditReport) -> str:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     template = environment.from_string(_asset("report.html.jinja"))
@@ -143,10 +179,9 @@ def render_html(report: AuditReport) -> str:
         charts=_charts(report),
         flags=sorted(report.stats.row_flags.items()),
         template=template_info,
-        legend=[
-            {"cls": int(cls), "label": s.label, "color": s.color, "tint": tint(s.color, 0.3), "meaning": s.meaning}
-            for cls, s in STYLES.items()
-        ],
+        legend=[_legend_entry(int(cls)) for cls in STYLES],
+        counted_legend=[_legend_entry(int(cls)) for cls in COUNTED_LEGEND],
+        class_table=_class_table(report),
         groups=groups,
         notes=report.source.notes,
         version=__version__,

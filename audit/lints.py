@@ -361,6 +361,30 @@ def eot_not_counted(evidence: Evidence, out: LintBuilder) -> None:
 
 
 @lint(
+    "reasoning-never-trained",
+    WARNING,
+    "reasoning read in the context but never trained anywhere in the dataset",
+    "drop --no-train-reasoning or train the turns that hold reasoning (or remove the reasoning from the data if "
+    "the model should not reason)",
+)
+def reasoning_never_trained(evidence: Evidence, out: LintBuilder) -> None:
+    """Dataset-wide, not per row: a row that reads reasoning without training it is normal (reasoning the template
+    keeps in the history), as long as some row teaches the model to write reasoning at all."""
+    tally = evidence.scan.reasoning
+    if tally.counted.sum():
+        return
+    out.rows(
+        tally.context > 0,
+        lambda row: (
+            f"{int(tally.context[row])} reasoning token(s) in the context from position "
+            f"{int(tally.first_context[row])}, none counted"
+        ),
+        lambda row: int(tally.first_context[row]),
+    )
+    out.breakdown("reasoning token(s) in the context, none counted", int(tally.context.sum()))
+
+
+@lint(
     "empty-assistant",
     WARNING,
     "assistant messages with blank content",

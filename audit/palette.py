@@ -1,13 +1,17 @@
 """One look for token classes, shared by the terminal and the HTML report, so both read the same way.
 
 Each `TokenClass` gets a label, a color and the role it belongs to (tokens per role are sums over classes).
+The classes an assistant turn is made of besides its answer (reasoning, tool calls, the stop sequence) and the
+tool output it reads are `DISTINCT_CLASSES`: a reader must tell them apart at a glance, so they also get a named
+HTML class (`css`), reasoning is italic, and the colors of the classes that meet in one turn are far apart
+(tested as a color difference, CIE76 delta E >= 40; any two classes >= 20).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schemas.classes import TokenClass
+from ..schemas.classes import GENERATED_CLASSES, TokenClass
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,8 @@ class ClassStyle:
     color: str  # hex, readable as text on white and as a background under black text
     role: str
     meaning: str
+    css: str = ""  # a named HTML class for the token spans of `DISTINCT_CLASSES` (besides `c{id}`)
+    italic: bool = False
 
 
 STYLES: dict[int, ClassStyle] = {
@@ -24,15 +30,19 @@ STYLES: dict[int, ClassStyle] = {
     for s in (
         ClassStyle(TokenClass.TEMPLATE, "template", "#8a8f98", "template", "template text outside messages (BOS...)"),
         ClassStyle(TokenClass.ROLE_HEADER, "header", "#8b7bb8", "template", "role header / generation prompt"),
-        ClassStyle(TokenClass.SYSTEM, "system", "#c98a1b", "system", "system prompt"),
+        ClassStyle(TokenClass.SYSTEM, "system", "#b8860b", "system", "system prompt"),
         ClassStyle(TokenClass.USER, "user", "#3b82c4", "user", "user message"),
-        ClassStyle(TokenClass.TOOL, "tool", "#2a9d8f", "tool", "tool result"),
+        ClassStyle(TokenClass.TOOL, "tool_output", "#2a9d8f", "tool", "tool output (a tool's result)", "tool-output"),
         ClassStyle(TokenClass.ASSISTANT, "assistant", "#2f9e44", "assistant", "assistant answer"),
-        ClassStyle(TokenClass.REASONING, "reasoning", "#9c6ade", "assistant", "assistant reasoning"),
-        ClassStyle(TokenClass.TOOL_CALL, "tool_call", "#e07b2e", "assistant", "assistant tool call"),
-        ClassStyle(TokenClass.END_OF_TURN, "end_of_turn", "#d6336c", "assistant", "end-of-turn marker"),
         ClassStyle(
-            TokenClass.ASSISTANT_MARKUP, "markup", "#c2255c", "assistant", "template text the assistant generates"
+            TokenClass.REASONING, "reasoning", "#9c6ade", "assistant", "assistant reasoning", "reasoning", italic=True
+        ),
+        ClassStyle(TokenClass.TOOL_CALL, "tool_call", "#e8590c", "assistant", "assistant tool call", "tool-call"),
+        ClassStyle(
+            TokenClass.END_OF_TURN, "end_of_turn", "#d6336c", "assistant", "stop: end-of-turn marker", "end-of-turn"
+        ),
+        ClassStyle(
+            TokenClass.ASSISTANT_MARKUP, "markup", "#9a7b5f", "assistant", "template text the assistant generates"
         ),
         ClassStyle(TokenClass.TEXT, "text", "#5c6ac4", "text", "plain text document"),
     )
@@ -44,6 +54,12 @@ ROLES = ("system", "user", "tool", "assistant", "template", "text")
 CONTENT_CLASSES = frozenset(
     {TokenClass.ASSISTANT, TokenClass.REASONING, TokenClass.TOOL_CALL, TokenClass.ASSISTANT_MARKUP}
 )
+
+# Shown and counted apart from the answer everywhere: reasoning, tool calls, tool output and the stop sequence.
+DISTINCT_CLASSES = (TokenClass.REASONING, TokenClass.TOOL_CALL, TokenClass.TOOL, TokenClass.END_OF_TURN)
+
+# The classes the legends show in their counted look: what an assistant turn can train.
+COUNTED_LEGEND = tuple(sorted(GENERATED_CLASSES))
 
 
 def style(cls: int) -> ClassStyle:

@@ -58,6 +58,18 @@ class DatasetStats:
     def counted_fraction(self) -> float:
         return self.counted / self.positions if self.positions else 0.0
 
+    def by_role(self) -> list[tuple[RoleCount, list[ClassCount]]]:
+        """Each role with the classes the reports list under it, so that reasoning, tool calls, tool output and
+        the stop sequence get their own lines beside the role's total. A role whose one class is the role itself
+        (system, user, text) lists none: the line would only repeat the role's."""
+        out = []
+        for role in self.roles:
+            members = [c for c in self.classes if c.role == role.role]
+            if len(members) == 1 and members[0].label == role.role:
+                members = []
+            out.append((role, members))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["counted_fraction"] = round(self.counted_fraction, 6)

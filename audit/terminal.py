@@ -1,8 +1,8 @@
 """The audit in the terminal (rich): summary, lints, and rows with every token colored by class and counted flag.
 
 With color, a counted token has its class color as background; an uncounted one is written in its class
-color. Without color (output piped to a file or another program, or NO_COLOR), counted spans are wrapped in
-⟦ ⟧ so the text still says exactly what trains.
+color (reasoning in italics, see `palette`). Without color (output piped to a file or another program, or
+NO_COLOR), counted spans are wrapped in ⟦ ⟧ so the text still says exactly what trains.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .lints import ERROR, LintResult
-from .palette import STYLES, style
+from .palette import COUNTED_LEGEND, STYLES, ClassStyle, style
 from .report import AuditReport
 from .views import RowView, TokenView
 
@@ -29,13 +29,17 @@ def plain(console: Console) -> bool:
     return console.color_system is None or console.no_color
 
 
+def class_style(entry: ClassStyle, counted: bool, marked: bool = False) -> Style:
+    """A class's look: counted = its color as background, context = text in its color."""
+    if counted:
+        return Style(color="black", bgcolor=entry.color, bold=True, italic=entry.italic, underline=marked)
+    return Style(color=entry.color, italic=entry.italic, underline=marked)
+
+
 def token_style(token: TokenView, marked: bool = False) -> Style:
     if token.cls is None:
         return Style(dim=True, underline=marked)
-    color = style(token.cls).color
-    if token.counted:
-        return Style(color="black", bgcolor=color, bold=True, underline=marked)
-    return Style(color=color, underline=marked)
+    return class_style(style(token.cls), token.counted, marked)
 
 
 def row_text(view: RowView, console: Console) -> Text:
@@ -64,11 +68,10 @@ def legend(console: Console) -> Text:
         return Text(f"{OPEN}…{CLOSE} = counted targets (the loss is taken on these tokens); the rest is context")
     text = Text("classes: ")
     for entry in STYLES.values():
-        text.append(f" {entry.label} ", Style(color=entry.color))
+        text.append(f" {entry.label} ", class_style(entry, counted=False))
     text.append("\ncounted: ")
-    for cls in (5, 8):
-        entry = STYLES[cls]
-        text.append(f" {entry.label} ", Style(color="black", bgcolor=entry.color, bold=True))
+    for cls in COUNTED_LEGEND:
+        text.append(f" {STYLES[cls].label} ", class_style(STYLES[cls], counted=True))
     text.append("  (background = the target counts; plain colored text = context only; ")
     text.append(f"{NEWLINE_MARK} = newline, ∅ = part of the next token's character)")
     return text
@@ -114,14 +117,22 @@ def lint_details(lint: LintResult) -> Group:
 
 
 def stats_table(report: AuditReport) -> Table:
-    table = Table(title="tokens per role", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("role")
+    """Targets per role, each followed by its classes (indented, in their colors): reasoning, tool calls, tool
+    output and the stop sequence are lines of their own."""
+    table = Table(title="tokens per role and class", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("role / class")
     table.add_column("targets", justify="right")
     table.add_column("counted", justify="right")
     table.add_column("counted %", justify="right")
-    for role in report.stats.roles:
-        share = 100 * role.counted / role.positions if role.positions else 0.0
-        table.add_row(*(Text(v) for v in (role.role, f"{role.positions:,}", f"{role.counted:,}", f"{share:.1f}")))
+
+    def add(name: Text, positions: int, counted: int) -> None:
+        share = 100 * counted / positions if positions else 0.0
+        table.add_row(name, *(Text(v) for v in (f"{positions:,}", f"{counted:,}", f"{share:.1f}")))
+
+    for role, classes in report.stats.by_role():
+        add(Text(role.role, style="bold"), role.positions, role.counted)
+        for entry in classes:
+            add(Text(f"  {entry.label}", class_style(style(entry.cls), counted=False)), entry.positions, entry.counted)
     return table
 
 
@@ -167,6 +178,9 @@ def print_report(report: AuditReport, console: Console, elapsed: float | None = 
         for status in ("rejected", "dropped"):
             for reason, n in records.get("by_reason", {}).get(status, {}).items():
                 console.print(f"          {n:>8,} {status}: {reason}")
+    if stats.row_flags:
+        flags = ", ".join(f"{name}: {n:,} row{'s' if n > 1 else ''}" for name, n in stats.row_flags.items())
+        console.print(f"flags:    {flags}")
     if stats.roles:
         console.print()
         console.print(stats_table(report))

@@ -4,16 +4,21 @@ These need "the token before this one" within a row, which is awkward in polars 
 steps over the flat Arrow buffers of a record batch: no Python loop over tokens, bounded memory per batch.
 
 Terms, per target position of a row (classes from `token_class`, counted = `loss_mask`):
-- content: a class the assistant writes before its end-of-turn (answer, reasoning, tool call, markup);
+- content: a class the assistant writes before its end-of-turn (answer, reasoning, tool call, markup), counted
+  or not: a class left out of training (`--no-train-tool-calls`, `--no-train-reasoning`) is still part of the
+  turn the model reads, so it neither ends the turn nor leaves it empty;
 - a turn's end: a run of END_OF_TURN targets; its anchor is the target right before the run.
 
 Rules:
 - eot_not_counted: an END_OF_TURN target is not counted although the content right before it is: the model is
   taught the answer but never to stop after it.
-- eot_missing: a run of counted content is followed by something other than END_OF_TURN (or ends the row
-  without truncation): the answer has no end-of-turn marker at all.
-- empty_assistant: a counted END_OF_TURN whose turn has no counted content, or only whitespace: the model is
-  taught to answer with nothing.
+- eot_missing: a run of content holding counted content is followed by something other than END_OF_TURN (or
+  ends the row without truncation): the answer has no end-of-turn marker at all.
+- empty_assistant: a counted END_OF_TURN whose turn has no content, or only whitespace: the model is taught to
+  answer with nothing.
+
+Besides the rules, `tally_batch` counts one class per row, in the context and counted, with its first position in
+the context: whether reasoning is ever trained is a question about the whole dataset, asked of these tallies.
 """
 
 from __future__ import annotations
@@ -36,10 +41,30 @@ COLUMNS = ["token_class", "loss_mask", "target_ids", "flags"]  # what the scan r
 
 
 @dataclass
+class ClassTally:
+    """Per row, for one class: its targets in the context (not counted), its counted targets, and the position of
+    its first target in the context (-1 when none)."""
+
+    context: np.ndarray
+    counted: np.ndarray
+    first_context: np.ndarray
+
+    @classmethod
+    def join(cls, parts: list[ClassTally]) -> ClassTally:
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(empty, empty.copy(), empty.copy())
+        return cls(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in ("context", "counted", "first_context"))
+        )
+
+
+@dataclass
 class ScanResult:
-    """Per row: the first target position where each rule fires, or -1."""
+    """Per row: the first target position where each rule fires, or -1; and the reasoning tally."""
 
     first: dict[str, np.ndarray] = field(default_factory=dict)
+    reasoning: ClassTally = field(default_factory=lambda: ClassTally.join([]))
 
     def hits(self, rule: str) -> np.ndarray:
         return self.first[rule] >= 0
@@ -75,27 +100,38 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
 
     counted = mask.astype(bool)
     is_eot = cls == _EOT
-    content = _CONTENT_TABLE[cls] & counted  # counted content
+    written = _CONTENT_TABLE[cls]  # content, counted or not
+    content = written & counted  # counted content
 
     # The anchor of a position: the last non-END_OF_TURN position at or before it, within the row.
     anchor = np.maximum.accumulate(np.where(is_eot, np.int32(-1), np.arange(n, dtype=np.int32)))
-    anchor_content = (anchor >= row_start) & content[np.maximum(anchor, 0)]
+    anchor_in_row = anchor >= row_start
+    anchor_content = anchor_in_row & content[np.maximum(anchor, 0)]
+    anchor_written = anchor_in_row & written[np.maximum(anchor, 0)]
 
     _record(out["eot_not_counted"], offsets, is_eot & ~counted & anchor_content)
 
     # The start of a run of END_OF_TURN targets: the first one, or one right after a non-END_OF_TURN target.
     run_start = is_eot.copy()
     run_start[1:] &= ~is_eot[:-1] | first_in_row[1:]
-    empty = run_start & counted & ~anchor_content
+    empty = run_start & counted & ~anchor_written
     if whitespace is not None:
-        candidates = np.flatnonzero(run_start & counted & anchor_content)
-        blank = _blank_runs(anchor[candidates], row_start, content, targets, whitespace)
+        candidates = np.flatnonzero(run_start & counted & anchor_written)
+        blank = _blank_runs(anchor[candidates], row_start, written, targets, whitespace)
         empty[candidates[blank]] = True
     _record(out["empty_assistant"], offsets, empty)
 
-    # The end of a run of counted content, and what follows it: an END_OF_TURN target, or a cut row.
-    run_end = content.copy()
-    run_end[:-1] &= ~content[1:] | last_in_row[:-1]
+    # The end of a run of content that holds counted content, and what follows it: an END_OF_TURN target, or a
+    # cut row.
+    written_start = written.copy()
+    written_start[1:] &= ~written[:-1] | first_in_row[1:]
+    run_end = written.copy()
+    run_end[:-1] &= ~written[1:] | last_in_row[:-1]
+    starts = np.flatnonzero(written_start)  # run k spans starts[k] .. its end; ids found by search, not per position
+    trained_run = np.zeros(starts.size, dtype=bool)
+    trained_run[np.searchsorted(starts, np.flatnonzero(content), side="right") - 1] = True
+    ends = np.flatnonzero(run_end)
+    run_end[ends[~trained_run[np.searchsorted(starts, ends, side="right") - 1]]] = False
     next_eot = np.zeros(n, dtype=bool)
     next_eot[:-1] = is_eot[1:]
     missing = run_end & ~last_in_row & ~next_eot
@@ -105,6 +141,30 @@ def scan_batch(batch: pa.RecordBatch, whitespace: np.ndarray | None) -> dict[str
     missing[at_end[(flags[rows] & cut) == 0]] = True
     _record(out["eot_missing"], offsets, missing)
     return out
+
+
+def tally_batch(batch: pa.RecordBatch, cls: TokenClass) -> ClassTally:
+    """The targets of class `cls` in each row of one record batch: in the context, counted, first in the context."""
+    offsets, classes = _list_parts(batch.column("token_class"))
+    _, mask = _list_parts(batch.column("loss_mask"))
+    offsets = offsets.astype(np.int64)
+    n_rows = batch.num_rows
+    of_class = classes == np.uint8(cls)
+    counted = mask.astype(bool)
+    in_context = of_class & ~counted
+    first_context = np.full(n_rows, -1, dtype=np.int64)
+    _record(first_context, offsets, in_context)
+    return ClassTally(
+        context=_per_row(offsets, in_context, n_rows),
+        counted=_per_row(offsets, of_class & counted, n_rows),
+        first_context=first_context,
+    )
+
+
+def _per_row(offsets: np.ndarray, hits: np.ndarray, n_rows: int) -> np.ndarray:
+    """How many hits each row holds."""
+    rows = np.searchsorted(offsets, np.flatnonzero(hits), side="right") - 1
+    return np.bincount(rows, minlength=n_rows).astype(np.int64)
 
 
 def _blank_runs(
@@ -158,11 +218,14 @@ def _chunks(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 def scan(batches: Iterable[pa.RecordBatch], whitespace: np.ndarray | None) -> ScanResult:
     parts: dict[str, list[np.ndarray]] = {rule: [] for rule in RULES}
+    reasoning: list[ClassTally] = []
     for batch in _chunks(batches):
         for rule, first in scan_batch(batch, whitespace).items():
             parts[rule].append(first)
+        reasoning.append(tally_batch(batch, TokenClass.REASONING))
     return ScanResult(
-        {rule: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64) for rule, chunks in parts.items()}
+        {rule: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64) for rule, chunks in parts.items()},
+        ClassTally.join(reasoning),
     )
 
 

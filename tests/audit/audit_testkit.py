@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from lossmask.audit import AuditReport, open_shards, run_audit, run_sample
 from lossmask.audit.lints import LintResult
 from lossmask.jobs.prepare import prepare
 from lossmask.pipeline.config import PrepareConfig
+from lossmask.pipeline.shift import Row
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -60,6 +62,28 @@ def audit_sample(
     """Raw inputs through the pipeline (`options` as for prepare), audited; `view` goes to run_audit."""
     config = PrepareConfig(inputs=inputs, tokenizer=tokenizer, **options)
     return run_audit(run_sample(config, sample), **(view or {"show": 1}))
+
+
+def function_tool(name: str, description: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAI-style tool definition whose parameters (name=JSON type) are all required."""
+    properties = {key: {"type": kind} for key, kind in parameters.items()}
+    schema = {"type": "object", "properties": properties, "required": list(parameters)}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
+
+
+def handmade_row(tokens: list[int], classes: list[int], counted: list[int], flags: int = 0, index: int = 0) -> Row:
+    """A row not made by lossmask's pipeline, given per token (the first token's class and flag are unused)."""
+    ids = np.asarray(tokens, dtype=np.int32)
+    return Row(
+        input_ids=ids[:-1],
+        target_ids=ids[1:],
+        loss_mask=np.asarray(counted[1:], dtype=np.uint8),
+        token_class=np.asarray(classes[1:], dtype=np.uint8),
+        source=f"handmade:{index + 1}",
+        record_index=index,
+        part=0,
+        flags=flags,
+    )
 
 
 def fired(report: AuditReport) -> dict[str, LintResult]:

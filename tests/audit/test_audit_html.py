@@ -180,3 +180,44 @@ def test_a_blank_page_fails_the_screenshot_check(chromium: str, tmp_path: Path) 
     screenshot(chromium, page.as_uri(), png, height=400)
     stats = pixel_stats(chromium, png, tmp_path)
     assert stats["colors"] <= 2 and stats["background"] > 0.99
+
+
+def test_the_inspector_names_reasoning_tool_call_tool_output_and_stop_tokens(chromium: str, tmp_path: Path) -> None:
+    """In a real browser: pin the first token of each class shown apart (#tok-ROW-INDEX, as a click does) and the
+    inspector names its class, with the labels the legend uses."""
+    records = [
+        {
+            "messages": [
+                LESSON[0],
+                {**LESSON[1], "reasoning_content": "France's capital is Paris."},
+            ]
+        },
+    ]
+    tools = str(FIXTURES / "data" / "tools.jsonl")
+    report = audit_sample([write_jsonl(tmp_path / "r.jsonl", records), tools], view={"rows": [0, 1]})
+    path = tmp_path / "classes.html"
+    write_html(report, path)
+    html = path.read_text(encoding="utf-8")
+    wanted = {
+        "reasoning": "reasoning",
+        "tool-call": "tool_call",
+        "tool-output": "tool_output",
+        "end-of-turn": "end_of_turn",
+    }
+    found = 0
+    for row in (0, 1):
+        box = re.search(rf'<div class="tokens" data-row="{row}"[^>]*>(.*?)</div>', html, re.S)
+        assert box is not None
+        spans = re.findall(r'<span class="(t [^"]*)"', box.group(1))  # every token, in order (`.t` in the script)
+        for name, label in wanted.items():
+            index = next((i for i, classes in enumerate(spans) if name in classes.split()), None)
+            if index is None:
+                continue
+            loaded = dump_dom(chromium, path.as_uri() + f"#tok-{row}-{index}")
+            assert loaded.console == []
+            tip = re.search(r'<div id="tip"[^>]*class="show"[^>]*>(.*?)</div>', loaded.stdout, re.S)
+            assert tip and f"<td>class</td><td>{label}</td>" in tip.group(1), (name, tip and tip.group(1))
+            found += 1
+    assert found >= 5  # reasoning and stop in row 0; tool call, tool output and stop in row 1
+    legend = re.search(r'<div class="card legend">(.*?)</div>', html, re.S)
+    assert legend and all(f">{label}</span>" in legend.group(1) for label in wanted.values())

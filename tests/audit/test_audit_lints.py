@@ -8,7 +8,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from audit_testkit import (
     FIXTURES,
@@ -17,14 +16,15 @@ from audit_testkit import (
     audit_sample,
     audit_shards,
     fired,
+    handmade_row,
     prepare_shards,
     write_jsonl,
 )
 from lossmask.audit import AuditReport, open_shards, run_audit
 from lossmask.audit.lints import CODES, SPECS
-from lossmask.pipeline.shift import Row
 from lossmask.pipeline.write import write_shard
 from lossmask.schemas.classes import TokenClass
+from tokenizers import Tokenizer
 
 USER = {"role": "user", "content": "What is 2 plus 3?"}
 ANSWER = {"role": "assistant", "content": "2 plus 3 is 5."}
@@ -95,6 +95,26 @@ def eot_missing(tmp: Path) -> AuditReport:
 def eot_not_counted(tmp: Path) -> AuditReport:
     data = write_jsonl(tmp / "d.jsonl", [{"messages": LESSON}, {"text": "plain text trains every token"}])
     return audit_shards(prepare_shards(tmp / "s", [data], train_end_of_turn=False))
+
+
+def reasoned(question: str, reasoning: str, answer: str) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer, "reasoning_content": reasoning},
+        ]
+    }
+
+
+REASONED = [
+    reasoned("What is 2 plus 3?", "Two plus three makes five.", "It is 5."),
+    reasoned("What is 3 plus 4?", "Three plus four makes seven.", "It is 7."),
+]
+
+
+def reasoning_never_trained(tmp: Path) -> AuditReport:
+    data = write_jsonl(tmp / "d.jsonl", [*REASONED, {"messages": LESSON}])
+    return audit_shards(prepare_shards(tmp / "s", [data], train_reasoning=False))
 
 
 def empty_assistant(tmp: Path) -> AuditReport:
@@ -176,6 +196,7 @@ CASES: dict[str, tuple[Callable[[Path], AuditReport], int, int, bool]] = {
     "double-bos": (double_bos, 1, 0, False),
     "eot-missing": (eot_missing, 2, 0, False),
     "eot-not-counted": (eot_not_counted, 1, 0, False),
+    "reasoning-never-trained": (reasoning_never_trained, 2, 0, False),
     "empty-assistant": (empty_assistant, 2, 0, False),
     "straddling-token": (straddling_token, 1, 0, False),
     "special-token-in-content": (special_token_in_content, 1, 0, False),
@@ -269,6 +290,38 @@ def test_token_lints_point_at_the_offending_token(tmp_path: Path) -> None:
     assert view.marks[example.position + 1] == ["eot-not-counted"]
 
 
+def test_reasoning_never_trained_counts_the_reasoning_read_and_points_at_it(tmp_path: Path) -> None:
+    lint = fired(reasoning_never_trained(tmp_path))["reasoning-never-trained"]
+    think = [f"<think>\n{r['messages'][1]['reasoning_content']}\n</think>\n\n" for r in REASONED]
+    tokenizer = Tokenizer.from_file(str(Path(TOKENIZER) / "tokenizer.json"))
+    per_row = [len(tokenizer.encode(text, add_special_tokens=False).ids) for text in think]
+    assert lint.breakdown == {"reasoning token(s) in the context, none counted": sum(per_row)}
+    assert [e.row for e in lint.examples] == [0, 1]
+    assert [e.detail.split(" reasoning token(s)")[0] for e in lint.examples] == [str(n) for n in per_row]
+    report = run_audit(open_shards(str(tmp_path / "s")), rows=[0])
+    example = fired(report)["reasoning-never-trained"].examples[0]
+    token = report.shown[0].tokens[example.position + 1]  # type: ignore[operator]
+    assert token.cls == TokenClass.REASONING and not token.counted and token.text == "<"
+    assert report.shown[0].tokens[example.position].cls == TokenClass.ROLE_HEADER  # the first reasoning token
+
+
+def test_reasoning_never_trained_is_about_the_whole_dataset(tmp_path: Path) -> None:
+    """Reasoning read only in the history (--mask last-assistant trains the last turn, which has none) fires;
+    one other row that trains reasoning silences it: reading reasoning without training it is normal then."""
+    history = {
+        "messages": [
+            *REASONED[0]["messages"],
+            {"role": "user", "content": "And 4 plus 5?"},
+            {"role": "assistant", "content": "It is 9."},
+        ]
+    }
+    alone = audit_sample([write_jsonl(tmp_path / "a.jsonl", [history])], mask="last-assistant")
+    assert fired(alone)["reasoning-never-trained"].rows == 1
+    mixed = audit_sample([write_jsonl(tmp_path / "m.jsonl", [history, REASONED[1]])], mask="last-assistant")
+    assert "reasoning-never-trained" not in fired(mixed)
+    assert {c.label: c.counted for c in mixed.stats.classes}["reasoning"] > 0
+
+
 def _lesson_file(tmp: Path) -> list[str]:
     return [write_jsonl(tmp / "lesson.jsonl", [{"messages": LESSON}])]
 
@@ -276,31 +329,17 @@ def _lesson_file(tmp: Path) -> list[str]:
 # Shards not made by lossmask's pipeline: the token-derived checks must find what no flag says.
 
 
-def _row(tokens: list[int], classes: list[int], counted: list[int], flags: int = 0, index: int = 0) -> Row:
-    ids = np.asarray(tokens, dtype=np.int32)
-    return Row(
-        input_ids=ids[:-1],
-        target_ids=ids[1:],
-        loss_mask=np.asarray(counted[1:], dtype=np.uint8),
-        token_class=np.asarray(classes[1:], dtype=np.uint8),
-        source=f"handmade:{index + 1}",
-        record_index=index,
-        part=0,
-        flags=flags,
-    )
-
-
 def test_unflagged_handmade_shards_are_caught_from_their_tokens(tmp_path: Path) -> None:
     folder = tmp_path / "handmade"
     folder.mkdir()
     H, U, A, E = TokenClass.ROLE_HEADER, TokenClass.USER, TokenClass.ASSISTANT, TokenClass.END_OF_TURN
     rows = [
-        _row([0, 0, 5, 6, 7, 2], [0, 0, H, U, A, E], [0, 0, 0, 0, 1, 1], index=0),  # double BOS (id 0)
-        _row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 0, 0], index=1),  # no counted target at all
-        _row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 0], index=2),  # end-of-turn not counted
-        _row([1, 5, 6, 7, 8], [0, H, U, A, U], [0, 0, 0, 1, 0], index=3),  # answer not followed by end-of-turn
-        _row([1, 5, 6, 2], [0, H, U, E], [0, 0, 0, 1], index=4),  # counted end-of-turn after no answer
-        _row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 1], index=5),  # clean
+        handmade_row([0, 0, 5, 6, 7, 2], [0, 0, H, U, A, E], [0, 0, 0, 0, 1, 1], index=0),  # double BOS (id 0)
+        handmade_row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 0, 0], index=1),  # no counted target at all
+        handmade_row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 0], index=2),  # end-of-turn not counted
+        handmade_row([1, 5, 6, 7, 8], [0, H, U, A, U], [0, 0, 0, 1, 0], index=3),  # answer not followed by end-of-turn
+        handmade_row([1, 5, 6, 2], [0, H, U, E], [0, 0, 0, 1], index=4),  # counted end-of-turn after no answer
+        handmade_row([1, 5, 6, 7, 2], [0, H, U, A, E], [0, 0, 0, 1, 1], index=5),  # clean
     ]
     write_shard(folder / "shard-00000.arrow", rows)
     report = run_audit(open_shards(str(folder), tokenizer_path=bos_tokenizer(tmp_path)))

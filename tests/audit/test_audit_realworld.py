@@ -3,10 +3,12 @@ and templates that are not prefix-stable (Qwen3, Phi-3). Skipped with a reason w
 
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 
 import pytest
-from audit_testkit import LESSON, audit_sample, fired, realworld, write_jsonl
+from audit_testkit import LESSON, ROOT, audit_sample, fired, function_tool, realworld, write_jsonl
+from lossmask.schemas.classes import TokenClass
 
 pytestmark = pytest.mark.realworld
 
@@ -108,3 +110,74 @@ def test_real_data_through_a_real_template_is_clean(tmp_path: Path) -> None:
     report = audit_sample([data], tokenizer=tokenizer("llama3-style"), sample=300)
     assert report.stats.rows == 300
     assert fired(report) == {}
+
+
+# Reasoning and tool calls on the 2025-26 families, with the family STYLE tokenizers of scripts/style_tokenizers.py.
+FAMILY_NAMES = ("qwen3", "deepseek-r1", "deepseek-v3", "gpt-oss", "glm4.5", "cohere2")
+WEATHER = function_tool("get_weather", "Weather in a city", city="string")
+REASONING_DATA = [
+    {
+        "messages": [
+            {"role": "user", "content": "What is 2 plus 3?"},
+            {"role": "assistant", "content": "It is 5.", "reasoning_content": "Two plus three makes five."},
+            {"role": "user", "content": "And 3 plus 4?"},
+            {"role": "assistant", "content": "It is 7.", "reasoning_content": "Three plus four makes seven."},
+        ]
+    },
+    {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "reasoning_content": "I should call the tool.",
+                "tool_calls": [
+                    {
+                        "id": "call00001",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call00001", "content": "Sunny, 20C"},
+            {"role": "assistant", "content": "It is sunny in Paris.", "reasoning_content": "The tool said sunny."},
+        ],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The family STYLE folders, built from the kit by the project's own script (run as a file: scripts/ is no
+    package)."""
+    kit = realworld("tokenizers", "smollm2").parents[1]
+    script = runpy.run_path(str(ROOT / "scripts" / "style_tokenizers.py"))
+    return script["build_styles"](kit, tmp_path_factory.mktemp("styles"))
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_reasoning_families_learn_their_classes_and_the_reasoning_lint(
+    family: str, styles: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each family writes reasoning the default run trains; --no-train-reasoning fires reasoning-never-trained
+    on exactly the rows that read reasoning; --no-train-tool-calls makes no turn look unended or empty."""
+    data = write_jsonl(tmp_path / "d.jsonl", REASONING_DATA)
+    folder = str(styles[family])
+    trained = audit_sample([data], tokenizer=folder)
+    assert "reasoning-never-trained" not in fired(trained)
+    classes = {c.label: (c.positions, c.counted) for c in trained.stats.classes}
+    assert classes["reasoning"][1] > 0 and classes["end_of_turn"][1] > 0
+
+    untrained = audit_sample([data], tokenizer=folder, train_reasoning=False)
+    lint = fired(untrained)["reasoning-never-trained"]
+    table = untrained.source.frame.select("token_class").collect()["token_class"].to_list()
+    reading = [row for row, tokens in enumerate(table) if TokenClass.REASONING in tokens]
+    reasoning = {c.label: (c.positions, c.counted) for c in untrained.stats.classes}["reasoning"]
+    assert reasoning == (classes["reasoning"][0], 0)
+    assert lint.rows == len(reading) > 0 and [e.row for e in lint.examples] == reading[: len(lint.examples)]
+    assert lint.breakdown == {"reasoning token(s) in the context, none counted": reasoning[0]}
+    assert set(fired(untrained)) - {"reasoning-never-trained"} == set(fired(trained))
+
+    no_calls = audit_sample([data], tokenizer=folder, train_tool_calls=False)
+    assert set(fired(no_calls)) <= set(fired(trained)), family

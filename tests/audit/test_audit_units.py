@@ -9,7 +9,7 @@ import pytest
 from audit_testkit import TOKENIZER, realworld
 from lossmask.audit.report import spread
 from lossmask.audit.stats import compute_stats, nice_width
-from lossmask.audit.tokenscan import scan_batch, whitespace_table
+from lossmask.audit.tokenscan import scan_batch, tally_batch, whitespace_table
 from lossmask.audit.views import token_texts
 from lossmask.pipeline.shift import Row, rows_to_batch
 from lossmask.pipeline.tokenizer import load_tokenizer
@@ -81,6 +81,48 @@ def test_token_scan_rules() -> None:
         "eot_missing": [-1, -1, -1, 4, -1, 4, -1, -1],
         "empty_assistant": [-1, -1, -1, -1, -1, -1, 3, -1],
     }
+
+
+def test_a_turn_whose_tool_call_is_left_untrained_still_ends_and_is_not_empty() -> None:
+    """--no-train-tool-calls: the call is content the model reads, not a missing end-of-turn or an empty answer;
+    a turn that really is empty or unended still fires."""
+    H, U, R, K, A, E = C.ROLE_HEADER, C.USER, C.REASONING, C.TOOL_CALL, C.ASSISTANT, C.END_OF_TURN
+    whitespace = np.zeros(64, dtype=bool)
+    whitespace[20] = True  # id 20 decodes to a space
+    result = scan_rows(
+        row([H, U, H, R, K, K, E], [0, 0, 0, 1, 0, 0, 1]),  # 0: trained reasoning, untrained call, stop
+        row([H, U, H, K, K, E], [0, 0, 0, 0, 0, 1]),  # 1: untrained call alone, stop
+        row([H, U, H, K, A, E], [0, 0, 0, 0, 1, 1], targets=[30, 31, 32, 33, 20, 40]),  # 2: call, then a space
+        row([H, U, H, R, K, H, U], [0, 0, 0, 1, 0, 0, 0]),  # 3: no end-of-turn after the turn
+        row([H, U, H, A, E], [0, 0, 0, 0, 1], targets=[30, 31, 32, 20, 40]),  # 4: an untrained space, stop
+        whitespace=whitespace,
+    )
+    assert result == {
+        "eot_not_counted": [-1, -1, -1, -1, -1],
+        "eot_missing": [-1, -1, -1, 4, -1],
+        "empty_assistant": [-1, -1, -1, -1, 4],
+    }
+
+
+def test_rows_without_assistant_content_scan_clean() -> None:
+    assert scan_rows(row([C.TEXT] * 4, [1] * 4), row([C.USER, C.END_OF_TURN], [0, 0])) == {
+        rule: [-1, -1] for rule in ("eot_not_counted", "eot_missing", "empty_assistant")
+    }
+
+
+def test_reasoning_tally_per_row() -> None:
+    H, R, A, E = C.ROLE_HEADER, C.REASONING, C.ASSISTANT, C.END_OF_TURN
+    batch = rows_to_batch(
+        [
+            row([H, R, R, A, E], [0, 1, 1, 1, 1]),  # trained reasoning
+            row([H, A, E], [0, 1, 1]),  # none
+            row([H, R, A, R, R, E], [0, 0, 1, 1, 0, 1]),  # read at 1 and 4, trained at 3
+        ]
+    )
+    tally = tally_batch(batch, C.REASONING)
+    assert tally.context.tolist() == [0, 0, 2]
+    assert tally.counted.tolist() == [2, 0, 1]
+    assert tally.first_context.tolist() == [-1, -1, 1]
 
 
 def test_whitespace_only_answers_count_as_empty() -> None:
