@@ -174,7 +174,8 @@ class Renderer:
                 raise RecordError("special_token_in_tool_data", f"found {sorted(set(found))[:5]}")
 
         inputs = TemplateInputs(conversation.tools, conversation.template_kwargs)
-        rows = row_plans(self._layout(messages, inputs), intent, policy, self.template.name)
+        layout = self._layout(messages, inputs)
+        rows = row_plans(layout, intent, policy, self.template.name)
         # An assistant message with nothing to say: its end-of-turn alone would teach the model to answer with
         # nothing (whitespace-only content trains exactly that). The audit reports rows that hold one.
         blank = [
@@ -200,10 +201,26 @@ class Renderer:
                     raise RecordError("template_dropped_message", f"{self.template.name} leaves out {what}{hint}")
                 row_flags |= RowFlag.MESSAGE_DROPPED
             example = self._realize(row_plan, messages[: row.messages], inputs, conversation, part)
+            if row_plan.open_end:
+                example.append_stop = self._stop_after(layout, row.messages - 1)
+                row_flags |= RowFlag.STOP_APPENDED if example.append_stop else RowFlag.NO_END_OF_TURN
+                example.eos_trains = class_trains(policy, TokenClass.END_OF_TURN, True)
             example.flags |= flags | row_flags | row_plan.flags
             example.escape = escape
             examples.append(example)
         return examples
+
+    def _stop_after(self, layout: Layout, message: int) -> str | None:
+        """For templates whose models stop by writing the next message's header (GLM): the header that follows
+        this turn in the whole conversation, or, when it ends the conversation, the header of a user turn."""
+        if self.profile is None or not self.profile.stops_at_next_header:
+            return None
+        turn = layout.turns_by_message.get(message)
+        if turn is not None and turn.has_end_of_turn:
+            return layout.skeleton[turn.end_of_turn_start : turn.end]
+        markers = self.profile.eot_markers
+        stops = [m for m in markers if m in self.tokenizer.stop_tokens] or list(markers)
+        return stops[0] if stops else None
 
     def _layout(self, messages: list[TemplateMessage], inputs: TemplateInputs, continuation: bool = False) -> Layout:
         """The layout of this conversation shape, built once (a sentinel rendering) and cached."""

@@ -262,6 +262,13 @@ def _finish_row(
             ids = np.append(ids, np.int32(eos))
             trainable = np.append(trainable, example.eos_trains)
             classes = np.append(classes, np.uint8(TokenClass.END_OF_TURN if example.turns else TokenClass.TEXT))
+    if example.append_stop is not None:
+        stop = info.tokenizer.token_to_id(example.append_stop)
+        if stop is None:
+            raise RecordError("mask_verification_failed", f"the stop token {example.append_stop!r} is no token")
+        ids = np.append(ids, np.int32(stop))
+        trainable = np.append(trainable, example.eos_trains)
+        classes = np.append(classes, np.uint8(TokenClass.END_OF_TURN))
     bos = info.bos_id
     if bos is not None and ids.size >= 2 and ids[0] == bos and ids[1] == bos:
         flags |= _DOUBLE_BOS

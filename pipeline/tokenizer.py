@@ -63,8 +63,10 @@ class TokenizerInfo:
         """(for a piece at the start of the text, for a piece after it): built only when something is escaped,
         since copying a large tokenizer takes a while."""
         if self._plain is None:
-            first = _plain_copy(self.tokenizer, never_prepend=False)
-            rest = _plain_copy(self.tokenizer, never_prepend=True) if _has_prepend_first(self.tokenizer) else first
+            added = self.tokenizer.get_added_tokens_decoder().values()
+            plain = frozenset(t.content for t in added if not t.special and t.content in self.control_tokens)
+            first = _plain_copy(self.tokenizer, never_prepend=False, plain=plain)
+            rest = _plain_copy(self.tokenizer, True, plain) if _has_prepend_first(self.tokenizer) else first
             self._plain = (first, rest)
         return self._plain
 
@@ -170,8 +172,10 @@ def _inside_any(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
     return any(a <= start and end <= b for a, b in spans)
 
 
-def _plain_copy(tokenizer: Tokenizer, never_prepend: bool) -> Tokenizer:
-    """A copy that encodes special-token strings as text; optionally with Metaspace prepend_scheme 'never'.
+def _plain_copy(tokenizer: Tokenizer, never_prepend: bool, plain: frozenset[str] = frozenset()) -> Tokenizer:
+    """A copy that encodes special-token strings as text, and the added tokens in `plain` too (control tokens not
+    marked special, like Qwen's `</think>`, which `encode_special_tokens` would still match); optionally with
+    Metaspace prepend_scheme 'never'.
 
     With prepend_scheme 'first' only the start of the whole input gets the '▁' prefix; a piece taken from the
     middle of a text must not get it either, or its first token would differ from whole-text encoding.
@@ -179,6 +183,8 @@ def _plain_copy(tokenizer: Tokenizer, never_prepend: bool) -> Tokenizer:
     spec = json.loads(tokenizer.to_str())
     if never_prepend:
         _set_prepend_never(spec.get("pre_tokenizer"))
+    if plain:
+        spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t.get("content") not in plain]
     copy_ = Tokenizer.from_str(json.dumps(spec))
     copy_.encode_special_tokens = True
     return copy_

@@ -35,7 +35,10 @@ class RenderedExample:
     flags: int = 0
     add_special_tokens: bool = False  # let the tokenizer's post-processor add BOS (plain text, raw prompts)
     append_eos: bool = False  # end with the EOS token (plain text, raw completions)
-    eos_trains: bool = True  # whether that EOS counts (decided by the mask policy)
+    eos_trains: bool = True  # whether that EOS (or the appended stop) counts (decided by the mask policy)
+    # The stop token the model must emit after the row's final turn where the template writes it only before a
+    # next message (GLM: `<|user|>`, `<|observation|>`); appended and trained like an EOS.
+    append_stop: str | None = None
     escape: bool = False  # data spans hold control-token strings that must be encoded as plain text
 
 

@@ -70,6 +70,7 @@ class RowFlag(IntFlag):
     WINDOW = 32768  # one of several windows of a longer example (--overflow split, or a document cut by --concat)
     REASONING_CONTINUED = 65536  # a turn whose reasoning the template drops, trained after its generation prompt
     TOOL_ARGUMENTS_CONVERTED = 131072  # tool-call arguments converted to the type the template takes
+    STOP_APPENDED = 262144  # the final turn ends with the stop token the model must emit (GLM's next header)
 
 
 LAYOUT_ROWS = "rows"  # one document per row

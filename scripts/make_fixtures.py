@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -313,7 +314,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="verify the committed fixtures instead of writing")
     parser.add_argument("--styles", metavar="DIR", help="write the family STYLE tokenizers (needs the kit) to DIR")
-    parser.add_argument("--kit", default=str(ROOT.parent / "shared" / "realworld"), help="the real-world kit")
+    kits = [os.environ.get("LOSSMASK_REALWORLD", ""), ROOT.parent / "shared" / "realworld", "/work/shared/realworld"]
+    kit = next((str(k) for k in kits if k and Path(k).is_dir()), str(kits[1]))
+    parser.add_argument("--kit", default=kit, help="the real-world kit (default: $LOSSMASK_REALWORLD, ../shared)")
     args = parser.parse_args()
     if args.styles:
         from style_tokenizers import build_styles

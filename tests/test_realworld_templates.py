@@ -189,8 +189,11 @@ def test_masks_agree_with_trl_generation_tags(tmp_path: Path, training: str, ori
                 ours[answer] = (inside, after, result.ids, result.trainable, result.flags)
         # token ids equal transformers' apply_chat_template(tokenize=True) of the original, for the messages rendered
         count = len(conv.messages) - sum(1 for a in ANSWERS if a not in example.text) * 2
-        expected = hf.apply_chat_template(messages[:count], tokenize=True, return_dict=True)["input_ids"]
-        assert result.ids.tolist() == list(expected), original
+        expected = list(hf.apply_chat_template(messages[:count], tokenize=True, return_dict=True)["input_ids"])
+        if result.flags & RowFlag.STOP_APPENDED:  # GLM: the stop the model must emit, which the template omits
+            expected.append(int(result.ids[-1]))
+            assert info.tokenizer.id_to_token(expected[-1]) in {"<|user|>", "<|observation|>"}, original
+        assert result.ids.tolist() == expected, original
     assert set(ours) == set(ANSWERS), f"{original}: lossmask trained {sorted(ours)}"
 
     for answer, (trl_inside, trl_after) in trl_turns.items():
@@ -202,8 +205,8 @@ def test_masks_agree_with_trl_generation_tags(tmp_path: Path, training: str, ori
                 assert trainable[after], f"{original}: lossmask does not train the end-of-turn token"
                 if policy == "as-rendered" or not flags & RowFlag.SPLIT_TURN:
                     assert int(ids[after]) == out["input_ids"][trl_after]
-            else:  # only the training variant writes it (GLM appends <|user|> after the final turn)
-                assert flags & RowFlag.NO_END_OF_TURN
+            else:  # only the training variant writes it (GLM appends <|user|> after the final turn); so do we
+                assert flags & RowFlag.STOP_APPENDED and trainable[-1] and int(ids[-1]) == out["input_ids"][trl_after]
 
 
 REASONED = [

@@ -79,7 +79,11 @@ def parse_template_kwargs(value: Any, where: str) -> dict[str, Any] | None:
 
 
 def parse_tools(value: Any, where: str) -> list[dict[str, Any]] | None:
-    """A `tools` list (or the JSON string of one, as in ShareGPT tool datasets); None when absent or empty."""
+    """A `tools` list (or the JSON string of one, as in ShareGPT tool datasets); None when absent or empty.
+
+    Each tool is given to templates in the OpenAI shape they are written for, `{"type": "function", "function":
+    {...}}`: a bare function schema (`{"name", "description", "parameters"}`, as LLaMA-Factory's glaive data
+    stores them) is wrapped, so `tool.function.name` works in every template."""
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, str):
@@ -89,4 +93,10 @@ def parse_tools(value: Any, where: str) -> list[dict[str, Any]] | None:
             raise RecordError("wrong_type", f"{where} is not valid JSON: {exc.msg}", field=where) from None
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
         raise RecordError("wrong_type", f"{where} must be a list of objects", field=where)
-    return value or None
+    return [_openai_tool(tool) for tool in value] or None
+
+
+def _openai_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if "function" not in tool and isinstance(tool.get("name"), str):
+        return {"type": "function", "function": tool}
+    return tool

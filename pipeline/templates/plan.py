@@ -122,6 +122,7 @@ class Plan:
     # What the template left out: (message index or -1, "text" | "tool calls" | "tool definitions").
     dropped: list[tuple[int, str]] = field(default_factory=list)
     continuation: bool = False  # the skeleton is the generation prompt of the earlier messages + the last turn
+    open_end: bool = False  # the last message is a trained assistant turn that nothing in the rendering ends
 
 
 @dataclass
@@ -147,6 +148,8 @@ class Layout:
         """The plan for these trained characters: spans of equal labels, trained runs, and what the row shows."""
         flags = int(RowFlag.GENERATION_TAGS) if use_tags else 0
         dropped = list(self.dropped)
+        last = len(intent) - 1
+        open_end = False
         for turn in self.turns:
             if not intent[turn.message]:
                 continue
@@ -155,12 +158,17 @@ class Layout:
             if not turn.context_faithful:
                 flags |= RowFlag.GEN_PROMPT_MISMATCH
             if not turn.has_end_of_turn:
-                flags |= RowFlag.NO_END_OF_TURN
+                if turn.message == last:
+                    open_end = True  # render decides: append the stop the model must emit, or flag it
+                else:
+                    flags |= RowFlag.NO_END_OF_TURN
         if self.continuation:
             flags |= RowFlag.REASONING_CONTINUED
         spans = _run_lengths(self.labels, train)
         runs = _trained_runs(train)
-        return Plan(self.skeleton, self.occurrences, spans, runs, int(flags), sorted(set(dropped)), self.continuation)
+        return Plan(
+            self.skeleton, self.occurrences, spans, runs, int(flags), sorted(set(dropped)), self.continuation, open_end
+        )
 
 
 @dataclass
