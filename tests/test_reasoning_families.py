@@ -270,3 +270,45 @@ def test_refusal_counts_per_family_are_reported(styles, capsys):
         for family, counts in table.items():
             print(f"\n{family}: {dict(counts)}")
     assert all(counts["verified"] for counts in table.values())
+
+
+DATA = REALWORLD / "data" / "llamafactory"
+
+
+@pytest.mark.parametrize(
+    ("template", "escaped"),
+    # Qwen3's template writes </think>, so inside an answer it is a control-token string, escaped as text; Qwen2.5's
+    # does not, so there it is ordinary vocabulary (transformers' rule), encoded as the added token.
+    [("llama.cpp/Qwen-Qwen3-0.6B.jinja", 2), ("llama.cpp/Qwen-Qwen2.5-7B-Instruct.jinja", None)],
+)
+def test_llamafactory_reasoning_and_tool_data_is_all_written(styles, tmp_path, template, escaped):
+    """The kit's reason_tool_use_demo_50.jsonl and glaive_toolcall_en_demo.json on Qwen3 and Qwen2.5: every
+    record written (reasoning parts, tool calls with object arguments, bare tool schemas, a stray `</think>`
+    inside two answers)."""
+    from .support import read_rows, run_prepare
+
+    inputs = [DATA / "reason_tool_use_demo_50.jsonl", DATA / "glaive_toolcall_en_demo.json"]
+    manifest, out = run_prepare(
+        tmp_path, inputs, tokenizer=str(styles["qwen3"]), chat_template=str(TEMPLATES / template)
+    )
+    assert manifest["records"]["read"] == 350
+    assert manifest["records"]["written"] == 350, manifest["records"]["by_reason"]
+    assert manifest["records"]["row_flags"].get("special_escaped") == escaped
+    assert all(row["num_loss_tokens"] > 0 for row in read_rows(out))
+
+
+def test_mistral_tool_call_ids_are_generated_on_request(tmp_path):
+    """Mistral v3 requires 9-character alphanumeric call ids; glaive's calls have none. The refusal names the
+    rule and the fix; `--tool-call-ids generate` writes them."""
+    from .support import read_rejects, run_prepare
+
+    tokenizer = str(REALWORLD / "tokenizers" / "mistral-v3")
+    data = [DATA / "glaive_toolcall_en_demo.json"]
+    manifest, out = run_prepare(tmp_path, data, tokenizer=tokenizer, out_name="keep")
+    reasons = manifest["records"]["by_reason"]["rejected"]
+    assert reasons.get("tool_call_id_format") == 153, reasons  # every glaive record with a call
+    hint = next(r for r in read_rejects(out) if r["reason"] == "tool_call_id_format")["hint"]
+    assert "--tool-call-ids generate" in hint
+    generated, _ = run_prepare(tmp_path, data, tokenizer=tokenizer, tool_call_ids="generate", out_name="generate")
+    assert "tool_call_id_format" not in generated["records"]["by_reason"]["rejected"]
+    assert generated["records"]["written"] == manifest["records"]["written"] + 153
