@@ -7,6 +7,7 @@ into shards in order, and writes the manifest last.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,12 +177,18 @@ def build_manifest(
             "content_format": profile.content_format,
             "renders_reasoning": profile.renders_reasoning,
             "end_of_turn_markers": list(profile.eot_markers),
+            "stop_sequences": list(profile.stop_sequences),
+            "stops_at_next_header": profile.stops_at_next_header,
+            "tool_arguments": profile.tool_arguments,
+            "text_markers": list(profile.text_markers),
+            "reasoning_tags": list(dataclasses.astuple(context.renderer.reasoning_tags)),
             "has_generation_tags": template.has_generation_tags,
         },
         "tokenizer": {
             "vocab_size": context.tokenizer.vocab_size,
             "special_tokens": context.tokenizer.special_tokens,
             "control_tokens": len(context.tokenizer.control_tokens),
+            "stop_tokens": list(context.tokenizer.stop_tokens),
             # Checked only when something was escaped, so the manifest does not depend on which process did it.
             "escape_supported": context.tokenizer.escape_supported if accounting.row_flags["special_escaped"] else None,
         },
