@@ -68,11 +68,7 @@ def parse_template_kwargs(value: Any, where: str) -> dict[str, Any] | None:
     """Per-record chat-template variables: an object (or its JSON string); None when absent or empty."""
     if value is None or value == "" or value == {}:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise RecordError("wrong_type", f"{where} is not valid JSON: {exc.msg}", field=where) from None
+    value = _decoded(value, where)
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise RecordError("wrong_type", f"{where} must be an object of template variables", field=where)
     return value
@@ -86,14 +82,20 @@ def parse_tools(value: Any, where: str) -> list[dict[str, Any]] | None:
     stores them) is wrapped, so `tool.function.name` works in every template."""
     if value is None or value == "" or value == []:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise RecordError("wrong_type", f"{where} is not valid JSON: {exc.msg}", field=where) from None
+    value = _decoded(value, where)
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
         raise RecordError("wrong_type", f"{where} must be a list of objects", field=where)
     return [_openai_tool(tool) for tool in value] or None
+
+
+def _decoded(value: Any, where: str) -> Any:
+    """A field that datasets store either as JSON or as the JSON string of it (ShareGPT's `tools`)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise RecordError("wrong_type", f"{where} is not valid JSON: {exc.msg}", field=where) from None
 
 
 def _openai_tool(tool: dict[str, Any]) -> dict[str, Any]:
