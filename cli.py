@@ -1,112 +1,51 @@
-"""The `lossmask` command: thin click commands over the Python API.
+"""The `lossmask` command: thin click commands over the Python API, each imported only when it runs.
 
-Exit codes: 0 done; 1 `--strict` and some record was rejected; 2 the job could not run (missing input, bad
-tokenizer path, broken template, bad option), with one message saying what to fix.
+Exit codes: 0 done; 1 `--strict` and some record was rejected (or `audit --fail-on` fired); 2 the job could not
+run (missing input, bad tokenizer path, broken template, bad option), with one message saying what to fix.
 """
 
 from __future__ import annotations
 
-import sys
-import time
+import importlib
 from typing import Any
 
 import click
 
 from . import __version__
-from .cli_options import choice, default, row_options
-from .errors import fails_cleanly
-from .export.cli import export_command, inspect_command
-from .pipeline.config import PrepareConfig, load_config_file
+
+# name -> (module:attribute, one-line help). `lossmask --help` shows these without importing the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("lossmask.jobs.cli:prepare", "Turn INPUT files into token shards with loss masks."),
+    "audit": ("lossmask.audit.cli:audit", "Show which tokens train, with lints; shards or raw inputs."),
+    "train": ("lossmask.trainer.cli:train", "Train the NumPy reference model on shards (the proof)."),
+    "explain": ("lossmask.trainer.cli:explain", "The lesson's table for one example: context -> target -> loss."),
+    "export": ("lossmask.export.cli:export_command", "Write shards in a trainer's format (hf, numpy, ...)."),
+    "inspect": ("lossmask.export.cli:inspect_command", "The manifest, the schema and a few rows of a shard set."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class LazyGroup(click.Group):
+    """Subcommands imported on first use, so that `lossmask --help` costs click and nothing else."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            module, attribute = COMMANDS[name][0].split(":")
+            self.commands[name] = getattr(importlib.import_module(module), attribute)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: Any) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="lossmask")
 def main() -> None:
     """Chat transcripts and raw text -> training-ready token shards with verified loss masks."""
 
-
-@main.command()
-@click.argument("inputs", nargs=-1)
-@click.option(
-    "--tokenizer",
-    help="A tokenizer.json, a model folder (tokenizer.json + tokenizer_config.json), or a Hub id org/name[@revision].",
-)
-@click.option("--out", help="Output folder for the shards, _manifest.json and _rejects.jsonl.")
-@row_options
-@click.option("--pack", type=int, help="Pack whole documents into rows of at most N positions (best-fit decreasing).")
-@click.option("--concat", type=int, help="Join documents and cut rows of exactly N positions (pretraining text).")
-@click.option(
-    "--pack-window", type=int, help=f"Documents packed together; 0 = the whole dataset {default('pack_window')}."
-)
-@click.option("--config", "config_file", help="A YAML or TOML file with the same options; flags override it.")
-@click.option("--strict", is_flag=True, default=None, help="Exit 1 when any record is rejected.")
-@click.option("--resume/--fresh", default=None, help="Finish a killed run of the same job (default) or start over.")
-@click.option(
-    "--engine",
-    type=choice("engine"),
-    help=f"local: this machine; ray: Ray Data (pip install .[ray]) {default('engine')}.",
-)
-@click.option("--workers", type=int, help="Worker processes (default: every core). Output does not depend on it.")
-@click.option("--batch-size", type=int, help=f"Records per processing batch {default('batch_size')}.")
-@click.option("--shard-max-rows", type=int, help=f"Rows per shard at most {default('shard_max_rows')}.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@fails_cleanly
-def prepare(inputs: tuple[str, ...], config_file: str | None, quiet: bool, format_: str | None, **flags: Any) -> None:
-    """Turn INPUT files (JSONL, JSON, Parquet, Arrow; .gz/.zst) into token shards with loss masks."""
-    from .jobs.prepare import prepare as run_prepare
-
-    values: dict[str, Any] = load_config_file(config_file) if config_file else {}
-    if inputs:
-        values["inputs"] = list(inputs)
-    if format_ is not None:
-        values["format"] = format_
-    for key, value in flags.items():
-        if value is not None:
-            values[key] = value
-    config = PrepareConfig.from_mapping(values)
-    config.require_paths()
-    started = time.perf_counter()
-    manifest = run_prepare(config)
-    elapsed = time.perf_counter() - started
-    if not quiet:
-        print_summary(manifest, config.out, elapsed)
-    if config.strict and manifest["records"]["rejected"]:
-        sys.exit(1)
-
-
-def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
-    records, totals = manifest["records"], manifest["totals"]
-    rate = totals["tokens"] / elapsed if elapsed > 0 else 0.0
-    click.echo(f"shards:   {out}/ ({len(manifest['shards'])} shard(s), {totals['rows']} rows)")
-    click.echo(f"tokens:   {totals['tokens']} positions, {totals['loss_tokens']} counted targets")
-    packing = manifest.get("packing")
-    if packing:
-        click.echo(
-            f"packing:  {packing['mode']} {packing['length']}: {packing['rows']} rows, fill rate "
-            f"{100 * packing['fill_rate']:.2f}% (padding overhead {100 * packing['padding_overhead']:.2f}%)"
-        )
-    click.echo(
-        f"records:  {records['read']} read = {records['written']} written + {records['rejected']} rejected "
-        f"+ {records['dropped']} dropped"
-    )
-    for status in ("rejected", "dropped"):
-        for reason, count in records["by_reason"][status].items():
-            click.echo(f"          {count:>6} {status}: {reason}")
-    if records["rejected"] or records["dropped"]:
-        click.echo(f"rejects:  {out}/_rejects.jsonl (file:line and reason for each)")
-    click.echo(f"manifest: {out}/_manifest.json")
-    click.echo(f"time:     {elapsed:.2f} s ({rate:,.0f} tokens/s)")
-
-
-# Commands defined with their stage, registered here (imported last: they import the pipeline, not this module).
-from .audit.cli import audit  # noqa: E402
-from .trainer.cli import explain, train  # noqa: E402
-
-main.add_command(audit)
-main.add_command(train)
-main.add_command(explain)
-main.add_command(export_command)
-main.add_command(inspect_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..pipeline.accounting import Outcome
 from ..pipeline.batch import BatchResult, JobContext, process_batch
 from ..pipeline.config import PrepareConfig
-from ..pipeline.shift import TOKEN_COLUMNS, Row
+from ..pipeline.shift import TOKEN_COLUMNS, Row, rows_to_batch
 from ..schemas.records import RawRecord, SourceRef
 from ..schemas.shards import SHARD_SCHEMA
 
@@ -103,6 +103,7 @@ def result_to_table(result: BatchResult) -> pa.Table:
 
 def table_to_result(table: pa.Table) -> BatchResult:
     result = BatchResult()
+    rows: list[Row] = []
     rows_column = table.column("rows").combine_chunks()
     row_structs = rows_column.values
     record_offsets = rows_column.offsets.to_numpy()
@@ -121,7 +122,7 @@ def table_to_result(table: pa.Table) -> BatchResult:
         source = SourceRef(item["file"], item["line"], item["index"])
         first, last = int(record_offsets[i]), int(record_offsets[i + 1])
         for k in range(first, last):
-            result.rows.append(
+            rows.append(
                 Row(
                     input_ids=ids[ids_off[k] : ids_off[k + 1]],
                     target_ids=tgt[tgt_off[k] : tgt_off[k + 1]],
@@ -136,6 +137,7 @@ def table_to_result(table: pa.Table) -> BatchResult:
         outcome = Outcome(source, item["status"], last - first, item["reason"], item["detail"] or "", item["field"])
         outcome.rows_dropped = tuple(item["rows_dropped"])
         result.outcomes.append(outcome)
+    result.batch = rows_to_batch(rows)
     return result
 
 

@@ -8,6 +8,7 @@ into shards in order, and writes the manifest last.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +30,11 @@ from ..pipeline.combine import (
     PassthroughResume,
 )
 from ..pipeline.config import PrepareConfig
+from ..pipeline.encoders import EncoderMismatch
 from ..pipeline.inputs import batched, iter_raw_records
 from ..pipeline.read import expand_inputs
 from ..pipeline.write import ShardWriter
+from ..schemas.arrays import values
 from ..schemas.shards import (
     LAYOUT_PACKED,
     MANIFEST_NAME,
@@ -64,7 +67,10 @@ def clear_unfinished_output(out: Path, checkpoint: Checkpoint | None) -> None:
 
 # Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
 # output is byte-identical whatever they are.
-RUNTIME_FIELDS = ("out", "engine", "workers", "batch_size", "resume")
+RUNTIME_FIELDS = ("out", "engine", "workers", "batch_size", "resume", "encoder")
+# Below this much input, `--encoder auto` keeps `tokenizers`: building and proving tiktoken's encoder costs more
+# than it saves. The choice never changes the output (the encoders give the same ids).
+FAST_ENCODER_MIN_BYTES = 4 << 20
 
 
 def output_config(config: PrepareConfig) -> dict[str, Any]:
@@ -81,10 +87,29 @@ def fingerprints(config: PrepareConfig, context: JobContext, paths: list[Path]) 
 
 
 def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run the job; resume a killed run of the same job from its checkpoint. Returns the manifest."""
+    """Run the job; resume a killed run of the same job from its checkpoint. Returns the manifest.
+
+    With the tiktoken encoder, a sampled row on which it disagrees with `tokenizers` stops the run, and the job
+    starts over with `tokenizers` (the manifest says why)."""
     config.require_paths()
-    started = time.perf_counter()
     paths = expand_inputs(config.inputs)
+    if config.encoder == "auto":
+        large = sum(p.stat().st_size for p in paths) >= FAST_ENCODER_MIN_BYTES
+        config = dataclasses.replace(config, encoder="tiktoken-if-proven" if large else "tokenizers")
+    try:
+        return _run(config, paths, progress)
+    except EncoderMismatch as exc:
+        if config.encoder == "tokenizers":
+            raise
+        print(f"lossmask: {exc}; starting over with --encoder tokenizers", file=sys.stderr)
+        manifest = _run(dataclasses.replace(config, encoder="tokenizers", resume=False), paths, progress)
+        manifest["encoder"]["fell_back"] = str(exc)
+        write_json(Path(config.out) / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
+        return manifest
+
+
+def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    started = time.perf_counter()
     context = JobContext.from_config(config)
     out = Path(config.out)
     prints = fingerprints(config, context, paths)
@@ -119,24 +144,28 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                     checkpoint.save(out)
 
         for result in run_engine(config, context, batched(records, config.batch_size)):
-            rows = iter(result.rows)
+            batch = result.batch
+            flags = values(batch.column("flags"))
+            position = 0
             for outcome in result.outcomes:
                 index = outcome.source.index
-                record_rows = [next(rows) for _ in range(outcome.rows)]
+                record_rows = batch.slice(position, outcome.rows)
                 if index >= counted_from:
                     if outcome.status != "written":
                         rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))
                     accounting.add(outcome)
-                    for row in record_rows:
-                        accounting.add_row_flags(row.flags)
+                    for row_flags in flags[position : position + outcome.rows]:
+                        accounting.add_row_flags(int(row_flags))
                     next_record = index + 1
+                position += outcome.rows
                 write(combiner.add(index, record_rows))
             if progress is not None:
-                progress(len(result.outcomes), sum(r.num_tokens for r in result.rows))
+                progress(len(result.outcomes), int(values(batch.column("num_tokens")).sum()))
         write(combiner.finish())
     writer.close()
     accounting.check()
     manifest = build_manifest(config, context, prints, accounting, writer.shards, combiner.summary())
+    manifest["encoder"] = {"name": context.tokenizer.encoder.name, "note": context.encoder_note}
     write_json(out / MANIFEST_NAME, manifest)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     manifest["_elapsed_seconds"] = time.perf_counter() - started  # for the caller; not written

@@ -9,17 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RecordError
+import pyarrow as pa
+
+from ..errors import RecordError, SetupError
 from ..schemas.examples import TokenizedExample
 from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
+from .encoders import fast_encoder
 from .fit import LengthPolicy, fit
 from .formats import parse
 from .formats.options import FormatOptions
 from .read import decode
 from .render import Renderer
-from .shift import Row, shift
+from .shift import Row, rows_from_batch, rows_to_batch, shift
 from .templates import ChatTemplate, resolve_template_source
 from .tokenize import tokenize_batch
 from .tokenizer import TokenizerInfo, load_tokenizer
@@ -36,6 +39,7 @@ class JobContext:
     renderer: Renderer
     format_options: FormatOptions
     length_policy: LengthPolicy
+    encoder_note: str = ""  # why the fast encoder is not used, when it is not
 
     def encode(self, conversation: Conversation, inherited: list[bool]) -> list[TokenizedExample]:
         """Render and tokenize a shortened conversation (for turn-aware lengths) whose messages keep the training
@@ -52,6 +56,13 @@ class JobContext:
         template = load_job_template(config, tokenizer)
         if template is not None:
             tokenizer = tokenizer.for_template(template.source)
+        note = ""
+        if config.encoder in ("tiktoken", "tiktoken-if-proven"):
+            fast, note = fast_encoder(tokenizer.tokenizer)
+            if fast is not None:
+                tokenizer = tokenizer.with_encoder(fast)
+            elif config.encoder == "tiktoken":
+                raise SetupError(f"--encoder tiktoken cannot encode exactly like {config.tokenizer}: {note}")
         return cls(
             config=config,
             tokenizer=tokenizer,
@@ -59,6 +70,7 @@ class JobContext:
             renderer=Renderer(template, tokenizer, config.render_options()),
             format_options=config.format_options(),
             length_policy=config.length_policy(),
+            encoder_note=note,
         )
 
 
@@ -73,8 +85,16 @@ def load_job_template(config: PrepareConfig, tokenizer: TokenizerInfo) -> ChatTe
 
 @dataclass
 class BatchResult:
-    rows: list[Row] = field(default_factory=list)
+    """One batch's outcome per record, and every row written, in record order, as one Arrow record batch of
+    `SHARD_SCHEMA` (what crosses from a worker to the writer: buffers, not millions of Python objects)."""
+
     outcomes: list[Outcome] = field(default_factory=list)
+    batch: pa.RecordBatch = field(default_factory=lambda: rows_to_batch([]))
+
+    @property
+    def rows(self) -> list[Row]:
+        """The rows as `Row`s, for the combiners that pack documents and for the audit."""
+        return rows_from_batch(self.batch)
 
 
 def fit_record(
@@ -113,6 +133,7 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
     tokenized = iter(tokenize_batch(context.tokenizer, flat))
 
     result = BatchResult()
+    written: list[Row] = []
     for (raw, record), item in zip(records, rendered, strict=True):
         if isinstance(item, RecordError):
             result.outcomes.append(Outcome.failed(raw.source, item))
@@ -137,5 +158,6 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
         else:
             dropped = tuple(d.reason for d in drops)
             result.outcomes.append(Outcome(raw.source, "written", rows=len(rows), rows_dropped=dropped))
-            result.rows.extend(rows)
+            written.extend(rows)
+    result.batch = rows_to_batch(written)
     return result

@@ -24,13 +24,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Self
 
 import numpy as np
+import pyarrow as pa
 
 from ..schemas.shards import RowFlag
 from .binpack import best_fit_decreasing
 from .packed import PackedRow
-from .shift import Row
+from .shift import Row, rows_from_batch
 
 _WINDOW = int(RowFlag.WINDOW)
+
+
+Rows = pa.RecordBatch | list[Row]  # one record's rows: a slice of a worker's record batch, or Row objects
+
+
+def as_rows(rows: Rows) -> list[Row]:
+    return rows_from_batch(rows) if isinstance(rows, pa.RecordBatch) else rows
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class Output:
 class Combiner(Protocol):
     replay_from: int  # the first record it must be given (see `ResumeState.replay_from`)
 
-    def add(self, index: int, rows: list[Row]) -> list[Output]: ...
+    def add(self, index: int, rows: Rows) -> list[Output]: ...
 
     def finish(self) -> list[Output]: ...
 
@@ -106,8 +114,9 @@ class Passthrough:
     def __init__(self, resume: PassthroughResume | None = None):
         self.replay_from = (resume or PassthroughResume()).replay_from
 
-    def add(self, index: int, rows: list[Row]) -> list[Output]:
-        return [Output(rows, PassthroughResume(index + 1))] if rows else []
+    def add(self, index: int, rows: Rows) -> list[Output]:
+        count = rows.num_rows if isinstance(rows, pa.RecordBatch) else len(rows)
+        return [Output(rows, PassthroughResume(index + 1))] if count else []
 
     def finish(self) -> list[Output]:
         return []
@@ -132,9 +141,9 @@ class Packer:
         self.documents: list[Row] = []
         self.counts = {"documents": 0, "rows": 0, "tokens": 0, "loss_tokens": 0, **(counts or {})}
 
-    def add(self, index: int, rows: list[Row]) -> list[Output]:
+    def add(self, index: int, rows: Rows) -> list[Output]:
         self.next_index = index + 1
-        for row in rows:
+        for row in as_rows(rows):
             if row.num_tokens > self.length:
                 raise ValueError(f"{row.source}: {row.num_tokens} positions do not fit --pack {self.length}")
             self.documents.append(_compact(row))
@@ -183,7 +192,8 @@ class Concatenator:
         base = {"documents": 0, "segments": 0, "segments_cut": 0, "rows": 0, "tokens": 0, "loss_tokens": 0}
         self.counts = {**base, "rows_dropped": 0, **(counts or {})}
 
-    def add(self, index: int, rows: list[Row]) -> list[Output]:
+    def add(self, index: int, rows: Rows) -> list[Output]:
+        rows = as_rows(rows)
         self.next_index = index + 1
         resumed = index == self.resume.record
         skip, piece = (self.resume.positions_written, self.resume.next_part) if resumed else (0, 0)

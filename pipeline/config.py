@@ -14,6 +14,7 @@ import yaml
 
 from ..errors import SetupError
 from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS
+from .encoders import ENCODER_NAMES
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
 from .formats.options import FormatOptions
@@ -35,6 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dropped_messages": DROPPED_POLICIES,
     "reasoning_fallback": REASONING_FALLBACKS,
     "tool_call_ids": TOOL_CALL_IDS,
+    "encoder": (*ENCODER_NAMES, "tiktoken-if-proven"),
 }
 
 
@@ -72,6 +74,7 @@ class PrepareConfig:
     alpaca_join: str = "\n\n"
     strict: bool = False
     engine: str = "local"  # "local" (this machine) or "ray" (Ray Data, locally or on a cluster)
+    encoder: str = "auto"  # auto: tiktoken where proven identical on inputs of 4 MB or more; tokenizers; tiktoken
     workers: int | None = None  # None = every core
     resume: bool = True  # finish a killed run of the same job from its checkpoint
     batch_size: int = 256

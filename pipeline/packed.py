@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..schemas.arrays import lists, numeric
 from ..schemas.segments import segment_bounds
 from ..schemas.shards import PACKED_SHARD_SCHEMA, PER_DOCUMENT_COLUMNS, PER_POSITION_COLUMNS, SHARD_SCHEMA, record_batch
 from .shift import Row, document_values, token_values
@@ -54,8 +55,8 @@ def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
     np.cumsum(doc_lengths, out=doc_offsets[1:])
     row_docs = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(docs_per_row, out=row_docs[1:])
-    position_offsets = pa.array(doc_offsets[row_docs].astype(np.int32))  # row r: positions of its documents
-    document_offsets = pa.array(row_docs.astype(np.int32))  # row r: its documents
+    position_offsets = doc_offsets[row_docs]  # row r: positions of its documents
+    document_offsets = row_docs  # row r: its documents
 
     total = int(doc_offsets[-1])
     positions = np.arange(total, dtype=np.int64) - np.repeat(doc_offsets[:-1], doc_lengths)
@@ -68,10 +69,13 @@ def packed_rows_to_batch(rows: list[PackedRow]) -> pa.RecordBatch:
     row_of_position = np.repeat(np.arange(len(rows)), doc_offsets[row_docs[1:]] - doc_offsets[row_docs[:-1]])
     loss_tokens = np.bincount(row_of_position, weights=per_position["loss_mask"], minlength=len(rows))
     columns = {
-        **{name: pa.ListArray.from_arrays(position_offsets, pa.array(v)) for name, v in per_position.items()},
-        "num_tokens": pa.array(np.diff(doc_offsets[row_docs]).astype(np.int32), type=pa.int32()),
-        "num_loss_tokens": pa.array(loss_tokens.astype(np.int32)),
-        **{name: pa.ListArray.from_arrays(document_offsets, v) for name, v in document_values(documents).items()},
+        **{
+            name: lists(position_offsets, numeric(v, PACKED_SHARD_SCHEMA.field(name).type.value_type))
+            for name, v in per_position.items()
+        },
+        "num_tokens": numeric(np.diff(doc_offsets[row_docs]), pa.int32()),
+        "num_loss_tokens": numeric(loss_tokens, pa.int32()),
+        **{name: lists(document_offsets, v) for name, v in document_values(documents).items()},
     }
     return record_batch(columns, PACKED_SHARD_SCHEMA)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..schemas.arrays import column, lists, numeric, values
 from ..schemas.examples import TokenizedExample
 from ..schemas.shards import PER_DOCUMENT_COLUMNS, SHARD_SCHEMA, record_batch
 
@@ -58,7 +59,7 @@ def token_values(rows: list[Row]) -> dict[str, np.ndarray]:
     """Each of `TOKEN_COLUMNS`, concatenated over `rows`, in its `SHARD_SCHEMA` type (the values of list columns)."""
     values = {}
     for name in TOKEN_COLUMNS:
-        dtype = SHARD_SCHEMA.field(name).type.value_type.to_pandas_dtype()
+        dtype = np.dtype(str(SHARD_SCHEMA.field(name).type.value_type))  # int32, uint8 (no pandas import)
         arrays = [getattr(r, name) for r in rows]
         values[name] = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype=dtype)
     return values
@@ -67,21 +68,51 @@ def token_values(rows: list[Row]) -> dict[str, np.ndarray]:
 def document_values(rows: list[Row]) -> dict[str, pa.Array]:
     """Each of `PER_DOCUMENT_COLUMNS` (source, record_index, part, flags): a value per row, typed as in the schema."""
     return {
-        name: pa.array([getattr(r, name) for r in rows], type=SHARD_SCHEMA.field(name).type)
-        for name in PER_DOCUMENT_COLUMNS
+        name: column([getattr(r, name) for r in rows], SHARD_SCHEMA.field(name).type) for name in PER_DOCUMENT_COLUMNS
     }
+
+
+def _value_type(name: str) -> pa.DataType:
+    return SHARD_SCHEMA.field(name).type.value_type
 
 
 def rows_to_batch(rows: list[Row]) -> pa.RecordBatch:
     """Rows -> one Arrow record batch of `SHARD_SCHEMA`, building list columns from flat buffers."""
     lengths = np.fromiter((r.num_tokens for r in rows), dtype=np.int32, count=len(rows))
-    offsets = pa.array(np.append(0, np.cumsum(lengths)).astype(np.int32))
+    offsets = np.append(0, np.cumsum(lengths)).astype(np.int32)
     positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]) if rows else np.zeros(0, np.int32)
     per_position = {**token_values(rows), "position_ids": positions}
+    loss_tokens = np.fromiter((r.num_loss_tokens for r in rows), dtype=np.int32, count=len(rows))
     columns = {
-        **{name: pa.ListArray.from_arrays(offsets, pa.array(values)) for name, values in per_position.items()},
-        "num_tokens": pa.array(lengths, type=pa.int32()),
-        "num_loss_tokens": pa.array([r.num_loss_tokens for r in rows], type=pa.int32()),
+        **{name: lists(offsets, numeric(values, _value_type(name))) for name, values in per_position.items()},
+        "num_tokens": numeric(lengths, pa.int32()),
+        "num_loss_tokens": numeric(loss_tokens, pa.int32()),
         **document_values(rows),
     }
     return record_batch(columns, SHARD_SCHEMA)
+
+
+def rows_from_batch(batch: pa.RecordBatch) -> list[Row]:
+    """The inverse of `rows_to_batch`: `Row`s whose arrays are views into the batch's buffers."""
+    if batch.num_rows == 0:
+        return []
+    # A slice's offsets index its list columns' whole child arrays (`.values` ignores the slice), as here.
+    offsets = values(batch.column("input_ids").offsets)
+    tokens = {name: values(batch.column(name).values) for name in TOKEN_COLUMNS}
+    sources = batch.column("source").to_pylist()
+    indices = values(batch.column("record_index"))
+    parts = values(batch.column("part"))
+    flags = values(batch.column("flags"))
+    rows = []
+    for k in range(batch.num_rows):
+        a, b = int(offsets[k]), int(offsets[k + 1])
+        rows.append(
+            Row(
+                *(tokens[name][a:b] for name in TOKEN_COLUMNS),
+                source=sources[k],
+                record_index=int(indices[k]),
+                part=int(parts[k]),
+                flags=int(flags[k]),
+            )
+        )
+    return rows

@@ -10,16 +10,13 @@ Rows whose message text holds control-token strings are re-encoded by `Tokenizer
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
 import numpy as np
-from tokenizers import Encoding
 
 from ..errors import RecordError
 from ..schemas.classes import TokenClass
 from ..schemas.examples import CharSpan, RenderedExample, TokenizedExample
 from ..schemas.shards import RowFlag
+from .encoders import SAMPLE_EVERY, Encoded, EncoderMismatch, TokenizersEncoder
 from .mask import tokens_trained
 from .tokenizer import TokenizerInfo
 
@@ -37,22 +34,21 @@ _EDGE_TOKENS = 4  # tokens decoded at each end of a trained turn to verify it
 def tokenize_batch(info: TokenizerInfo, examples: list[RenderedExample]) -> list[TokenizedExample | RecordError]:
     """Encode a batch and label every token, one result per example (a RecordError when a row fails to verify).
 
-    The text is encoded with one `encode_batch` call (Rust, multi-threaded). Labeling is vectorized over the whole
-    batch: the rows' tokens and character spans are laid end to end in one coordinate space, so a handful of
-    numpy calls label every token of every row; only tokens that cross a span boundary are looked at one by one.
+    The text is encoded by the tokenizer's encoder (`encoders`: `tokenizers`, or tiktoken where proven identical).
+    Labeling is vectorized over the whole batch: the rows' tokens and character spans are laid end to end in one
+    coordinate space, so a handful of numpy calls label every token of every row; only tokens that cross a span
+    boundary are looked at one by one.
     """
     if not examples:
         return []
-    ids_rows, offset_rows, flags = _encode(info, examples)
-    lengths = np.fromiter((len(r) for r in ids_rows), dtype=np.int64, count=len(examples))
+    encoded, flags = _encode(info, examples)
+    lengths = np.fromiter((e.ids.size for e in encoded), dtype=np.int64, count=len(examples))
     token_base = np.concatenate([[0], np.cumsum(lengths)])
     text_length = np.fromiter((len(e.text) for e in examples), dtype=np.int64, count=len(examples))
     char_base = np.concatenate([[0], np.cumsum(text_length)])
     row_of_token = np.repeat(np.arange(len(examples)), lengths)
-    ids = np.fromiter(itertools.chain.from_iterable(ids_rows), dtype=np.int32, count=int(token_base[-1]))
-    flat_offsets = np.fromiter(
-        itertools.chain.from_iterable(itertools.chain.from_iterable(offset_rows)), dtype=np.int64, count=2 * ids.size
-    ).reshape(-1, 2)
+    ids = np.concatenate([e.ids for e in encoded])
+    flat_offsets = np.concatenate([e.offsets for e in encoded])
     starts = flat_offsets[:, 0] + char_base[row_of_token]
     ends = flat_offsets[:, 1] + char_base[row_of_token]
 
@@ -113,32 +109,47 @@ def tokenize_batch(info: TokenizerInfo, examples: list[RenderedExample]) -> list
     return results
 
 
-def _encode(info: TokenizerInfo, examples: list[RenderedExample]) -> tuple[list[list[int]], list[Any], list[int]]:
-    """(ids, offsets, flags) per example; escaped examples are re-encoded piecewise (see `encode_pieces`)."""
-    encodings: list[Encoding | None] = [None] * len(examples)
+def _encode(info: TokenizerInfo, examples: list[RenderedExample]) -> tuple[list[Encoded], list[int]]:
+    """(ids and offsets, flags) per example, from the tokenizer's encoder (see `encoders`); escaped examples are
+    re-encoded piecewise (see `encode_pieces`). A deterministic sample of rows encoded by a fast encoder is
+    encoded by `tokenizers` too, and must agree (else `EncoderMismatch` stops the job, which starts over)."""
+    encoded: list[Encoded | None] = [None] * len(examples)
     for add in (False, True):
         group = [i for i, e in enumerate(examples) if e.add_special_tokens == add]
-        if group:
-            for i, encoding in zip(
-                group,
-                info.tokenizer.encode_batch([examples[i].text for i in group], add_special_tokens=add),
-                strict=True,
-            ):
-                encodings[i] = encoding
-    ids_rows: list[list[int]] = []
-    offset_rows: list[Any] = []
+        if not group:
+            continue
+        texts = [examples[i].text for i in group]
+        encoder = info.encoder if not add else _reference(info)
+        results = encoder.encode(texts) if not add else encoder.encode(texts, add_special_tokens=True)
+        for i, result in zip(group, results, strict=True):
+            encoded[i] = result
+        if encoder is not _reference(info):
+            _check_sample(info, [examples[i] for i in group], results)
+    out: list[Encoded] = []
     flags: list[int] = []
-    for example, encoding in zip(examples, encodings, strict=True):
-        assert encoding is not None
+    for example, result in zip(examples, encoded, strict=True):
+        assert result is not None
         if example.escape:
-            ids, offsets = info.encode_pieces(example.text, encoding, example.data_spans)
+            ids, offsets = info.encode_pieces(example.text, result, example.data_spans)
+            result = Encoded(np.asarray(ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
             flags.append(example.flags | _ESCAPED)
         else:
-            ids, offsets = encoding.ids, encoding.offsets
             flags.append(example.flags)
-        ids_rows.append(ids)
-        offset_rows.append(offsets)
-    return ids_rows, offset_rows, flags
+        out.append(result)
+    return out, flags
+
+
+def _reference(info: TokenizerInfo) -> TokenizersEncoder:
+    """The `tokenizers` encoder: the encoder itself, or the one a fast encoder is checked against."""
+    return getattr(info.encoder, "fallback", None) or info.encoder
+
+
+def _check_sample(info: TokenizerInfo, examples: list[RenderedExample], results: list[Encoded]) -> None:
+    for example, result in zip(examples, results, strict=True):
+        if example.source.index % SAMPLE_EVERY == 0:
+            (expected,) = _reference(info).encode([example.text])
+            if not np.array_equal(expected.ids, result.ids):
+                raise EncoderMismatch(f"{info.encoder.name} and tokenizers disagree on {example.source}")
 
 
 def _whole_text(example: RenderedExample) -> list[CharSpan]:

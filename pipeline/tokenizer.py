@@ -51,6 +51,19 @@ class TokenizerInfo:
     control_re: re.Pattern[str] | None = None
     _escape_supported: bool | None = None
     _plain: tuple[Tokenizer, Tokenizer] | None = None
+    _encoder: Any = None  # the `encoders.Encoder` of rendered text; `tokenizers` unless the job set a faster one
+
+    @property
+    def encoder(self) -> Any:
+        """What encodes rendered text into ids and offsets (see `encoders`): `tokenizers` by default."""
+        if self._encoder is None:
+            from .encoders import TokenizersEncoder
+
+            self._encoder = TokenizersEncoder(self.tokenizer)
+        return self._encoder
+
+    def with_encoder(self, encoder: Any) -> TokenizerInfo:
+        return dataclasses.replace(self, _encoder=encoder)
 
     @property
     def escape_supported(self) -> bool:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..files import file_sha256, temp_path
+from ..schemas.arrays import values
 from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA, SHARD_SUFFIX
 from .faults import crash_point
 from .packed import PackedRow, packed_rows_to_batch
@@ -73,9 +75,10 @@ class ShardWriter:
         self.shards: list[ShardInfo] = list(shards or [])
         self._open: _OpenShard | None = None
 
-    def add_record(self, rows: list[Row] | list[PackedRow]) -> ShardInfo | None:
-        """Add one record's rows; returns the shard this completed, if it did."""
-        if not rows:
+    def add_record(self, rows: pa.RecordBatch | list[Row] | list[PackedRow]) -> ShardInfo | None:
+        """Add one record's rows (a record batch of `SHARD_SCHEMA`, `Row`s, or `PackedRow`s when packed); returns the
+        shard this completed, if it did."""
+        if (rows.num_rows if isinstance(rows, pa.RecordBatch) else len(rows)) == 0:
             return None
         if self._open is None:
             self._open = _OpenShard(self.out_dir / shard_name(len(self.shards)), self.batch_rows, self.packed)
@@ -101,31 +104,54 @@ class _OpenShard:
         self.path = path
         self.batch_rows = batch_rows
         self.temp = temp_path(path)
-        schema, self.to_batch = (PACKED_SHARD_SCHEMA, packed_rows_to_batch) if packed else (SHARD_SCHEMA, rows_to_batch)
+        schema = PACKED_SHARD_SCHEMA if packed else SHARD_SCHEMA
         self.sink = pa.OSFile(str(self.temp), "wb")
         self.writer = pa.ipc.new_file(self.sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
-        self.pending: list[Any] = []
+        self.packed = packed
+        self.pending: list[Any] = []  # PackedRows, or record batches of rows (`pending_rows` rows in all)
+        self.pending_rows = 0
         self.rows = self.tokens = self.loss_tokens = self.bytes = 0
 
-    def add(self, rows: list[Row] | list[PackedRow]) -> None:
-        for row in rows:
-            self.pending.append(row)
-            self.rows += 1
-            self.tokens += row.num_tokens
-            self.loss_tokens += row.num_loss_tokens
-            self.bytes += estimated_bytes(row)
-            if len(self.pending) == self.batch_rows:
-                self._write_pending()
+    def add(self, rows: pa.RecordBatch | list[Row] | list[PackedRow]) -> None:
+        if self.packed:
+            for row in rows:
+                self.pending.append(row)
+                self._count(row.num_tokens, row.num_loss_tokens, estimated_bytes(row), 1)
+                if len(self.pending) == self.batch_rows:
+                    self._write(packed_rows_to_batch(self.pending))
+                    self.pending = []
+            return
+        batch = rows if isinstance(rows, pa.RecordBatch) else rows_to_batch(list(rows))
+        tokens = int(values(batch.column("num_tokens")).sum())
+        source = int(values(pc.utf8_length(batch.column("source"))).sum())
+        loss = int(values(batch.column("num_loss_tokens")).sum())
+        self._count(tokens, loss, 14 * tokens + source + 32 * batch.num_rows, batch.num_rows)
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        while self.pending_rows >= self.batch_rows:  # record batches of exactly `batch_rows` rows, as rows arrive
+            table = pa.Table.from_batches(self.pending).combine_chunks()
+            self._write(_one_batch(table.slice(0, self.batch_rows)))
+            rest = table.slice(self.batch_rows)
+            self.pending, self.pending_rows = ([_one_batch(rest)] if rest.num_rows else []), rest.num_rows
 
-    def _write_pending(self) -> None:
-        self.writer.write_batch(self.to_batch(self.pending))
-        self.pending = []
+    def _count(self, tokens: int, loss_tokens: int, size: int, rows: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+        self.loss_tokens += loss_tokens
+        self.bytes += size
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch)
         self.sink.flush()
         crash_point("shard-half-written")
 
     def finish(self) -> ShardInfo:
         if self.pending:
-            self._write_pending()
+            if self.packed:
+                self._write(packed_rows_to_batch(self.pending))
+            else:
+                self._write(_one_batch(pa.Table.from_batches(self.pending).combine_chunks()))
+            self.pending = []
         self.writer.close()
         self.sink.close()
         with open(self.temp, "rb+") as handle:
@@ -147,3 +173,9 @@ def write_shard(path: Path, rows: list[Any], batch_rows: int = 1024, packed: boo
     shard = _OpenShard(path, batch_rows, packed)
     shard.add(rows)
     return shard.finish()
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """A table of one chunk per column (after `combine_chunks`) as one record batch with offsets from 0."""
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)

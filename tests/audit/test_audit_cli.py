@@ -152,8 +152,17 @@ def test_the_sample_mode_sees_what_prepare_writes(clean_shards: Path, clean_repo
 
 
 def test_audit_accepts_every_option_of_prepare_that_shapes_rows() -> None:
-    prepare, audit = main.commands["prepare"], main.commands["audit"]
-    output_only = {"out", "strict", "shard_max_rows", "quiet", "workers", "engine", "resume"}  # never shape rows
+    prepare, audit = main.get_command(None, "prepare"), main.get_command(None, "audit")
+    output_only = {
+        "out",
+        "strict",
+        "shard_max_rows",
+        "quiet",
+        "workers",
+        "engine",
+        "resume",
+        "encoder",
+    }  # never shape rows
     combine_only = {"pack", "pack_window", "concat"}  # combine documents after the stages the audit runs
     prepare_options = {p.name for p in prepare.params if isinstance(p, type(prepare.params[1]))} - output_only
     prepare_options -= combine_only
