@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from lossmask.schemas.preference import LAYOUT_PAIRS, SCHEMA_VERSION, PairRow, PairSide, pair_rows_to_batch
 from lossmask.schemas.shards import MANIFEST_NAME
+from lossmask.trainer.shards import Example
 
 
 def make_pair(
@@ -57,3 +59,25 @@ def random_pairs(rng: np.random.Generator, count: int, vocab: int, longest: int 
             rejected = [*chosen, (chosen[-1] + 1) % vocab]
         rows.append(make_pair(prompt, chosen, rejected, index))
     return rows
+
+
+def prompt_and_answer(row: Example) -> tuple[list[int], list[int]] | None:
+    """An SFT row's tokens before its first counted token and its counted tokens, when those form one run (a
+    single answer and its stop, as in one-turn rows); None for rows that train several separate spans."""
+    counted = np.flatnonzero(row.loss_mask)
+    if counted.size == 0 or counted[-1] - counted[0] + 1 != counted.size:
+        return None
+    tokens = [*row.input_ids.tolist(), int(row.target_ids[-1])]  # t = input_ids + the last target
+    start, end = int(counted[0]) + 1, int(counted[-1]) + 2  # target k is token k + 1
+    return tokens[:start], tokens[start:end]
+
+
+def pairs_from_rows(rows: Iterable[Example]) -> list[PairRow]:
+    """Pairs made from SFT rows: each prompt with its own answer (chosen) and the next row's answer (rejected)."""
+    parts = [part for part in map(prompt_and_answer, rows) if part is not None]
+    pairs = []
+    for i, (prompt, answer) in enumerate(parts):
+        other = next((a for _, a in parts[i + 1 :] + parts[:i] if a != answer), None)
+        if other is not None:
+            pairs.append(make_pair(prompt, answer, other, len(pairs)))
+    return pairs
