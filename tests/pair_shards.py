@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from lossmask.schemas.preference import LAYOUT_PAIRS, SCHEMA_VERSION, PairRow, PairSide, pair_rows_to_batch
 from lossmask.schemas.shards import MANIFEST_NAME
-from lossmask.trainer.shards import Example
+from lossmask.trainer.shards import Example, iter_examples, open_shards
 
 
 def make_pair(
@@ -81,3 +81,12 @@ def pairs_from_rows(rows: Iterable[Example]) -> list[PairRow]:
         if other is not None:
             pairs.append(make_pair(prompt, answer, other, len(pairs)))
     return pairs
+
+
+def write_fixture_pairs(sft_shards: str | Path, out: str | Path) -> Path:
+    """The pairs of `pairs_from_rows` over an SFT shard folder (the demo's), written as a pairs folder; from the
+    repository root: python -c "import sys; sys.path.insert(0, '.'); from tests.pair_shards import
+    write_fixture_pairs; write_fixture_pairs('out/demo/shards', 'out/demo/pairs')" """
+    shards = open_shards(sft_shards)
+    pairs = pairs_from_rows(iter_examples(shards))
+    return write_pair_shards(Path(out), pairs, shards.vocab_size or 0)

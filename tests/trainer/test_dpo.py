@@ -21,10 +21,10 @@ from lossmask.trainer.dpo import dpo_loss_and_grad, dpo_step, logps_of, scores_o
 from lossmask.trainer.loss import target_nll
 from lossmask.trainer.model import ModelConfig, Params, forward, load
 from lossmask.trainer.optim import AdamW
-from lossmask.trainer.shards import Example, Pair, iter_examples, iter_pairs, open_shards
+from lossmask.trainer.shards import Example, Pair, iter_pairs, open_shards
 from lossmask.trainer.train import METRICS_NAME, WEIGHTS_NAME, TrainConfig, train
 
-from ..pair_shards import make_pair, pairs_from_rows, random_pairs, write_pair_shards
+from ..pair_shards import make_pair, random_pairs, write_fixture_pairs, write_pair_shards
 from .conftest import TINY
 
 LOG2 = math.log(2)
@@ -65,10 +65,7 @@ def perturbed(params: Params, seed: int, scale: float = 0.1) -> Params:
 @pytest.fixture(scope="module")
 def fixture_pairs(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Pairs from the demo rows: each one-answer row's prompt, its own answer (chosen), another row's (rejected)."""
-    shards = open_shards(demo_shards)
-    pairs = pairs_from_rows(iter_examples(shards))
-    assert len(pairs) > 300
-    return write_pair_shards(tmp_path_factory.mktemp("pairs") / "shards", pairs, shards.vocab_size)
+    return write_fixture_pairs(demo_shards, tmp_path_factory.mktemp("pairs") / "shards")
 
 
 def read_metrics(run: Path) -> list[dict]:
