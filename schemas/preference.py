@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .shards import COLUMN_DOCS as SFT_COLUMN_DOCS
 from .shards import SHARD_SCHEMA, record_batch
 
 SCHEMA_VERSION = 1  # of the two layouts below; the SFT layouts have their own in `schemas.shards`
@@ -51,8 +52,8 @@ COLUMN_DOCS: dict[str, str] = {
     "prompt_length - 1 are prompt tokens and never count",
     "chosen_num_loss_tokens": "counted targets on the chosen side (sum(chosen_loss_mask))",
     "rejected_num_loss_tokens": "counted targets on the rejected side (sum(rejected_loss_mask))",
-    "source": "where the record came from, 'file:line'",
-    "record_index": "0-based index of the record in the whole input, in input order",
+    "source": SFT_COLUMN_DOCS["source"],
+    "record_index": SFT_COLUMN_DOCS["record_index"],
     "flags": "RowFlag bits (lossmask.schemas.shards.RowFlag) of either side: what an audit should know",
     "label": "KTO: True when the answer is desirable, False when it is not",
 }
@@ -73,11 +74,9 @@ PAIR_SHARD_SCHEMA = pa.schema(
             for side in SIDES
             for name, type_ in (("input_ids", pa.int32()), ("target_ids", pa.int32()), ("loss_mask", pa.uint8()))
         ),
-        _field("prompt_length", pa.int32()),
-        _field("chosen_num_loss_tokens", pa.int32()),
-        _field("rejected_num_loss_tokens", pa.int32()),
-        _field("source", pa.string()),
-        _field("record_index", pa.int64()),
+        *(_field(name, pa.int32()) for name in ("prompt_length", "chosen_num_loss_tokens", "rejected_num_loss_tokens")),
+        SHARD_SCHEMA.field("source"),  # as in SFT rows
+        SHARD_SCHEMA.field("record_index"),
         _field("flags", pa.uint32()),
     ],
     metadata=_metadata(LAYOUT_PAIRS),

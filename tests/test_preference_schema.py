@@ -115,29 +115,14 @@ def test_a_row_that_breaks_a_pair_rule_is_refused(kind, message):
         pair_rows_to_batch([make_pair([1], [2], [3]), broken(kind)])
 
 
+def sft_row(tokens: list[int], trainable: list[int], index: int) -> Row:
+    """An SFT row of `pipeline.shift`, shifted from its tokens."""
+    ids, mask = np.array(tokens, np.int32), np.array(trainable, np.uint8)
+    return Row(ids[:-1], ids[1:], mask[1:], np.zeros(ids.size - 1, np.uint8), f"k:{index + 1}", index, 0, 0)
+
+
 def test_kto_rows_are_sft_rows_with_their_label():
-    rows = [
-        Row(
-            np.array([1, 2], np.int32),
-            np.array([2, 3], np.int32),
-            np.array([0, 1], np.uint8),
-            np.zeros(2, np.uint8),
-            "k:1",
-            0,
-            0,
-            0,
-        ),
-        Row(
-            np.array([4], np.int32),
-            np.array([5], np.int32),
-            np.array([1], np.uint8),
-            np.zeros(1, np.uint8),
-            "k:2",
-            1,
-            0,
-            0,
-        ),
-    ]
+    rows = [sft_row([1, 2, 3], [0, 0, 1], 0), sft_row([4, 5], [0, 1], 1)]
     batch = kto_rows_to_batch(rows_to_batch(rows), [True, False])
     assert batch.schema == KTO_SHARD_SCHEMA
     assert batch.column("label").to_pylist() == [True, False]
@@ -163,20 +148,7 @@ def test_shard_set_reads_pair_and_kto_folders(tmp_path):
     unlisted = ShardSet.unlisted(pairs)
     assert unlisted.layout == LAYOUT_PAIRS and unlisted.num_rows == 5
 
-    sft_rows = rows_to_batch(
-        [
-            Row(
-                np.array([1], np.int32),
-                np.array([2], np.int32),
-                np.array([1], np.uint8),
-                np.zeros(1, np.uint8),
-                "k:1",
-                0,
-                0,
-                0,
-            )
-        ]
-    )
+    sft_rows = rows_to_batch([sft_row([1, 2], [0, 1], 0)])
     kto = write_shard_folder(tmp_path / "kto", [kto_rows_to_batch(sft_rows, [True])], LAYOUT_KTO, 16)
     assert ShardSet(kto, verify=True).layout == LAYOUT_KTO
     ShardSet(kto).check()

@@ -20,18 +20,14 @@ from .shards import open_shards, vocab_size_of
 from .train import CURVE_NAME, METRICS_NAME, OBJECTIVES, RUN_NAME, WEIGHTS_NAME, TrainConfig
 
 DEFAULTS = TrainConfig()
+OBJECTIVE = click.Choice(OBJECTIVES)
+OBJECTIVE_HELP = "sft: rows, masked cross-entropy; dpo: preference pairs against the frozen initial weights."
 
 
 @click.command()
 @click.argument("shards_dir")
 @click.option("--out", required=True, help="Run folder: metrics.jsonl, loss.svg, model.npz, run.json.")
-@click.option(
-    "--objective",
-    type=click.Choice(OBJECTIVES),
-    default=DEFAULTS.objective,
-    show_default=True,
-    help="sft: rows, masked cross-entropy; dpo: preference pairs against the frozen initial weights.",
-)
+@click.option("--objective", type=OBJECTIVE, default=DEFAULTS.objective, show_default=True, help=OBJECTIVE_HELP)
 @click.option(
     "--beta", type=float, default=DEFAULTS.beta, show_default=True, help="dpo: the strength of the reference."
 )

@@ -1,13 +1,15 @@
 """The loss curve as a small standalone SVG: no plotting library needed, opens in any browser.
 
 The curve is the per-step training loss (light), its exponential moving average (dark), and a dashed line at
-log V, where a model that predicts uniformly would sit: the lesson's "terrible at first" level.
+log V, where a model that predicts uniformly would sit: the lesson's "terrible at first" level (for DPO, at log 2,
+where the policy still equals its reference).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 WIDTH, HEIGHT = 720, 400
@@ -92,13 +94,6 @@ def loss_curve_svg(
     return "\n".join(parts) + "\n"
 
 
-def write_loss_curve(
-    path: Path,
-    steps: list[int],
-    losses: list[float],
-    reference: float | None = None,
-    title: str = "",
-    label: str = "log V (uniform)",
-) -> None:
-    """The SVG curve; `reference` is drawn as a dashed line named `label` (SFT: log V, DPO: log 2)."""
-    path.write_text(loss_curve_svg(steps, losses, reference, title, label), encoding="utf-8")
+def write_loss_curve(path: Path, steps: list[int], losses: list[float], **options: Any) -> None:
+    """`loss_curve_svg` into `path`; its `reference` is a dashed line named `label` (SFT: log V, DPO: log 2)."""
+    path.write_text(loss_curve_svg(steps, losses, **options), encoding="utf-8")

@@ -239,7 +239,9 @@ def _train(
     log_vocab = math.log(model_config.vocab_size)
     if config.dpo:
         title = f"lossmask train --objective dpo: DPO loss per step (beta {config.beta:g})"
-        write_loss_curve(out / CURVE_NAME, steps, losses, math.log(2), title, label="log 2 (policy = reference)")
+        write_loss_curve(
+            out / CURVE_NAME, steps, losses, reference=math.log(2), title=title, label="log 2 (policy = reference)"
+        )
         evaluation = {
             "pairs": len(eval_set),
             "counted_targets": sum(p.num_loss_tokens for p in eval_set),
@@ -248,7 +250,7 @@ def _train(
         }
     else:
         title = f"lossmask train: masked mean loss per step ({config.loss_norm} norm)"
-        write_loss_curve(out / CURVE_NAME, steps, losses, log_vocab, title)
+        write_loss_curve(out / CURVE_NAME, steps, losses, reference=log_vocab, title=title)
         evaluation = {
             "rows": len(eval_set),
             "counted_targets": sum(e.num_loss_tokens for e in eval_set),

@@ -26,6 +26,7 @@ from lossmask.trainer.train import METRICS_NAME, WEIGHTS_NAME, TrainConfig, trai
 
 from ..pair_shards import make_pair, random_pairs, write_fixture_pairs, write_pair_shards
 from .conftest import TINY
+from .finite_differences import assert_gradients_match
 
 LOG2 = math.log(2)
 # 150 steps of 8 pairs (about 3.5 epochs of the 339 fixture pairs), a 1-layer d_model-32 model: about 2 s.
@@ -140,28 +141,14 @@ def test_dpo_gradient_matches_finite_differences(tiny) -> None:
     config, params = tiny
     reference = perturbed(params, 9)  # a reference unlike the policy: rewards and σ(-z) differ per pair
     batch = tiny_pairs(21)
-    beta, eps = 0.7, 1e-5
+    beta = 0.7
 
     def loss_of(p: Params) -> float:
         return dpo_loss_and_grad(p, reference, config, batch, beta, batch.num_pairs)[0]
 
     _, scores, grads = dpo_loss_and_grad(params, reference, config, batch, beta, batch.num_pairs)
     assert np.ptp(scores.margins) > 0.1  # the pairs sit at different points of the sigmoid
-    for name, value in params.items():
-        numeric = np.zeros_like(value)
-        for index in np.ndindex(value.shape):
-            original = value[index]
-            value[index] = original + eps
-            plus = loss_of(params)
-            value[index] = original - eps
-            minus = loss_of(params)
-            value[index] = original
-            numeric[index] = (plus - minus) / (2 * eps)
-        analytic = grads[name]
-        scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric))
-        assert scale > 0, f"{name}: no gradient at all, the check would be empty"
-        relative = np.linalg.norm(analytic - numeric) / scale
-        assert relative < 1e-6, f"{name}: relative error {relative:.2e}"
+    assert_gradients_match(params, grads, loss_of)
 
 
 def test_dpo_loss_and_logit_gradient_equal_torch_autograd(tiny) -> None:
