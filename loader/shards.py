@@ -2,8 +2,9 @@
 
 Everything that reads shards back (the loader, the exports, `lossmask inspect`, the trainer, the audit) goes
 through `ShardSet`, so the checks are made once: the manifest exists and has a schema version this code knows,
-every shard it lists is there with the columns and types of its layout (`SHARD_SCHEMA` or `PACKED_SHARD_SCHEMA`)
-and the row count the manifest says, and, on request, the bytes match the manifest's sha256: all at once
+every shard it lists is there with the columns and types of its layout (`LAYOUTS`: the SFT rows and packed
+layouts of `schemas.shards`, the preference pairs and KTO layouts of `schemas.preference`) and the row count the
+manifest says, and, on request, the bytes match the manifest's sha256: all at once
 (`verify()`), or each shard the first time it is opened (`verify=True`, for readers that may never reach the
 last shard). Shards are read in manifest order, which is input order, never in the order a directory listing
 happens to give.
@@ -21,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import SetupError
+from ..schemas import preference
 from ..schemas.shards import (
     LAYOUT_PACKED,
     LAYOUT_ROWS,
@@ -30,6 +32,14 @@ from ..schemas.shards import (
     SHARD_SCHEMA,
     SHARD_SUFFIX,
 )
+
+# Every layout a shard folder may have: its schema, and the schema version this code reads for it.
+LAYOUTS: dict[str, tuple[pa.Schema, int]] = {
+    LAYOUT_ROWS: (SHARD_SCHEMA, SCHEMA_VERSION),
+    LAYOUT_PACKED: (PACKED_SHARD_SCHEMA, SCHEMA_VERSION),
+    preference.LAYOUT_PAIRS: (preference.PAIR_SHARD_SCHEMA, preference.SCHEMA_VERSION),
+    preference.LAYOUT_KTO: (preference.KTO_SHARD_SCHEMA, preference.SCHEMA_VERSION),
+}
 
 
 @dataclass(frozen=True)
@@ -57,15 +67,16 @@ class ShardSet:
         self.manifest: dict[str, Any] = read_manifest(self.directory) if manifest is None else manifest
         self.verify_on_open = verify
         self._verified: set[int] = set()
-        version = self.manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise SetupError(
-                f"{manifest_path} has schema_version {version!r}; this lossmask reads version {SCHEMA_VERSION}"
-            )
         self.layout: str = self.manifest.get("layout", LAYOUT_ROWS)
-        if self.layout not in (LAYOUT_ROWS, LAYOUT_PACKED):
+        if self.layout not in LAYOUTS:
             raise SetupError(f"{manifest_path} has an unknown layout {self.layout!r}")
-        self.schema: pa.Schema = PACKED_SHARD_SCHEMA if self.packed else SHARD_SCHEMA
+        self.schema, known_version = LAYOUTS[self.layout]
+        version = self.manifest.get("schema_version")
+        if version != known_version:
+            raise SetupError(
+                f"{manifest_path} has schema_version {version!r}; this lossmask reads version {known_version} "
+                f"of the {self.layout} layout"
+            )
         self.files: list[ShardFile] = []
         for entry in self.manifest.get("shards", []):
             path = self.directory / entry["file"]
@@ -87,7 +98,8 @@ class ShardSet:
             metadata = pa.ipc.open_file(str(paths[0])).schema.metadata or {}
             layout = metadata.get(b"lossmask.layout", LAYOUT_ROWS.encode()).decode()
         shards = [{"file": path.name, "rows": _count_rows(path)} for path in paths]
-        return cls(directory, {"schema_version": SCHEMA_VERSION, "layout": layout, "shards": shards})
+        version = LAYOUTS.get(layout, (None, SCHEMA_VERSION))[1]
+        return cls(directory, {"schema_version": version, "layout": layout, "shards": shards})
 
     @property
     def packed(self) -> bool:

@@ -12,7 +12,8 @@ REJECT_REASONS: dict[str, str] = {
     "unreadable": "the record could not be read from its file (truncated or corrupt data)",
     "not_an_object": "a record must be a JSON object",
     "unknown_format": "no known format matches the record's fields (messages, conversations, instruction/output, "
-    "prompt/completion, text); pass --format or map the fields in the config",
+    "prompt/completion, text; chosen/rejected or a boolean label for preference data); pass --format or map the "
+    "fields in the config",
     "missing_field": "a required field is missing",
     "wrong_type": "a field has the wrong type",
     "unknown_role": "a message has a role lossmask does not know; map it with `roles:` in the config",
@@ -38,6 +39,18 @@ REJECT_REASONS: dict[str, str] = {
     "template_unfaithful": "the chat template renders an assistant turn differently in training than at "
     "inference and --unfaithful-turns is reject",
     "mask_verification_failed": "the tokenized mask did not verify against the rendered spans",
+    # Preference data (pipeline/formats/preference.py)
+    "preference_record": "a preference pair (chosen/rejected) is not SFT data and this job writes SFT rows; "
+    "prepare it as pairs, or map one side to SFT with `fields: {prompt: ..., completion: ...}`",
+    "preference_no_prompt": "chosen and rejected are raw text without a prompt field; lossmask does not guess where "
+    "a prompt ends inside text: give a prompt field (or map one with `fields:`), or message lists",
+    "preference_prompt_mismatch": "chosen and rejected do not continue one prompt with an assistant answer: the "
+    "sides share no messages that end right before an assistant message on both, or a completion does not begin "
+    "with one",
+    "preference_empty_side": "a side of the preference is empty: chosen or rejected has no completion (one side is "
+    "the other's prefix), or a KTO example has no final assistant answer",
+    "preference_identical_sides": "chosen and rejected are the same answer: the pair teaches nothing (its DPO loss "
+    "stays log 2 and its gradient is 0)",
 }
 
 DROP_REASONS: dict[str, str] = {

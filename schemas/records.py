@@ -102,6 +102,46 @@ Record = Conversation | PromptCompletion | TextDocument
 
 
 @dataclass(slots=True)
+class PreferencePair:
+    """One prompt answered twice, the `chosen` answer preferred to the `rejected` one (DPO's data).
+
+    Either all text (`prompt`, `chosen` and `rejected` strings: raw text, no chat template, like
+    `PromptCompletion`) or all messages (the prompt's messages, then each side's completion messages, which
+    begin with an assistant message). The prompt is kept once, so the renderer can make it the same tokens on
+    both sides; `pipeline.formats.preference` has split it off already when the data wrote each side whole.
+    """
+
+    prompt: list[Message] | str
+    chosen: list[Message] | str
+    rejected: list[Message] | str
+    source: SourceRef
+    tools: list[dict[str, Any]] | None = None
+    template_kwargs: dict[str, Any] | None = None
+    kind: Literal["preference"] = "preference"
+
+    @property
+    def conversational(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+
+@dataclass(slots=True)
+class PreferenceExample:
+    """One answer judged on its own, desirable (`label` True) or not (KTO's unpaired data).
+
+    `record` is what an SFT job would read (a `Conversation` whose prompt messages never train, or a raw-text
+    `PromptCompletion`); the judged answer is its final assistant message (or its completion).
+    """
+
+    record: Conversation | PromptCompletion
+    label: bool
+    source: SourceRef
+    kind: Literal["kto"] = "kto"
+
+
+PreferenceRecord = PreferencePair | PreferenceExample
+
+
+@dataclass(slots=True)
 class RawRecord:
     """A record as read from a file, before parsing: a decoded JSON value, or the reason it could not be read.
 

@@ -8,19 +8,22 @@ Batching rules (docs/trainer.md):
   loss_mask 0, input and target id 0: it attends to nothing, nothing attends to it, and it never counts.
 - Order: a shuffle buffer of `--shuffle-buffer` rows, drawn with the run's seed, over the rows in shard order;
   memory is the buffer, not the dataset. The stream restarts at the end of the data (a new epoch).
+- Pairs (`--objective dpo`) follow the same rules, a pair as one item: both sides are cut to L, a pair is skipped
+  when either side is left with no counted target, and B pairs become one `PairBatch` of 2B padded rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from ..errors import SetupError
 from ..loader import ShardSet
 from ..loader import collate as collate_sequences
-from .shards import Example, iter_examples, vocab_size_of
+from .shards import Example, Pair, iter_examples, vocab_size_of
 
 PAD_SEGMENT = -1
 PAD_ID = 0
@@ -57,6 +60,49 @@ def collate(rows: list[Example], length: int | None = None) -> Batch:
 
 
 @dataclass
+class PairBatch:
+    """B pairs as one (2B, T) batch: rows [0, B) are the chosen sides, rows [B, 2B) the rejected sides, in the same
+    order, padded together, so that one forward pass scores both sides of every pair."""
+
+    rows: Batch
+
+    @property
+    def num_pairs(self) -> int:
+        return self.rows.input_ids.shape[0] // 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.rows.num_tokens
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return self.rows.num_loss_tokens
+
+
+def collate_pairs(pairs: list[Pair]) -> PairBatch:
+    return PairBatch(collate([p.chosen for p in pairs] + [p.rejected for p in pairs]))
+
+
+class Item(Protocol):
+    """What the stream handles: an `Example` (a row) or a `Pair`."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def num_loss_tokens(self) -> int: ...
+    @property
+    def trainable(self) -> bool: ...
+    @property
+    def max_id(self) -> int: ...
+    def cut(self, length: int) -> Any: ...
+
+
+T = TypeVar("T", bound=Item)
+
+
+@dataclass
 class StreamStats:
     """What the first pass over the data kept and lost (later epochs repeat it)."""
 
@@ -71,17 +117,17 @@ class StreamStats:
         return dict(vars(self))
 
 
-def fitted(examples: Iterable[Example], seq_len: int, vocab_size: int, stats: StreamStats | None) -> Iterator[Example]:
-    """Cut rows to `seq_len`, drop those left with no counted target, and refuse ids outside the vocabulary."""
+def fitted(examples: Iterable[T], seq_len: int, vocab_size: int, stats: StreamStats | None) -> Iterator[T]:
+    """Cut rows (or pairs) to `seq_len`, drop those left with nothing to train, refuse ids outside the vocabulary."""
     for example in examples:
         kept = example.cut(seq_len)
         if stats is not None:
             stats.rows += 1
             stats.rows_cut += kept is not example
             stats.targets_cut += example.num_loss_tokens - kept.num_loss_tokens
-        if kept.num_tokens and max(int(kept.input_ids.max()), int(kept.target_ids.max())) >= vocab_size:
+        if kept.max_id >= vocab_size:
             raise SetupError(f"row {example.index} has a token id >= the vocabulary size {vocab_size}")
-        if kept.num_loss_tokens == 0:
+        if not kept.trainable:
             if stats is not None:
                 stats.rows_skipped += 1
             continue
@@ -92,12 +138,12 @@ def fitted(examples: Iterable[Example], seq_len: int, vocab_size: int, stats: St
         stats.complete = True
 
 
-def shuffled(items: Iterable[Example], buffer_size: int, rng: np.random.Generator) -> Iterator[Example]:
+def shuffled(items: Iterable[T], buffer_size: int, rng: np.random.Generator) -> Iterator[T]:
     """A streaming shuffle: keep `buffer_size` rows, emit a random one as each new row arrives."""
     if buffer_size <= 1:
         yield from items
         return
-    buffer: list[Example] = []
+    buffer: list[T] = []
     for item in items:
         if len(buffer) < buffer_size:
             buffer.append(item)
@@ -116,31 +162,37 @@ def training_batches(
     rng: np.random.Generator,
     shuffle_buffer: int = 1024,
     stats: StreamStats | None = None,
-) -> Iterator[tuple[int, Batch]]:
-    """Endless (epoch, batch) pairs over the shards. Batches never mix epochs: an epoch's last one may be smaller."""
+    read: Callable[[ShardSet], Iterator[Any]] = iter_examples,
+    stack: Callable[[list[Any]], Any] = collate,
+) -> Iterator[tuple[int, Any]]:
+    """Endless (epoch, batch) pairs over the shards. Batches never mix epochs: an epoch's last one may be smaller.
+    `read` and `stack` make rows and batches of them: `iter_examples` and `collate` (SFT) or `iter_pairs` and
+    `collate_pairs` (DPO)."""
     epoch = 0
     while True:
-        rows = fitted(iter_examples(shards), seq_len, vocab_size_of(shards), stats if epoch == 0 else None)
-        pending: list[Example] = []
+        rows = fitted(read(shards), seq_len, vocab_size_of(shards), stats if epoch == 0 else None)
+        pending: list[Any] = []
         produced = False
         for example in shuffled(rows, shuffle_buffer, rng):
             pending.append(example)
             if len(pending) == batch_size:
                 produced = True
-                yield epoch, collate(pending)
+                yield epoch, stack(pending)
                 pending = []
         if pending:  # the last, smaller batch of the epoch
             produced = True
-            yield epoch, collate(pending)
+            yield epoch, stack(pending)
         if not produced:
             raise SetupError(f"no row of {shards.directory} has a counted target within the first {seq_len} positions")
         epoch += 1
 
 
-def first_rows(shards: ShardSet, count: int, seq_len: int) -> list[Example]:
-    """The first `count` usable rows in shard order: the fixed set the loss is evaluated on before and after."""
-    rows: list[Example] = []
-    for example in fitted(iter_examples(shards), seq_len, vocab_size_of(shards), None):
+def first_rows(
+    shards: ShardSet, count: int, seq_len: int, read: Callable[[ShardSet], Iterator[Any]] = iter_examples
+) -> list[Any]:
+    """The first `count` usable rows (or pairs) in shard order: the fixed set evaluated before and after."""
+    rows: list[Any] = []
+    for example in fitted(read(shards), seq_len, vocab_size_of(shards), None):
         if len(rows) >= count:
             break
         rows.append(example)

@@ -17,16 +17,24 @@ from ..errors import fails_cleanly
 from .loss import LOSS_NORMS
 from .model import DTYPES
 from .shards import open_shards, vocab_size_of
-from .train import CURVE_NAME, METRICS_NAME, RUN_NAME, WEIGHTS_NAME, TrainConfig
+from .train import CURVE_NAME, METRICS_NAME, OBJECTIVES, RUN_NAME, WEIGHTS_NAME, TrainConfig
 
 DEFAULTS = TrainConfig()
+OBJECTIVE = click.Choice(OBJECTIVES)
+OBJECTIVE_HELP = "sft: rows, masked cross-entropy; dpo: preference pairs against the frozen initial weights."
 
 
 @click.command()
 @click.argument("shards_dir")
 @click.option("--out", required=True, help="Run folder: metrics.jsonl, loss.svg, model.npz, run.json.")
+@click.option("--objective", type=OBJECTIVE, default=DEFAULTS.objective, show_default=True, help=OBJECTIVE_HELP)
+@click.option(
+    "--beta", type=float, default=DEFAULTS.beta, show_default=True, help="dpo: the strength of the reference."
+)
 @click.option("--steps", type=int, default=DEFAULTS.steps, show_default=True, help="Optimizer steps.")
-@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Rows per batch.")
+@click.option(
+    "--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Rows (dpo: pairs) per batch."
+)
 @click.option(
     "--seq-len",
     type=int,
@@ -74,7 +82,8 @@ def train(shards_dir: str, out: str, quiet: bool, **options: Any) -> None:
 
     config = TrainConfig(**options)
     config.validate()
-    config.model_config(vocab_size_of(open_shards(shards_dir)))  # a bad folder or model fails before the bar shows
+    # A bad folder, layout or model fails before the bar shows.
+    config.model_config(vocab_size_of(open_shards(shards_dir, pairs=config.dpo)))
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("step"),
@@ -101,19 +110,28 @@ def train(shards_dir: str, out: str, quiet: bool, **options: Any) -> None:
 
 
 def print_train_summary(summary: dict[str, Any], out: Path) -> None:
-    evaluation, data = summary["eval"], summary["data"]
+    evaluation, data, dpo = summary["eval"], summary["data"], summary["train"]["objective"] == "dpo"
+    start = "log 2 = 0.6931, the policy is the reference" if dpo else f"log V = {summary['log_vocab']:.4f}"
     click.echo(
         f"loss:     {summary['first_loss']:.4f} at step 1 -> {summary['last_loss']:.4f} at step "
-        f"{summary['train']['steps']} (log V = {summary['log_vocab']:.4f})"
+        f"{summary['train']['steps']} ({start})"
     )
-    if evaluation["rows"]:
+    if dpo and evaluation["pairs"]:
+        before, after = evaluation["before"], evaluation["after"]
+        click.echo(
+            f"eval:     loss {before['loss']:.4f} -> {after['loss']:.4f}, margin {before['margin']:.4f} -> "
+            f"{after['margin']:.4f}, accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, on the first "
+            f"{evaluation['pairs']} pairs (beta {summary['train']['beta']:g})"
+        )
+    if not dpo and evaluation["rows"]:
         click.echo(
             f"eval:     {evaluation['loss_before']:.4f} before -> {evaluation['loss_after']:.4f} after, on the first "
             f"{evaluation['rows']} rows ({evaluation['counted_targets']} counted targets)"
         )
-    scope = "all rows, once" if data["complete"] else "rows read before training ended, less than one epoch"
+    items = "pairs" if dpo else "rows"
+    scope = f"all {items}, once" if data["complete"] else f"{items} read before training ended, less than one epoch"
     click.echo(
-        f"data:     {data['rows']} rows ({scope}): {data['rows_cut']} cut to --seq-len "
+        f"data:     {data['rows']} {items} ({scope}): {data['rows_cut']} cut to --seq-len "
         f"({data['targets_cut']} counted targets lost), {data['rows_skipped']} skipped (nothing counted); "
         f"{data['epochs_started']} epoch(s) started"
     )

@@ -72,16 +72,27 @@ def masked_cross_entropy(
 
     -log p is computed as logsumexp(logits) - logit[target] (never log of a rounded probability), for every
     position; only weighted positions enter the loss. The gradient is weight * (softmax - onehot(target)), which
-    is exactly 0 (not -0) wherever the weight is 0.
+    is exactly 0 (not -0) wherever the weight is 0. Weights may be negative (DPO's rejected side).
     """
     weights = weights.astype(logits.dtype)
+    nll, probs = target_nll(logits, target_ids)
+    loss = float(np.where(weights != 0, weights * nll, 0.0).sum())
+    return loss, nll, weighted_nll_grad(probs, target_ids, weights)
+
+
+def target_nll(logits: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-log p(target) (B, T) at every position, and the softmax (B, T, V) its gradient needs."""
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (B, T, V), max 0 per position
     exp = np.exp(shifted)  # (B, T, V)
     total = exp.sum(axis=-1)  # (B, T)
     target_logit = np.take_along_axis(shifted, target_ids[..., None], axis=-1)[..., 0]  # (B, T)
-    nll = np.log(total) - target_logit  # (B, T)
-    loss = float(np.where(weights != 0, weights * nll, 0.0).sum())
-    dlogits = (exp / total[..., None]) * weights[..., None]  # (B, T, V)
+    return np.log(total) - target_logit, exp / total[..., None]
+
+
+def weighted_nll_grad(probs: np.ndarray, target_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """d(sum of weight * -log p(target))/dlogits = weight * (softmax - onehot(target)), (B, T, V)."""
+    weights = weights.astype(probs.dtype)
+    dlogits = probs * weights[..., None]  # (B, T, V)
     rows, cols = np.indices(target_ids.shape)
     dlogits[rows, cols, target_ids] -= weights
-    return loss, nll, dlogits
+    return dlogits

@@ -1,13 +1,15 @@
 """The loss curve as a small standalone SVG: no plotting library needed, opens in any browser.
 
 The curve is the per-step training loss (light), its exponential moving average (dark), and a dashed line at
-log V, where a model that predicts uniformly would sit: the lesson's "terrible at first" level.
+log V, where a model that predicts uniformly would sit: the lesson's "terrible at first" level (for DPO, at log 2,
+where the policy still equals its reference).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 WIDTH, HEIGHT = 720, 400
@@ -34,7 +36,13 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def loss_curve_svg(steps: list[int], losses: list[float], reference: float | None = None, title: str = "") -> str:
+def loss_curve_svg(
+    steps: list[int],
+    losses: list[float],
+    reference: float | None = None,
+    title: str = "",
+    label: str = "log V (uniform)",
+) -> str:
     """The SVG text: x = step, y = loss (0 at the bottom, so "fell by half" is visible at a glance)."""
     if not steps or len(steps) != len(losses):
         raise ValueError("need as many losses as steps, and at least one")
@@ -74,7 +82,7 @@ def loss_curve_svg(steps: list[int], losses: list[float], reference: float | Non
             f'<line class="reference" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(reference):.2f}" '
             f'y2="{y(reference):.2f}" stroke="#c33" stroke-dasharray="6 4"/>'
             f'<text x="{WIDTH - RIGHT - 4}" y="{y(reference) - 6:.2f}" text-anchor="end" fill="#c33">'
-            f"log V = {reference:.3f} (uniform)</text>"
+            f"{label} = {reference:.3f}</text>"
         )
     parts.append(polyline(losses, 'stroke="#9ecae1" stroke-width="1"', "loss"))
     parts.append(polyline(smooth(losses), 'stroke="#08519c" stroke-width="2"', "smoothed"))
@@ -86,7 +94,6 @@ def loss_curve_svg(steps: list[int], losses: list[float], reference: float | Non
     return "\n".join(parts) + "\n"
 
 
-def write_loss_curve(
-    path: Path, steps: list[int], losses: list[float], reference: float | None = None, title: str = ""
-) -> None:
-    path.write_text(loss_curve_svg(steps, losses, reference, title), encoding="utf-8")
+def write_loss_curve(path: Path, steps: list[int], losses: list[float], **options: Any) -> None:
+    """`loss_curve_svg` into `path`; its `reference` is a dashed line named `label` (SFT: log V, DPO: log 2)."""
+    path.write_text(loss_curve_svg(steps, losses, **options), encoding="utf-8")

@@ -1,7 +1,11 @@
 """The training loop: stream batches, forward, masked loss, backward, clip, AdamW; log every step.
 
+Two objectives: `sft`, the masked mean cross-entropy of rows (`loss.py`), and `dpo`, the preference loss of pairs
+against the frozen initial weights (`dpo.py`). Both run the same model, optimizer, schedule and loop.
+
 A run writes into RUN_DIR:
     metrics.jsonl   one line per step: step, epoch, loss, counted_targets, tokens, tokens_per_s, lr, grad_norm
+                    (dpo: also margin, accuracy, chosen_reward, rejected_reward, pairs)
     loss.svg        the loss curve
     model.npz       the weights (and the model config), loadable by `lossmask explain --run`
     run.json        the configs, what the data stream kept and cut, and the loss on a fixed set of rows
@@ -25,17 +29,19 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..errors import SetupError
-from .batches import Batch, StreamStats, collate, first_rows, training_batches
+from .batches import Batch, StreamStats, collate, collate_pairs, first_rows, training_batches
+from .dpo import dpo_step, evaluate_pairs
 from .loss import LOSS_NORMS, count_sequences, loss_weights, masked_cross_entropy
 from .model import ModelConfig, Params, backward, count_params, forward, init_params, save
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .plot import write_loss_curve
-from .shards import Example, open_shards, vocab_size_of
+from .shards import Example, iter_examples, iter_pairs, open_shards, vocab_size_of
 
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "loss.svg"
 WEIGHTS_NAME = "model.npz"
 RUN_NAME = "run.json"
+OBJECTIVES = ("sft", "dpo")
 
 
 @dataclass
@@ -58,6 +64,12 @@ class TrainConfig:
     heads: int = 4
     dtype: str = "float32"
     threads: int = 1  # BLAS threads: 1 is fastest for a model this small, and 3-12x faster on a busy machine
+    objective: str = "sft"  # sft: rows, masked cross-entropy; dpo: preference pairs (--batch-size counts pairs)
+    beta: float = 0.1  # dpo: how far from the reference the policy may move for a given preference
+
+    @property
+    def dpo(self) -> bool:
+        return self.objective == "dpo"
 
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.seq_len, self.accum_steps, self.threads) < 1:
@@ -66,6 +78,12 @@ class TrainConfig:
             raise SetupError("--lr must be positive; --warmup, --weight-decay, --grad-clip, --eval-rows not negative")
         if self.loss_norm not in LOSS_NORMS:
             raise SetupError(f"--loss-norm must be one of {', '.join(LOSS_NORMS)}, not {self.loss_norm!r}")
+        if self.objective not in OBJECTIVES:
+            raise SetupError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.beta <= 0:
+            raise SetupError("--beta must be positive")
+        if self.dpo and self.loss_norm != "token":
+            raise SetupError("--loss-norm is SFT's: DPO sums log p over each side's counted targets")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         config = ModelConfig(
@@ -86,6 +104,9 @@ class StepResult:
     grad_norm: float
     tokens: int  # real positions read
     targets: int  # counted targets scored
+
+    def metrics(self) -> dict[str, float | int]:
+        return {"loss": self.loss, "counted_targets": self.targets, "tokens": self.tokens}
 
 
 def train_step(
@@ -155,20 +176,29 @@ def _train(
     config: TrainConfig,
     on_step: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    shards = open_shards(shards_dir)
+    shards = open_shards(shards_dir, pairs=config.dpo)
     model_config = config.model_config(vocab_size_of(shards))
     out = Path(out_dir)
     prepare_out_dir(out)
 
     init_seed, data_seed = np.random.SeedSequence(config.seed).spawn(2)
     params = init_params(model_config, np.random.default_rng(init_seed))
+    reference = {name: p.copy() for name, p in params.items()} if config.dpo else {}  # DPO's, frozen: never stepped
     optimizer = AdamW(params, weight_decay=config.weight_decay)
     stats = StreamStats()
+    read, stack = (iter_pairs, collate_pairs) if config.dpo else (iter_examples, collate)
+    rng = np.random.default_rng(data_seed)
     batches = training_batches(
-        shards, config.batch_size, config.seq_len, np.random.default_rng(data_seed), config.shuffle_buffer, stats
+        shards, config.batch_size, config.seq_len, rng, config.shuffle_buffer, stats, read, stack
     )
-    eval_set = first_rows(shards, config.eval_rows, config.seq_len)
-    eval_before = evaluate(params, model_config, eval_set)
+    eval_set = first_rows(shards, config.eval_rows, config.seq_len, read)
+
+    def evaluate_now() -> Any:
+        if config.dpo:
+            return evaluate_pairs(params, reference, model_config, eval_set, config.beta)
+        return evaluate(params, model_config, eval_set)
+
+    eval_before = evaluate_now()
 
     started = time.perf_counter()
     steps: list[int] = []
@@ -177,19 +207,22 @@ def _train(
     with open(out / METRICS_NAME, "w", encoding="utf-8") as metrics:
         for step in range(1, config.steps + 1):
             step_started = time.perf_counter()
-            micro: list[Batch] = []
+            micro: list[Any] = []  # Batch (sft) or PairBatch (dpo)
             for _ in range(config.accum_steps):
                 epoch, batch = next(batches)
                 micro.append(batch)
             lr = learning_rate(step, config.lr, config.steps, config.warmup, config.min_lr_ratio)
-            result = train_step(params, model_config, optimizer, micro, config.loss_norm, config.grad_clip, lr)
+            if config.dpo:
+                result: Any = dpo_step(
+                    params, reference, model_config, optimizer, micro, config.beta, config.grad_clip, lr
+                )
+            else:
+                result = train_step(params, model_config, optimizer, micro, config.loss_norm, config.grad_clip, lr)
             seconds = time.perf_counter() - step_started
             record = {
                 "step": step,
                 "epoch": epoch,
-                "loss": result.loss,
-                "counted_targets": result.targets,
-                "tokens": result.tokens,
+                **result.metrics(),
                 "tokens_per_s": result.tokens / seconds if seconds > 0 else 0.0,
                 "lr": lr,
                 "grad_norm": result.grad_norm,
@@ -200,29 +233,37 @@ def _train(
             if on_step is not None:
                 on_step(record)
     elapsed = time.perf_counter() - started
-    eval_after = evaluate(params, model_config, eval_set)
+    eval_after = evaluate_now()
 
     save(out / WEIGHTS_NAME, params, model_config)
     log_vocab = math.log(model_config.vocab_size)
-    write_loss_curve(
-        out / CURVE_NAME,
-        steps,
-        losses,
-        reference=log_vocab,
-        title=f"lossmask train: masked mean loss per step ({config.loss_norm} norm)",
-    )
+    if config.dpo:
+        title = f"lossmask train --objective dpo: DPO loss per step (beta {config.beta:g})"
+        write_loss_curve(
+            out / CURVE_NAME, steps, losses, reference=math.log(2), title=title, label="log 2 (policy = reference)"
+        )
+        evaluation = {
+            "pairs": len(eval_set),
+            "counted_targets": sum(p.num_loss_tokens for p in eval_set),
+            "before": eval_before,
+            "after": eval_after,
+        }
+    else:
+        title = f"lossmask train: masked mean loss per step ({config.loss_norm} norm)"
+        write_loss_curve(out / CURVE_NAME, steps, losses, reference=log_vocab, title=title)
+        evaluation = {
+            "rows": len(eval_set),
+            "counted_targets": sum(e.num_loss_tokens for e in eval_set),
+            "loss_before": eval_before,
+            "loss_after": eval_after,
+        }
     summary = {
         "shards": str(shards.directory),
         "model": model_config.to_dict(),
         "parameters": count_params(params),
         "train": asdict(config),
         "data": {**stats.to_dict(), "epochs_started": epoch + 1},
-        "eval": {
-            "rows": len(eval_set),
-            "counted_targets": sum(e.num_loss_tokens for e in eval_set),
-            "loss_before": eval_before,
-            "loss_after": eval_after,
-        },
+        "eval": evaluation,
         "log_vocab": log_vocab,
         "first_loss": losses[0],
         "last_loss": losses[-1],

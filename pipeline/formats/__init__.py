@@ -2,6 +2,10 @@
 
 One module per input format; `detect` names the format of a file from its first record, so every record of a
 file is read the same way and a record that lacks a field is reported as such, not silently re-guessed.
+
+Preference data (`preference` pairs, `kto` judged answers) has formats of its own, read into its own records by
+`parse_preference`; `parse`, the SFT job's reading, rejects a pair and reads a KTO record's conversation (see
+`formats.preference`).
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import RecordError
-from ...schemas.records import Record, SourceRef
-from . import alpaca, openai, prompt_completion, sharegpt, text
+from ...schemas.records import PreferenceRecord, Record, SourceRef
+from . import alpaca, openai, preference, prompt_completion, sharegpt, text
 from .options import FormatOptions
 
 PARSERS: dict[str, Callable[[dict[str, Any], SourceRef, FormatOptions], Record]] = {
@@ -20,6 +24,12 @@ PARSERS: dict[str, Callable[[dict[str, Any], SourceRef, FormatOptions], Record]]
     "alpaca": alpaca.parse,
     "prompt_completion": prompt_completion.parse,
     "text": text.parse,
+    "preference": preference.reject_in_sft,
+    "kto": preference.parse_kto_as_sft,
+}
+PREFERENCE_PARSERS: dict[str, Callable[[dict[str, Any], SourceRef, FormatOptions], PreferenceRecord]] = {
+    "preference": preference.parse,
+    "kto": preference.parse_kto,
 }
 FORMAT_NAMES = tuple(PARSERS)
 
@@ -29,6 +39,13 @@ def detect(value: Any, options: FormatOptions) -> str | None:
     if not isinstance(value, dict):
         return None
     f = options.field
+    # Preference fields first: pair datasets often carry a chat column too (UltraFeedback's `messages`).
+    if f("chosen") in value and f("rejected") in value:
+        return "preference"
+    if isinstance(value.get(f("label")), bool) and (
+        f("messages") in value or (f("prompt") in value and f("completion") in value)
+    ):
+        return "kto"
     if f("messages") in value:
         return "openai"
     if f("conversations") in value:
@@ -43,9 +60,21 @@ def detect(value: Any, options: FormatOptions) -> str | None:
 
 
 def parse(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> Record:
+    """The record an SFT job trains on."""
+    return PARSERS[_format_of(value, fmt, options, PARSERS)](value, source, options)
+
+
+def parse_preference(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> PreferenceRecord:
+    """The record a preference job trains on: a `PreferencePair` or a `PreferenceExample`."""
+    return PREFERENCE_PARSERS[_format_of(value, fmt, options, PREFERENCE_PARSERS)](value, source, options)
+
+
+def _format_of(value: Any, fmt: str | None, options: FormatOptions, parsers: dict[str, Any]) -> str:
     if not isinstance(value, dict):
         raise RecordError("not_an_object", f"got {type(value).__name__}")
     fmt = fmt or detect(value, options)
-    if fmt is None:
-        raise RecordError("unknown_format", f"fields: {', '.join(sorted(map(str, value))[:8]) or '(none)'}")
-    return PARSERS[fmt](value, source, options)
+    if fmt not in parsers:
+        fields = ", ".join(sorted(map(str, value))[:8]) or "(none)"
+        detail = f"fields: {fields}" if fmt is None else f"{fmt} data is not preference data; fields: {fields}"
+        raise RecordError("unknown_format", detail)
+    return fmt

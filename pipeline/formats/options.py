@@ -27,6 +27,10 @@ DEFAULT_FIELDS: dict[str, str] = {
     "completion": "completion",
     # plain text
     "text": "text",
+    # preference data (TRL's names): `prompt` above, then each side, or KTO's judgement of one answer
+    "chosen": "chosen",
+    "rejected": "rejected",
+    "label": "label",
 }
 
 DEFAULT_ROLES: dict[str, str] = {

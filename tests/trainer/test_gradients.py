@@ -8,9 +8,9 @@ from lossmask.trainer.batches import collate
 from lossmask.trainer.loss import loss_weights, masked_cross_entropy
 from lossmask.trainer.model import backward, forward
 
-pytestmark = pytest.mark.slow  # one pair of forward passes per parameter entry
+from .finite_differences import assert_gradients_match
 
-EPS = 1e-5
+pytestmark = pytest.mark.slow  # one pair of forward passes per parameter entry
 
 
 @pytest.mark.parametrize("norm", ["token", "sequence"])
@@ -28,22 +28,4 @@ def test_analytic_gradients_match_finite_differences(tiny, make_example, pack_ex
 
     logits, cache = forward(params, config, batch.input_ids, batch.position_ids, batch.segment_ids)
     _, _, dlogits = masked_cross_entropy(logits, batch.target_ids, weights)
-    grads = backward(params, config, cache, dlogits)
-    assert sorted(grads) == sorted(params)
-
-    for name, value in params.items():
-        numeric = np.zeros_like(value)
-        for index in np.ndindex(value.shape):
-            original = value[index]
-            value[index] = original + EPS
-            plus = loss_of(params)
-            value[index] = original - EPS
-            minus = loss_of(params)
-            value[index] = original
-            numeric[index] = (plus - minus) / (2 * EPS)
-        analytic = grads[name]
-        assert analytic.shape == value.shape and analytic.dtype == np.float64
-        scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric))
-        assert scale > 0, f"{name}: no gradient at all, the check would be empty"
-        relative = np.linalg.norm(analytic - numeric) / scale
-        assert relative < 1e-6, f"{name}: relative error {relative:.2e}"
+    assert_gradients_match(params, backward(params, config, cache, dlogits), loss_of)
