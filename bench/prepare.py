@@ -1,17 +1,22 @@
-"""`make bench`: lossmask prepare against the raw tokenizer and the TRL/transformers path, on real data.
+"""`make bench`: lossmask prepare against the raw tokenizer and the TRL/transformers path, side by side in one run.
 
 Corpus: every conversation in ../shared/realworld/data that has an assistant answer, normalized by lossmask's own
-parsers to OpenAI `messages` JSONL, repeated to at least 20k conversations. Tokenizer: SmolLM2. In one run:
+parsers to OpenAI `messages` JSONL, repeated to at least N conversations (20k by default; `--conversations
+200000`). Tokenizer: SmolLM2. Paths, each run as its own process, interleaved over `--rounds` rounds (A B C A B C
+...), so that a machine that slows down mid-run slows every path alike:
 
-  (a) raw `tokenizers` `encode_batch` over the same rendered text (the limit: no rendering, no masks, no I/O);
-  (b) the TRL/transformers path: `datasets.map` with `apply_chat_template(tokenize=True,
-      return_assistant_tokens_mask=True)` on a generation-tagged copy of SmolLM2's template, num_proc = cores,
-      then labels (-100 where the mask is 0);
-  (c) `lossmask prepare` end to end (read, render, verify, tokenize, mask, write shards), and again on 10x the
-      input to show that memory stays flat.
+  limit    `tokenizers` `encode_batch` over the same rendered text, in-process, as many threads as cores: the
+           encoding call alone (no reading, rendering, masks, verification or writing); its time is the call's;
+  trl      `datasets.map` + `apply_chat_template(tokenize=True, return_assistant_tokens_mask=True)` on a
+           generation-tagged copy of SmolLM2's template, num_proc = cores, then labels (-100 where unmasked);
+  prepare  `lossmask prepare` end to end as a user runs it (process start, read, parse, render, verify every row,
+           tokenize, mask, write shards and manifest), with 1, 2 and 4 workers (4 workers on 2 cores is a
+           simulation: read its CPU-seconds per token), with the default encoder and with `--encoder tokenizers`.
 
-Each runs in its own subprocess; peak RSS is that of the whole process tree (parent and workers), sampled every
-20 ms from /proc. Timings are wall clock on this machine, never assertions.
+For each: the median and min-max over rounds of wall seconds, tokens/s, tokens per CPU-second of the whole process
+tree (parent, forkserver, workers: sampled from /proc every 10 ms, so short-lived workers count too; GNU time
+misses forkserver workers) and its peak RSS; and the load average when each round started. Numbers to read, never
+assertions.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,33 +70,32 @@ def build_corpus(path: Path, minimum: int) -> int:
 
 RAW = """
 import json, sys, time
+from pathlib import Path
 from lossmask.pipeline.batch import JobContext
 from lossmask.pipeline.config import PrepareConfig
 from lossmask.pipeline.formats import parse
 from lossmask.pipeline.read import iter_inputs
-from pathlib import Path
-context = JobContext.from_config(PrepareConfig(tokenizer=sys.argv[2]))
+context = JobContext.from_config(PrepareConfig(tokenizer=sys.argv[2], encoder="tokenizers"))
 texts = []
 for record in iter_inputs([Path(sys.argv[1])]):
     for example in context.renderer.render(parse(record.value, record.source, None, context.format_options)):
         texts.append(example.text)
 tokenizer = context.tokenizer.tokenizer
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 tokens = 0
 for i in range(0, len(texts), 1024):
     tokens += sum(len(e.ids) for e in tokenizer.encode_batch(texts[i : i + 1024], add_special_tokens=False))
-print(json.dumps({"seconds": time.perf_counter() - started, "tokens": tokens}))
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "tokens": tokens}))
 """
 
 TRL = """
-import json, sys, time, os
+import json, sys, time
 import datasets
 from transformers import PreTrainedTokenizerFast
 datasets.disable_progress_bars()
 datasets.disable_caching()
 tokenizer = PreTrainedTokenizerFast.from_pretrained(sys.argv[2])
 template = open(sys.argv[3]).read()
-started = time.perf_counter()
 data = datasets.load_dataset("json", data_files=sys.argv[1], split="train")
 def tokenize(example):
     out = tokenizer.apply_chat_template(example["messages"], chat_template=template, tokenize=True,
@@ -98,98 +103,142 @@ def tokenize(example):
     labels = [t if m else -100 for t, m in zip(out["input_ids"], out["assistant_masks"])]
     return {"input_ids": out["input_ids"], "labels": labels}
 mapped = data.map(tokenize, num_proc=int(sys.argv[4]), remove_columns=data.column_names)
-tokens = sum(len(x) for x in mapped["input_ids"])
-print(json.dumps({"seconds": time.perf_counter() - started, "tokens": tokens}))
+print(json.dumps({"tokens": sum(len(x) for x in mapped["input_ids"])}))
 """
 
 
-def tree_rss_kb(root: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
+def process_tree() -> tuple[dict[int, int], dict[int, list[int]]]:
+    """(CPU ticks of every process, children of every process), from /proc."""
+    ticks: dict[int, int] = {}
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
-        except (OSError, ValueError):
+        except OSError:
             continue
-    total, stack = 0, [root]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks, children
+
+
+def descendants(root: int, children: dict[int, list[int]]) -> list[int]:
+    found, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        found.append(pid)
         stack.extend(children.get(pid, []))
-    return total
+    return found
 
 
-def measure(command: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, peak tree RSS in KB, stdout) of a command."""
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(command: list[str]) -> dict[str, float | str]:
+    """Wall seconds, CPU seconds of the whole process tree, its peak RSS (KB), and stdout, of a command."""
+    hz = os.sysconf("SC_CLK_TCK")
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    last_ticks: dict[int, int] = {}
     peak = 0
     while process.poll() is None:
-        peak = max(peak, tree_rss_kb(process.pid))
-        time.sleep(0.02)
+        ticks, children = process_tree()
+        tree = descendants(process.pid, children)
+        for pid in tree:
+            if pid in ticks:
+                last_ticks[pid] = max(last_ticks.get(pid, 0), ticks[pid])
+        peak = max(peak, sum(rss_kb(pid) for pid in tree))
+        time.sleep(0.01)
+    wall = time.perf_counter() - started
     out = process.stdout.read() if process.stdout else ""
     if process.returncode:
         raise SystemExit(f"failed: {' '.join(command)}")
-    return time.perf_counter() - started, peak, out
+    return {"wall": wall, "cpu": sum(last_ticks.values()) / hz, "rss": peak, "out": out}
 
 
-def lossmask_prepare(corpus: Path, out: Path) -> tuple[float, int, int]:
-    seconds, peak, _ = measure(
-        [sys.executable, "-m", "lossmask.cli", "prepare", str(corpus), "--tokenizer", str(TOKENIZER), "--out",
-         str(out), "--fresh", "-q"]
-    )  # fmt: skip
-    manifest = json.loads((out / "_manifest.json").read_text())
-    return seconds, peak, manifest["totals"]["tokens"] + manifest["totals"]["rows"]  # tokens = positions + 1/row
+def prepare_command(corpus: Path, out: Path, workers: int, encoder: str) -> list[str]:
+    return [
+        sys.executable, "-m", "lossmask.cli", "prepare", str(corpus), "--tokenizer", str(TOKENIZER),
+        "--out", str(out), "--fresh", "-q", "--workers", str(workers), "--encoder", encoder,
+    ]  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=20_000)
-    parser.add_argument("--skip-trl", action="store_true", help="leave out (b), e.g. without transformers")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-trl", action="store_true", help="leave out the TRL path, e.g. without transformers")
     args = parser.parse_args()
     if not TOKENIZER.is_dir():
         print(f"the real-world kit is not at {KIT}; set LOSSMASK_REALWORLD", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="lossmask-bench-"))
-    corpus, big = work / "corpus.jsonl", work / "corpus_x10.jsonl"
+    corpus = work / "corpus.jsonl"
     count = build_corpus(corpus, args.conversations)
-    big.write_text(corpus.read_text(encoding="utf-8") * 10, encoding="utf-8")
-    print(f"corpus: {count:,} conversations ({corpus.stat().st_size / 1e6:.1f} MB), SmolLM2 tokenizer, {CORES} cores\n")
-
-    rows = []
-    _, _, out = measure([sys.executable, "-c", RAW, str(corpus), str(TOKENIZER)])
-    raw = json.loads(out)
-    a = raw["tokens"] / raw["seconds"]
-    rows.append(("(a) tokenizers encode_batch", raw["tokens"], raw["seconds"], a, None))
-    b = None
+    print(f"corpus: {count:,} conversations ({corpus.stat().st_size / 1e6:.1f} MB), SmolLM2, {CORES} cores\n")
+    paths: dict[str, list[str]] = {
+        "limit: encode_batch (in-process)": [sys.executable, "-c", RAW, str(corpus), str(TOKENIZER)]
+    }
     if not args.skip_trl:
-        _, peak_b, out = measure(
-            [sys.executable, "-c", TRL, str(corpus), str(TOKENIZER), str(TAGGED_TEMPLATE), str(CORES)]
-        )
-        trl = json.loads(out)
-        b = trl["tokens"] / trl["seconds"]
-        rows.append(("(b) datasets.map + apply_chat_template", trl["tokens"], trl["seconds"], b, peak_b))
-    seconds_c, peak_c, tokens_c = lossmask_prepare(corpus, work / "out")
-    c = tokens_c / seconds_c
-    rows.append(("(c) lossmask prepare (end to end)", tokens_c, seconds_c, c, peak_c))
-    seconds_10, peak_10, tokens_10 = lossmask_prepare(big, work / "out10")
-    rows.append(("(c) lossmask prepare, 10x input", tokens_10, seconds_10, tokens_10 / seconds_10, peak_10))
+        paths["trl: datasets.map + apply_chat_template"] = [
+            sys.executable, "-c", TRL, str(corpus), str(TOKENIZER), str(TAGGED_TEMPLATE), str(CORES)
+        ]  # fmt: skip
+    for workers in (1, 2, 4):
+        for encoder in ("auto", "tokenizers"):
+            paths[f"prepare --workers {workers} --encoder {encoder}"] = prepare_command(
+                corpus, work / "out", workers, encoder
+            )
+    results: dict[str, list[dict[str, float | str]]] = {name: [] for name in paths}
+    loads = []
+    tokens = 0
+    for round_ in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        for name, command in paths.items():
+            result = measure(command)
+            if name.startswith("limit"):
+                raw = json.loads(str(result["out"]))
+                result["wall"], result["cpu"], tokens = raw["seconds"], raw["cpu"], raw["tokens"]
+            results[name].append(result)
+        print(f"round {round_ + 1} done (load average at its start {loads[-1]:.2f})", file=sys.stderr)
+    manifest = json.loads((work / "out" / "_manifest.json").read_text())
+    positions = manifest["totals"]["tokens"] + manifest["totals"]["rows"]  # tokens = positions + 1 per row
+    assert positions == tokens, (positions, tokens)  # every path counts the same tokens
 
-    print(f"{'path':42} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} {'peak RSS':>10}")
-    for name, tokens, secs, rate, peak in rows:
-        rss = f"{peak / 1024:,.0f} MB" if peak else "-"
-        print(f"{name:42} {tokens:>12,} {secs:>8.2f} {rate:>12,.0f} {rss:>10}")
-    print(f"\nc/a = {c / a:.2f} (goal >= 0.8)")
-    if b:
-        print(f"c/b = {c / b:.2f} (goal >= 2.5)")
-    print(f"peak RSS 10x / 1x = {peak_10 / peak_c:.2f} (goal <= 1.2)")
-    print("(a) times encoding only, in-process; (b) and (c) include process start-up, reading and writing.")
+    def stat(values: list[float]) -> str:
+        return f"{statistics.median(values):>9,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+    print(f"{tokens:,} tokens; {args.rounds} interleaved rounds; load average at each round's start: "
+          + ", ".join(f"{x:.2f}" for x in loads) + "\n")  # fmt: skip
+    header = f"{'path':44} {'wall s':>7} {'tokens/s (min-max)':>28} {'tokens/CPU-s (min-max)':>30} {'peak RSS':>9}"
+    print(header)
+    medians = {}
+    for name, runs in results.items():
+        walls = [float(r["wall"]) for r in runs]
+        rates = [tokens / float(r["wall"]) for r in runs]
+        per_cpu = [tokens / float(r["cpu"]) for r in runs]
+        rss = statistics.median(float(r["rss"]) for r in runs) / 1024
+        medians[name] = (statistics.median(rates), statistics.median(per_cpu))
+        rss_text = f"{rss:,.0f} MB" if not name.startswith("limit") else "-"
+        print(f"{name:44} {statistics.median(walls):>7.2f} {stat(rates):>28} {stat(per_cpu):>30} {rss_text:>9}")
+    limit_rate, limit_cpu = medians["limit: encode_batch (in-process)"]
+    print()
+    for name, (rate, per_cpu) in medians.items():
+        if name.startswith("prepare"):
+            line = f"{name:44} x limit: {rate / limit_rate:.2f} (wall), {per_cpu / limit_cpu:.2f} (per CPU-s)"
+            trl = medians.get("trl: datasets.map + apply_chat_template")
+            if trl:
+                line += f"; x trl: {rate / trl[0]:.2f} (wall), {per_cpu / trl[1]:.2f} (per CPU-s)"
+            print(line)
+    print("\nlimit is one in-process encode_batch call; prepare and trl are whole processes, start-up included.")
     return 0
 
 

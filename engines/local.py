@@ -10,6 +10,7 @@ use every core.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections import deque
@@ -47,6 +48,8 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
         return
     start_method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     mp_context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":  # imported once in the server, so each worker starts with them
+        mp_context.set_forkserver_preload(["lossmask.pipeline.batch"])
     with ProcessPoolExecutor(workers, mp_context=mp_context, initializer=_start_worker, initargs=(config,)) as pool:
         pending: deque[Future[BatchResult]] = deque()
         for batch in _chain(head, batches):
@@ -67,6 +70,7 @@ def _start_worker(config: PrepareConfig) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _CONTEXT
     _CONTEXT = JobContext.from_config(config)
+    gc.freeze()  # the context lives as long as the worker: the cyclic collector need never scan it again
 
 
 def _work(batch: list[RawRecord]) -> BatchResult:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.runtime import new_context
 
 from ...errors import RecordError, SetupError
 from .environment import DEFAULT_TEMPLATE_DATE, TemplateRule, make_environment
@@ -38,6 +39,7 @@ class ChatTemplate:
             self._compiled = self._env.from_string(self.source)
         except jinja2.TemplateSyntaxError as exc:
             raise SetupError(f"chat template {self.name}: syntax error on line {exc.lineno}: {exc.message}") from None
+        self._globals = dict(self._compiled.globals)
         self.has_generation_tags = bool(_GENERATION_TAG.search(self.source))
         self.sha256 = hashlib.sha256(self.source.encode("utf-8")).hexdigest()
 
@@ -49,15 +51,28 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None = None,
         variables: dict[str, Any] | None = None,
     ) -> str:
-        """`variables`: the record's own template variables, over the job's."""
+        """`variables`: the record's own template variables, over the job's.
+
+        What `jinja2.Template.render` does, with the template's globals merged into a plain dict once per template
+        instead of once per call (Jinja copies a ChainMap of them for every rendering: a few percent of a job)."""
+        context = new_context(
+            self._env,
+            self._compiled.name,
+            self._compiled.blocks,
+            {
+                **self._globals,
+                **self.variables,
+                **(variables or {}),
+                "messages": messages,
+                "tools": tools,
+                "documents": None,
+                "add_generation_prompt": add_generation_prompt,
+            },
+            shared=True,
+            globals=self._compiled.globals,
+        )
         try:
-            return self._compiled.render(
-                messages=messages,
-                tools=tools,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **{**self.variables, **(variables or {})},
-            )
+            return self._env.concat(self._compiled.root_render_func(context))  # type: ignore[attr-defined]
         except Exception as exc:  # a template can raise anything; to us it is one bad record
             raise self._record_error(exc) from None
 
