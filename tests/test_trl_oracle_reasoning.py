@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -641,3 +642,386 @@ def test_every_pair_is_checked_and_the_allowed_differences_are_exact(kits, capsy
             print(f"{name}: differences {sorted(seen)}; identical: {same}; both refuse: {refused}")
             assert seen == ALLOWED[name], (name, seen)
     assert failing == set(BUGS)
+
+
+# Each deliberate difference, pinned on the templates that show it. `turn` is the assistant message's index.
+
+ARGUMENTS_AS_STRING = ("deepseekv3",)  # the original concatenates `arguments`: it takes a JSON string
+
+
+def hf_render(kits: KitCache, name: str, messages: list[dict[str, Any]], label: str, **options: Any) -> str:
+    """transformers' rendering of the ORIGINAL template (the independent side of every check below)."""
+    if name in ARGUMENTS_AS_STRING:
+        messages = copy.deepcopy(messages)
+        for message in messages:
+            for tool_call in message.get("tool_calls") or []:
+                tool_call["function"]["arguments"] = json.dumps(tool_call["function"]["arguments"])
+    return kits(name).hf.apply_chat_template(
+        hf_messages(name, messages),
+        chat_template=source(name),
+        tools=RECORDS[label].get("tools"),
+        tokenize=False,
+        **options,
+    )
+
+
+def both(kits: KitCache, name: str, label: str, policy: str, turn: int, **options: Any) -> tuple[Turn, Turn]:
+    trl, ours = trl_turns(kits, name, label), lossmask_turns(kits, name, label, policy, **options)
+    assert not isinstance(trl, str), trl
+    assert not isinstance(ours, RecordError), ours
+    return trl[turn], ours[turn]
+
+
+def common_prefix(a: Any, b: Any) -> Any:
+    n = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+PROMPT_TEXT_CASES = [
+    # (template, record, policy, turn, the text TRL counts in addition, what lossmask counts, GEN_PROMPT_MISMATCH)
+    ("gptoss", "tool chain, no reasoning", "as-rendered", 1, "<|start|>assistant",
+     ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>', False),
+    ("gptoss", "tool chain, no reasoning", "split", 3, "<|start|>assistant",
+     "<|channel|>final<|message|>It is sunny in Paris.<|return|>", False),
+    ("deepseekv3", "tool calls, no definitions", "as-rendered", 1, "<｜Assistant｜>",
+     '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```'
+     "<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>", True),
+    ("deepseekv3", "tool calls, no definitions", "split", 3, "<｜tool▁outputs▁end｜>",
+     "It is sunny in Paris.<｜end▁of▁sentence｜>", True),
+    ("qwen2_5", "tool chain, no reasoning", "as-rendered", 3, "\n", "It is sunny in Paris.<|im_end|>", False),
+    ("qwen3_5_think", "reasoning_content", "split", 2, "<think>\n",
+     "Seventeen has no divisor.\n</think>\n\nYes, it is prime.<|im_end|>", False),
+    ("qwen3_6", "tool chain", "split", 5, "<think>\n",
+     "The tool answered.\n</think>\n\nIt is sunny in Paris.<|im_end|>", False),
+    # the token `\n\n` holds the prompt's last character and the first one generated: it counts whole
+    ("qwen3_5_think", "tool chain, no reasoning", "as-rendered", 3, "<think>",
+     "\n\n</think>\n\nIt is sunny in Paris.<|im_end|>", False),
+    ("qwen3_5_nothink", "tool chain, no reasoning", "as-rendered", 3, EMPTY_THINK, "It is sunny in Paris.<|im_end|>",
+     False),
+    ("qwen3_5_nothink", "reasoning_content", "as-rendered", 4, "<think>\n",
+     "Nine is three squared.\n</think>\n\nNo, nine is not.<|im_end|>", True),
+    ("nemotron_3_nano", "reasoning_content", "as-rendered", 2, "<think>",
+     "</think>\nYes, it is prime.<|im_end|>", True),
+    ("nemotron_3_nano", "reasoning_content", "split", 4, "<think>\n",
+     "Nine is three squared.\n</think>\nNo, nine is not.<|im_end|>", False),
+    ("nemotron_3_ultra", "tool chain", "split", 3, "<think>\n",
+     "The user wants the weather.</think>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>"
+     "\n</function>\n</tool_call>\n<|im_end|>", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "label", "policy", "turn", "extra", "counted", "mismatch"), PROMPT_TEXT_CASES)
+def test_trl_counts_text_the_generation_prompt_holds(kits, name, label, policy, turn, extra, counted, mismatch):
+    """ "prompt-text": TRL's span starts at the role header (`<|start|>assistant`, `<｜Assistant｜>`), at the
+    newline after it (Qwen2.5), or at the `<think>\\n` / empty think block that the generation prompt already
+    holds (Qwen3.5/3.6, Nemotron 3); lossmask trains from the end of the generation prompt, or from where the
+    prompt and the rendering part (flagged GEN_PROMPT_MISMATCH)."""
+    trl, ours = both(kits, name, label, policy, turn)
+    assert ours.counted == counted
+    assert trl.counted == extra + counted + trl.trail and trl.trail in ("", *AFTER_STOP.get(name, ()))
+    assert bool(ours.flags & RowFlag.GEN_PROMPT_MISMATCH) == mismatch
+    # transformers on the original: the generation prompt holds the extra text, up to where it parts from the turn
+    messages = record(name, label)["messages"]
+    prompt = hf_render(kits, name, messages[:turn], label, add_generation_prompt=True)
+    rendering = hf_render(kits, name, messages if policy == "as-rendered" else messages[: turn + 1], label)
+    # where they part: by characters, or by whole tokens (a token holding the prompt's last character and a
+    # generated one counts, so the text before that token is what the prompt holds)
+    hf = kits(name).hf
+    tokens = common_prefix(
+        hf(prompt, add_special_tokens=False)["input_ids"], hf(rendering, add_special_tokens=False)["input_ids"]
+    )
+    held = (common_prefix(prompt, rendering), hf.decode(tokens, skip_special_tokens=False))
+    assert any(h.endswith(extra) for h in held), (held, extra)
+
+
+AFTER_STOP_CASES = [
+    ("qwen3", "tool chain", "split", 3, "\n",
+     '<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
+     '{"city": "Paris"}}\n</tool_call><|im_end|>'),
+    ("lfm2", "think-in-content", "as-rendered", 3, "\n",
+     "<think>\nNine is three squared.\n</think>\n\nNo, nine is not.<|im_end|>"),
+    ("phi3", "think-in-content", "as-rendered", 1, "\n",
+     "<think>\nSeventeen has no divisor.\n</think>\n\nYes, it is prime.<|end|>"),
+    ("phi3_5", "think-in-content", "split", 3, "\n</s>",
+     "<think>\nNine is three squared.\n</think>\n\nNo, nine is not.<|end|>"),
+    ("llava_next", "think-in-content", "as-rendered", 1, " ",
+     " <think>\nSeventeen has no divisor.\n</think>\n\nYes, it is prime.</s>"),
+    ("gemma", "think-in-content", "as-rendered", 3, "\n",
+     "<think>\nNine is three squared.\n</think>\n\nNo, nine is not.<end_of_turn>"),
+    ("diffusion_gemma", "reasoning_content", "as-rendered", 4, "\n",
+     "<|channel>thought\nNine is three squared.\n<channel|>No, nine is not.<turn|>"),
+    ("idefics3", "think-in-content", "split", 3, "\n",
+     " <think>\nNine is three squared.\n</think>\n\nNo, nine is not.<end_of_utterance>"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "label", "policy", "turn", "tail", "counted"), AFTER_STOP_CASES)
+def test_trl_counts_template_text_after_the_stop(kits, name, label, policy, turn, tail, counted):
+    """ "after-stop": TRL's spans run past the stop token (the newline after `<|im_end|>`, `<end_of_turn>`,
+    `<turn|>`; Phi-3's `\\n</s>` after the last `<|end|>`; LLaVA's space after `</s>`); the model never emits
+    that text, so lossmask's turn ends with the stop token."""
+    trl, ours = both(kits, name, label, policy, turn)
+    assert ours.counted == counted and any(counted.endswith(stop) for stop in stops(name))
+    assert trl.counted == counted + tail
+    _, text = _trl(kits, name, label)
+    stop = next(s for s in stops(name) if counted.endswith(s))
+    assert stop + tail in text
+
+
+IGNORING = [name for name in PAIRS if ignores_reasoning(name) and name != "deepseekv3"]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", IGNORING)
+def test_reasoning_a_template_ignores_is_written_as_a_think_block(kits, name, policy):
+    """ "reasoning-inlined": these templates never read `reasoning_content`; transformers (so TRL) drops it,
+    lossmask writes it into the content as `<think>\\n...\\n</think>\\n\\n` (`--reasoning-fallback inline`, the
+    default) and trains it. With `--reasoning-fallback drop` lossmask counts what TRL counts."""
+    label = "reasoning_content"
+    messages = record(name, label)["messages"]
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        trl, inline = both(kits, name, label, policy, turn)
+        _, drop = both(kits, name, label, policy, turn, reasoning_fallback="drop")
+        block = f"<think>\n{message['reasoning_content']}\n</think>\n\n"
+        assert block in inline.counted and message["reasoning_content"] not in trl.counted
+        assert inline.counted.replace(block, "", 1) == drop.counted
+        assert trl.counted in {f"{p}{drop.counted}{trl.trail}" for p in ("", *PROMPT_TEXT.get(name, ()))}
+
+
+def test_deepseek_v3_cuts_the_think_block_lossmask_writes(kits):
+    """ "reasoning-inlined" on DeepSeek-V3, whose template keeps only the text after `</think>`: as-rendered trains
+    what is left (`\\n\\n` + answer); split trains the turn as the model writes it after its generation prompt
+    `<｜Assistant｜><think>\\n` (REASONING_CONTINUED); TRL, without the reasoning, counts the header + answer."""
+    name, label, eos = "deepseekv3", "reasoning_content", "<｜end▁of▁sentence｜>"
+    trl, as_rendered = both(kits, name, label, "as-rendered", 4)
+    _, split = both(kits, name, label, "split", 4)
+    _, drop = both(kits, name, label, "as-rendered", 4, reasoning_fallback="drop")
+    assert trl.counted == f"<｜Assistant｜>No, nine is not.{eos}"
+    assert as_rendered.counted == f"\n\nNo, nine is not.{eos}" and as_rendered.flags & RowFlag.UNFAITHFUL_TRAINED
+    assert split.counted == f"Nine is three squared.\n</think>\n\nNo, nine is not.{eos}"
+    assert split.flags & RowFlag.REASONING_CONTINUED
+    assert drop.counted == f"No, nine is not.{eos}"
+    prompt = hf_render(kits, name, record(name, label)["messages"][:4], label, add_generation_prompt=True)
+    assert prompt.endswith("<｜Assistant｜><think>\n")
+
+
+@pytest.mark.parametrize("name", HISTORY_KEPT)
+def test_as_rendered_trains_the_original_rendering_not_trls_variant(kits, name):
+    """ "history-as-rendered": TRL's Qwen3/3.5/3.6 training variants write every turn's think block (to be prefix-
+    preserving); the originals drop it before the last user message. as-rendered trains the original's rendering
+    (no reasoning, UNFAITHFUL_TRAINED); split trains the turn with its reasoning, as generated, in its own row."""
+    label, turn, thought = "reasoning_content", 2, "Seventeen has no divisor."
+    messages = record(name, label)["messages"]
+    assert thought not in hf_render(kits, name, messages, label)
+    trl, as_rendered = both(kits, name, label, "as-rendered", turn)
+    _, split = both(kits, name, label, "split", turn)
+    assert thought in trl.counted and thought not in as_rendered.counted
+    assert as_rendered.counted == "Yes, it is prime.<|im_end|>" and as_rendered.flags & RowFlag.UNFAITHFUL_TRAINED
+    assert thought in split.counted and split.flags & RowFlag.SPLIT_TURN
+    assert trl.counted in {f"{p}{split.counted}\n" for p in ("", *PROMPT_TEXT.get(name, ()))}
+
+
+def test_as_rendered_qwen3_has_no_empty_think_block_before_the_last_answer(kits):
+    """ "history-as-rendered", without reasoning: Qwen3's training variant writes an empty think block on every
+    turn; the original only on the last one, so an earlier tool call trains without it."""
+    trl, ours = both(kits, "qwen3", "tool chain, no reasoning", "as-rendered", 1)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+    assert ours.counted == call and trl.counted == EMPTY_THINK + call + "\n"
+    _, split = both(kits, "qwen3", "tool chain, no reasoning", "split", 1)
+    assert split.counted == EMPTY_THINK + call  # rendered last, as generated: the block is there
+
+
+SPLIT_REASONING_CASES = [
+    ("glm4moe", "reasoning_content", 2, "\n<think></think>\nYes, it is prime.<|user|>",
+     "\n<think>Seventeen has no divisor.</think>\nYes, it is prime.<|user|>"),
+    ("gptoss", "tool chain", 3,
+     '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>',
+     "<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant to=functions.get_weather"
+     '<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'),
+    ("nemotron_3_nano", "reasoning_content", 2, "<think></think>\nYes, it is prime.<|im_end|>\n",
+     "Seventeen has no divisor.\n</think>\nYes, it is prime.<|im_end|>"),
+    ("diffusion_gemma", "reasoning_content", 2, "Yes, it is prime.<turn|>\n",
+     "<|channel>thought\nSeventeen has no divisor.\n<channel|>Yes, it is prime.<turn|>"),
+    ("deepseekv3", "think-in-content", 1, "<｜Assistant｜>\n\nYes, it is prime.<｜end▁of▁sentence｜>",
+     "Seventeen has no divisor.\n</think>\n\nYes, it is prime.<｜end▁of▁sentence｜>"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "label", "turn", "trl_counted", "counted"), SPLIT_REASONING_CASES)
+def test_split_trains_reasoning_the_full_rendering_leaves_out(kits, name, label, turn, trl_counted, counted):
+    """ "split-reasoning": these templates (and TRL's variants of them) drop an earlier turn's reasoning; split
+    trains that turn in a row of its own, rendered up to it, with its reasoning, as the model generates it."""
+    trl, split = both(kits, name, label, "split", turn)
+    thought = next(t for kind, (t,) in segments_of(record(name, label)["messages"][turn]) if kind == "reasoning")
+    assert trl.counted == trl_counted and split.counted == counted and split.flags & RowFlag.SPLIT_TURN
+    assert thought not in trl.counted
+    if (name, label, "as-rendered") not in BUGS:
+        assert thought not in both(kits, name, label, "as-rendered", turn)[1].counted
+    messages = record(name, label)["messages"]
+    as_last = hf_render(kits, name, messages[: turn + 1], label)
+    if name == "deepseekv3":  # it cuts every think block; the generation prompt opens one for the model
+        assert thought not in as_last and split.flags & RowFlag.REASONING_CONTINUED
+        assert hf_render(kits, name, messages[:turn], label, add_generation_prompt=True).endswith("<think>\n")
+    else:
+        assert thought in as_last and thought not in hf_render(kits, name, messages, label)
+
+
+def moved_to_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for message in messages:
+        content = message.get("content") or ""
+        if message["role"] == "assistant" and content.startswith("<think>"):
+            thought, _, answer = content.partition("</think>")
+            message = {**message, "content": answer.lstrip("\n"), "reasoning_content": thought[7:].strip("\n")}
+        out.append(message)
+    return out
+
+
+@pytest.mark.parametrize("name", THINK_CONVERTED)
+def test_a_think_block_in_the_content_becomes_the_templates_reasoning(kits, name):
+    """ "think-converted": gpt-oss, Gemma (diffusion) and Nemotron 3 render `reasoning_content` but keep a think
+    block in the content as text (TRL trains `<think>` in gpt-oss's final channel). lossmask moves the block into
+    the message's reasoning: its rendering is transformers' rendering of the messages with `reasoning_content`,
+    the model's own format, not of the messages as given."""
+    label = "think-in-content"
+    messages = record(name, label)["messages"]
+    out = _lossmask(kits, name, label, "as-rendered")
+    assert not isinstance(out, RecordError), out
+    (text,) = out[1]
+    assert text == hf_render(kits, name, moved_to_reasoning(messages), label)
+    assert text != hf_render(kits, name, messages, label)
+    trl, ours = both(kits, name, label, "as-rendered", 3)
+    assert "<think>\nNine is three squared.\n</think>\n\nNo, nine is not." in trl.counted
+    assert "Nine is three squared." in ours.counted and "<think>\nNine" not in ours.counted
+    expected = {
+        "gptoss": "<|channel|>analysis<|message|>Nine is three squared.<|end|><|start|>assistant<|channel|>final"
+        "<|message|>No, nine is not.<|return|>",
+        "nemotron_3_nano": "Nine is three squared.\n</think>\nNo, nine is not.<|im_end|>",
+        "nemotron_3_ultra": "Nine is three squared.</think>No, nine is not.<|im_end|>",
+    }
+    assert ours.counted == expected.get(name, ours.counted)
+
+
+def test_gpt_oss_split_rows_end_each_turn_with_return(kits):
+    """ "split-return": a gpt-oss turn rendered last ends with `<|return|>`, the token the model emits to stop; in
+    its own row (split) it trains that, where TRL (and as-rendered) train the historical `<|end|>`."""
+    name, label = "gptoss", "reasoning_content"
+    trl, split = both(kits, name, label, "split", 2)
+    _, as_rendered = both(kits, name, label, "as-rendered", 2)
+    assert trl.counted == "<|start|>assistant<|channel|>final<|message|>Yes, it is prime.<|end|>"
+    assert as_rendered.counted == "<|channel|>final<|message|>Yes, it is prime.<|end|>"
+    assert split.counted == (
+        "<|channel|>analysis<|message|>Seventeen has no divisor.<|end|><|start|>assistant<|channel|>final<|message|>"
+        "Yes, it is prime.<|return|>"
+    )
+    assert hf_render(kits, name, record(name, label)["messages"][:3], label).endswith("Yes, it is prime.<|return|>")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_stop_token_after_a_tool_call_counts(kits, policy):
+    """ "tool-call-stop": the Gemma (diffusion) template ends a tool call with `<|tool_response>`, where the model
+    stops for the result; TRL's span ends before it, lossmask trains it."""
+    name, label = "diffusion_gemma", "tool chain, no reasoning"
+    trl, ours = both(kits, name, label, policy, 1)
+    call = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
+    assert trl.counted == call and ours.counted == call + "<|tool_response>"
+    assert trl.stop is not None and not trl.stop[1]  # in TRL's rendering, not counted
+    messages = record(name, label)["messages"]
+    assert hf_render(kits, name, messages[:2], label).endswith(call + "<|tool_response>")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_header_the_generation_prompt_does_not_supply_counts(kits, policy):
+    """ "header-after-tool": after a tool result the Gemma (diffusion) generation prompt adds nothing (it ends
+    `<tool_response|>`), but the rendering opens the answer with `<|turn>model\\n`: the model must write it, so
+    lossmask trains it; TRL's span starts after it."""
+    name, label = "diffusion_gemma", "tool chain, no reasoning"
+    trl, ours = both(kits, name, label, policy, 3)
+    assert trl.counted == "It is sunny in Paris.<turn|>\n"
+    assert ours.counted == "<|turn>model\nIt is sunny in Paris.<turn|>"
+    messages = record(name, label)["messages"]
+    prompt = hf_render(kits, name, messages[:3], label, add_generation_prompt=True)
+    assert prompt.endswith("<tool_response|>")
+    assert hf_render(kits, name, messages, label).startswith(prompt + "<|turn>model\nIt is sunny")
+
+
+TOOL_LABELS = [label for label in RECORDS if has_tools(label)]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", [n for n in LEAVES_OUT_TOOLS if n != "deepseekv3"])
+def test_templates_that_leave_out_tools_are_refused(kits, name, policy):
+    """ "tools-left-out": these templates render no tool calls or no tool definitions; transformers renders the
+    conversation without them and TRL trains it, lossmask refuses the record (template_dropped_message; Idefics3
+    fails on the empty content of the tool-call turn, template_error)."""
+    for label in TOOL_LABELS:
+        _, text = _trl(kits, name, label)
+        assert '"Paris"' not in text or "Weather in a city" not in text  # the call or the definitions are missing
+        ours = lossmask_turns(kits, name, label, policy)
+        assert isinstance(ours, RecordError) and ours.reason in LEFT_OUT_REASONS, (name, label, ours)
+        assert ours.reason == "template_error" or "tool" in str(ours)
+
+
+def test_deepseek_v3_split_refuses_a_record_whose_tool_definitions_it_leaves_out(kits):
+    """ "tools-left-out" on DeepSeek-V3, which never renders `tools`: its split rows refuse the record."""
+    _, text = _trl(kits, "deepseekv3", "tool chain")
+    assert "Weather in a city" not in text
+    ours = lossmask_turns(kits, "deepseekv3", "tool chain", "split")
+    assert isinstance(ours, RecordError) and ours.reason == "template_dropped_message"
+    assert "tool definitions" in str(ours)
+
+
+# Suspected lossmask bugs: each test states what lossmask should do; it fails today (xfail, strict).
+
+
+@pytest.mark.xfail(strict=True, reason=BUGS["gptoss", "tool chain", "as-rendered"])
+def test_bug_gpt_oss_as_rendered_trains_a_tool_call_whose_analysis_the_template_drops(kits):
+    """gpt-oss drops a tool call's analysis when a final answer follows; the call itself is rendered (and TRL trains
+    it). lossmask as-rendered finds no end of that turn (`<|call|>` is no probed stop, and the search for a stop
+    stops where the rendering parts from the turn rendered last, i.e. at the dropped analysis), so it reports the
+    tool calls as left out and refuses the record. It should train the call as rendered, like the same turn
+    without reasoning."""
+    name, label = "gptoss", "tool chain"
+    trl = trl_turns(kits, name, label)
+    assert not isinstance(trl, str)
+    call = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+    assert trl[3].counted == "<|start|>assistant" + call
+    ours = lossmask_turns(kits, name, label, "as-rendered")
+    assert not isinstance(ours, RecordError), f"refused: {ours}"
+    assert ours[3].counted == call and ours[3].flags & RowFlag.UNFAITHFUL_TRAINED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a template that never renders `tools` (trl deepseekv3.jinja) passes the dropped-definitions check "
+    "whenever the row holds a tool call, since the call writes the function's name: as-rendered trains the record",
+)
+@pytest.mark.parametrize("label", ["tool chain", "tool chain, no reasoning"])
+def test_bug_a_template_that_never_renders_tool_definitions_is_refused_under_every_policy(kits, label):
+    """DeepSeek-V3's template has no `tools` at all: every record with tools loses its definitions. lossmask
+    refuses it only when some row lacks a tool call (split, 'tool chain'); it should refuse it always."""
+    _, text = _trl(kits, "deepseekv3", label)
+    assert "Weather in a city" not in text
+    for policy in POLICIES:
+        ours = lossmask_turns(kits, "deepseekv3", label, policy)
+        assert isinstance(ours, RecordError), f"{policy}: trained"
+        assert ours.reason == "template_dropped_message" and "tool definitions" in str(ours)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the generation start is the common prefix of prompt and rendering in characters: after "
+    "`<｜Assistant｜>` both go on with `<`, so the turn starts inside `<｜tool▁calls▁begin｜>` (flagged STRADDLE)",
+)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bug_a_turn_never_starts_inside_a_control_token(kits, policy):
+    """DeepSeek-V3's generation prompt ends `<｜Assistant｜><think>\\n`; a tool-call turn is rendered
+    `<｜Assistant｜><｜tool▁calls▁begin｜>`. The counted tokens are right (the split token counts whole), but the
+    turn's first character is placed after the `<` of `<｜tool▁calls▁begin｜>`: its `<` is labeled role header,
+    and the row is flagged STRADDLE although no token mixes trained and untrained text. The start should snap to
+    the control token's boundary."""
+    _, ours = both(kits, "deepseekv3", "tool calls, no definitions", policy, 1)
+    assert ours.counted.startswith("<｜tool▁calls▁begin｜>")
+    assert not ours.flags & RowFlag.STRADDLE
