@@ -39,6 +39,8 @@ from lossmask.schemas.shards import RowFlag
 
 from .kit import TEMPLATES, save_style_folder
 from .support import realworld
+from .test_reasoning_families import RECORDS as FAMILY_RECORDS
+from .test_reasoning_families import TOOLS, call
 
 pytestmark = [realworld, pytest.mark.realworld]
 transformers = pytest.importorskip(
@@ -58,63 +60,20 @@ PAIRS = (
 )
 POLICIES = ("as-rendered", "split")
 
-# The conversations. Every reasoning trace, answer and prompt is a distinct sentence; the tool call's argument
-# ("Paris") first appears in the call.
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
-CALL = {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-CALLS = [CALL]
+# The conversations. Every reasoning trace, answer and prompt is a distinct sentence.
+CALL = call({"city": "Paris"})  # object arguments, as Hugging Face templates take them
+EARLIER_ANSWER = copy.deepcopy(FAMILY_RECORDS["reasoning_content on every turn"]["messages"][1:3])
+CHAIN_WITH_REASONING = copy.deepcopy(FAMILY_RECORDS["tool chain with reasoning, string arguments"]["messages"])
+CHAIN_WITH_REASONING[1]["tool_calls"] = [CALL]
+# The reasoning set of test_reasoning_families (two answers, with reasoning_content and a system prompt, or with a
+# think block at the start of the content), and a tool chain after an earlier answer.
+THOUGHT_AND_YES = "<think>\nSeventeen has no divisor.\n</think>\n\nYes, it is prime."
+THOUGHT_AND_NO = "<think>\nNine is three squared.\n</think>\n\nNo, nine is not."
 RECORDS: dict[str, dict[str, Any]] = {
-    "reasoning_content": {
-        "messages": [
-            {"role": "system", "content": "Answer briefly?"},
-            {"role": "user", "content": "Is seventeen prime?"},
-            {"role": "assistant", "content": "Yes, it is prime.", "reasoning_content": "Seventeen has no divisor."},
-            {"role": "user", "content": "And nine?"},
-            {"role": "assistant", "content": "No, nine is not.", "reasoning_content": "Nine is three squared."},
-        ]
-    },
-    "think-in-content": {
-        "messages": [
-            {"role": "user", "content": "Is seventeen prime?"},
-            {"role": "assistant", "content": "<think>\nSeventeen has no divisor.\n</think>\n\nYes, it is prime."},
-            {"role": "user", "content": "And nine?"},
-            {"role": "assistant", "content": "<think>\nNine is three squared.\n</think>\n\nNo, nine is not."},
-        ]
-    },
-    "tool chain": {
-        "tools": TOOLS,
-        "messages": [
-            {"role": "user", "content": "Is seventeen prime?"},
-            {"role": "assistant", "content": "Yes, it is prime.", "reasoning_content": "Seventeen has no divisor."},
-            {"role": "user", "content": "Weather in the capital?"},
-            {
-                "role": "assistant",
-                "content": "",
-                "reasoning_content": "The user wants the weather.",
-                "tool_calls": [CALL],
-            },
-            {"role": "tool", "tool_call_id": "call00001", "content": "sunny and mild?"},
-            {"role": "assistant", "content": "It is sunny in Paris.", "reasoning_content": "The tool answered."},
-        ],
-    },
-    "tool chain, no reasoning": {
-        "tools": TOOLS,
-        "messages": [
-            {"role": "user", "content": "Weather in the capital?"},
-            {"role": "assistant", "content": "", "tool_calls": [CALL]},
-            {"role": "tool", "tool_call_id": "call00001", "content": "sunny and mild?"},
-            {"role": "assistant", "content": "It is sunny in Paris."},
-        ],
-    },
+    "reasoning_content": copy.deepcopy(FAMILY_RECORDS["reasoning_content on every turn"]),
+    "think-in-content": copy.deepcopy(FAMILY_RECORDS["think-in-content, two turns"]),
+    "tool chain": {"tools": TOOLS, "messages": EARLIER_ANSWER + CHAIN_WITH_REASONING},
+    "tool chain, no reasoning": copy.deepcopy(FAMILY_RECORDS["tool chain, object arguments"]),
 }
 # The same chain without the tool definitions (data that holds the calls only).
 RECORDS["tool calls, no definitions"] = {"messages": RECORDS["tool chain, no reasoning"]["messages"]}
@@ -677,48 +636,40 @@ def common_prefix(a: Any, b: Any) -> Any:
     return a[:n]
 
 
-PROMPT_TEXT_CASES = [
-    # (template, record, policy, turn, the text TRL counts in addition, what lossmask counts, GEN_PROMPT_MISMATCH)
-    ("gptoss", "tool chain, no reasoning", "as-rendered", 1, "<|start|>assistant",
-     ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>', False),
-    ("gptoss", "tool chain, no reasoning", "split", 3, "<|start|>assistant",
-     "<|channel|>final<|message|>It is sunny in Paris.<|return|>", False),
-    ("deepseekv3", "tool calls, no definitions", "as-rendered", 1, "<｜Assistant｜>",
-     '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```'
-     "<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>", True),
-    ("deepseekv3", "tool calls, no definitions", "split", 3, "<｜tool▁outputs▁end｜>",
-     "It is sunny in Paris.<｜end▁of▁sentence｜>", True),
-    ("qwen2_5", "tool chain, no reasoning", "as-rendered", 3, "\n", "It is sunny in Paris.<|im_end|>", False),
-    ("qwen3_5_think", "reasoning_content", "split", 2, "<think>\n",
-     "Seventeen has no divisor.\n</think>\n\nYes, it is prime.<|im_end|>", False),
-    ("qwen3_6", "tool chain", "split", 5, "<think>\n",
-     "The tool answered.\n</think>\n\nIt is sunny in Paris.<|im_end|>", False),
+# (template, record, policy, turn, the text TRL counts before lossmask's turn, GEN_PROMPT_MISMATCH); lossmask counts
+# exactly TRL's counted text without it (and without what follows the stop).
+HEADER_CASES = [
+    ("gptoss", "tool chain, no reasoning", "as-rendered", 1, "<|start|>assistant", False),
+    ("gptoss", "tool chain, no reasoning", "split", 3, "<|start|>assistant", False),
+    ("deepseekv3", "tool calls, no definitions", "as-rendered", 1, "<｜Assistant｜>", True),
+    ("deepseekv3", "tool calls, no definitions", "split", 3, "<｜tool▁outputs▁end｜>", True),
+    ("qwen2_5", "tool chain, no reasoning", "as-rendered", 3, "\n", False),
+]
+THINK_PROMPT_CASES = [
+    ("qwen3_5_think", "reasoning_content", "split", 2, "<think>\n", False),
+    ("qwen3_6", "tool chain", "split", 5, "<think>\n", False),
     # the token `\n\n` holds the prompt's last character and the first one generated: it counts whole
-    ("qwen3_5_think", "tool chain, no reasoning", "as-rendered", 3, "<think>",
-     "\n\n</think>\n\nIt is sunny in Paris.<|im_end|>", False),
-    ("qwen3_5_nothink", "tool chain, no reasoning", "as-rendered", 3, EMPTY_THINK, "It is sunny in Paris.<|im_end|>",
-     False),
-    ("qwen3_5_nothink", "reasoning_content", "as-rendered", 4, "<think>\n",
-     "Nine is three squared.\n</think>\n\nNo, nine is not.<|im_end|>", True),
-    ("nemotron_3_nano", "reasoning_content", "as-rendered", 2, "<think>",
-     "</think>\nYes, it is prime.<|im_end|>", True),
-    ("nemotron_3_nano", "reasoning_content", "split", 4, "<think>\n",
-     "Nine is three squared.\n</think>\nNo, nine is not.<|im_end|>", False),
-    ("nemotron_3_ultra", "tool chain", "split", 3, "<think>\n",
-     "The user wants the weather.</think>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>"
-     "\n</function>\n</tool_call>\n<|im_end|>", False),
-]  # fmt: skip
+    ("qwen3_5_think", "tool chain, no reasoning", "as-rendered", 3, "<think>", False),
+    ("qwen3_5_nothink", "tool chain, no reasoning", "as-rendered", 3, EMPTY_THINK, False),
+    ("qwen3_5_nothink", "reasoning_content", "as-rendered", 4, "<think>\n", True),
+]
+NEMOTRON_CASES = [  # the prompt ends `<think>\n`; a turn without reasoning is rendered `<think></think>`
+    ("nemotron_3_nano", "reasoning_content", "as-rendered", 2, "<think>", True),
+    ("nemotron_3_nano", "reasoning_content", "split", 4, "<think>\n", False),
+    ("nemotron_3_ultra", "tool chain", "split", 3, "<think>\n", False),
+]
 
 
-@pytest.mark.parametrize(("name", "label", "policy", "turn", "extra", "counted", "mismatch"), PROMPT_TEXT_CASES)
-def test_trl_counts_text_the_generation_prompt_holds(kits, name, label, policy, turn, extra, counted, mismatch):
-    """ "prompt-text": TRL's span starts at the role header (`<|start|>assistant`, `<｜Assistant｜>`), at the
+@pytest.mark.parametrize(
+    ("name", "label", "policy", "turn", "extra", "mismatch"), [*HEADER_CASES, *THINK_PROMPT_CASES, *NEMOTRON_CASES]
+)
+def test_trl_counts_text_the_generation_prompt_holds(kits, name, label, policy, turn, extra, mismatch):
+    """[prompt-text] TRL's span starts at the role header (`<|start|>assistant`, `<｜Assistant｜>`), at the
     newline after it (Qwen2.5), or at the `<think>\\n` / empty think block that the generation prompt already
     holds (Qwen3.5/3.6, Nemotron 3); lossmask trains from the end of the generation prompt, or from where the
     prompt and the rendering part (flagged GEN_PROMPT_MISMATCH)."""
     trl, ours = both(kits, name, label, policy, turn)
-    assert ours.counted == counted
-    assert trl.counted == extra + counted + trl.trail and trl.trail in ("", *AFTER_STOP.get(name, ()))
+    assert trl.counted == extra + ours.counted + trl.trail and trl.trail in ("", *AFTER_STOP.get(name, ()))
     assert bool(ours.flags & RowFlag.GEN_PROMPT_MISMATCH) == mismatch
     # transformers on the original: the generation prompt holds the extra text, up to where it parts from the turn
     messages = record(name, label)["messages"]
@@ -738,26 +689,20 @@ AFTER_STOP_CASES = [
     ("qwen3", "tool chain", "split", 3, "\n",
      '<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
      '{"city": "Paris"}}\n</tool_call><|im_end|>'),
-    ("lfm2", "think-in-content", "as-rendered", 3, "\n",
-     "<think>\nNine is three squared.\n</think>\n\nNo, nine is not.<|im_end|>"),
-    ("phi3", "think-in-content", "as-rendered", 1, "\n",
-     "<think>\nSeventeen has no divisor.\n</think>\n\nYes, it is prime.<|end|>"),
-    ("phi3_5", "think-in-content", "split", 3, "\n</s>",
-     "<think>\nNine is three squared.\n</think>\n\nNo, nine is not.<|end|>"),
-    ("llava_next", "think-in-content", "as-rendered", 1, " ",
-     " <think>\nSeventeen has no divisor.\n</think>\n\nYes, it is prime.</s>"),
-    ("gemma", "think-in-content", "as-rendered", 3, "\n",
-     "<think>\nNine is three squared.\n</think>\n\nNo, nine is not.<end_of_turn>"),
+    ("lfm2", "think-in-content", "as-rendered", 3, "\n", THOUGHT_AND_NO + "<|im_end|>"),
+    ("phi3", "think-in-content", "as-rendered", 1, "\n", THOUGHT_AND_YES + "<|end|>"),
+    ("phi3_5", "think-in-content", "split", 3, "\n</s>", THOUGHT_AND_NO + "<|end|>"),
+    ("llava_next", "think-in-content", "as-rendered", 1, " ", " " + THOUGHT_AND_YES + "</s>"),
+    ("gemma", "think-in-content", "as-rendered", 3, "\n", THOUGHT_AND_NO + "<end_of_turn>"),
     ("diffusion_gemma", "reasoning_content", "as-rendered", 4, "\n",
      "<|channel>thought\nNine is three squared.\n<channel|>No, nine is not.<turn|>"),
-    ("idefics3", "think-in-content", "split", 3, "\n",
-     " <think>\nNine is three squared.\n</think>\n\nNo, nine is not.<end_of_utterance>"),
+    ("idefics3", "think-in-content", "split", 3, "\n", " " + THOUGHT_AND_NO + "<end_of_utterance>"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "label", "policy", "turn", "tail", "counted"), AFTER_STOP_CASES)
 def test_trl_counts_template_text_after_the_stop(kits, name, label, policy, turn, tail, counted):
-    """ "after-stop": TRL's spans run past the stop token (the newline after `<|im_end|>`, `<end_of_turn>`,
+    """[after-stop] TRL's spans run past the stop token (the newline after `<|im_end|>`, `<end_of_turn>`,
     `<turn|>`; Phi-3's `\\n</s>` after the last `<|end|>`; LLaVA's space after `</s>`); the model never emits
     that text, so lossmask's turn ends with the stop token."""
     trl, ours = both(kits, name, label, policy, turn)
@@ -774,7 +719,7 @@ IGNORING = [name for name in PAIRS if ignores_reasoning(name) and name != "deeps
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", IGNORING)
 def test_reasoning_a_template_ignores_is_written_as_a_think_block(kits, name, policy):
-    """ "reasoning-inlined": these templates never read `reasoning_content`; transformers (so TRL) drops it,
+    """[reasoning-inlined] these templates never read `reasoning_content`; transformers (so TRL) drops it,
     lossmask writes it into the content as `<think>\\n...\\n</think>\\n\\n` (`--reasoning-fallback inline`, the
     default) and trains it. With `--reasoning-fallback drop` lossmask counts what TRL counts."""
     label = "reasoning_content"
@@ -791,7 +736,7 @@ def test_reasoning_a_template_ignores_is_written_as_a_think_block(kits, name, po
 
 
 def test_deepseek_v3_cuts_the_think_block_lossmask_writes(kits):
-    """ "reasoning-inlined" on DeepSeek-V3, whose template keeps only the text after `</think>`: as-rendered trains
+    """[reasoning-inlined] on DeepSeek-V3, whose template keeps only the text after `</think>`: as-rendered trains
     what is left (`\\n\\n` + answer); split trains the turn as the model writes it after its generation prompt
     `<｜Assistant｜><think>\\n` (REASONING_CONTINUED); TRL, without the reasoning, counts the header + answer."""
     name, label, eos = "deepseekv3", "reasoning_content", "<｜end▁of▁sentence｜>"
@@ -809,7 +754,7 @@ def test_deepseek_v3_cuts_the_think_block_lossmask_writes(kits):
 
 @pytest.mark.parametrize("name", HISTORY_KEPT)
 def test_as_rendered_trains_the_original_rendering_not_trls_variant(kits, name):
-    """ "history-as-rendered": TRL's Qwen3/3.5/3.6 training variants write every turn's think block (to be prefix-
+    """[history-as-rendered] TRL's Qwen3/3.5/3.6 training variants write every turn's think block (to be prefix-
     preserving); the originals drop it before the last user message. as-rendered trains the original's rendering
     (no reasoning, UNFAITHFUL_TRAINED); split trains the turn with its reasoning, as generated, in its own row."""
     label, turn, thought = "reasoning_content", 2, "Seventeen has no divisor."
@@ -824,7 +769,7 @@ def test_as_rendered_trains_the_original_rendering_not_trls_variant(kits, name):
 
 
 def test_as_rendered_qwen3_has_no_empty_think_block_before_the_last_answer(kits):
-    """ "history-as-rendered", without reasoning: Qwen3's training variant writes an empty think block on every
+    """[history-as-rendered], without reasoning: Qwen3's training variant writes an empty think block on every
     turn; the original only on the last one, so an earlier tool call trains without it."""
     trl, ours = both(kits, "qwen3", "tool chain, no reasoning", "as-rendered", 1)
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
@@ -851,7 +796,7 @@ SPLIT_REASONING_CASES = [
 
 @pytest.mark.parametrize(("name", "label", "turn", "trl_counted", "counted"), SPLIT_REASONING_CASES)
 def test_split_trains_reasoning_the_full_rendering_leaves_out(kits, name, label, turn, trl_counted, counted):
-    """ "split-reasoning": these templates (and TRL's variants of them) drop an earlier turn's reasoning; split
+    """[split-reasoning] these templates (and TRL's variants of them) drop an earlier turn's reasoning; split
     trains that turn in a row of its own, rendered up to it, with its reasoning, as the model generates it."""
     trl, split = both(kits, name, label, "split", turn)
     thought = next(t for kind, (t,) in segments_of(record(name, label)["messages"][turn]) if kind == "reasoning")
@@ -881,7 +826,7 @@ def moved_to_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("name", THINK_CONVERTED)
 def test_a_think_block_in_the_content_becomes_the_templates_reasoning(kits, name):
-    """ "think-converted": gpt-oss, Gemma (diffusion) and Nemotron 3 render `reasoning_content` but keep a think
+    """[think-converted] gpt-oss, Gemma (diffusion) and Nemotron 3 render `reasoning_content` but keep a think
     block in the content as text (TRL trains `<think>` in gpt-oss's final channel). lossmask moves the block into
     the message's reasoning: its rendering is transformers' rendering of the messages with `reasoning_content`,
     the model's own format, not of the messages as given."""
@@ -893,7 +838,7 @@ def test_a_think_block_in_the_content_becomes_the_templates_reasoning(kits, name
     assert text == hf_render(kits, name, moved_to_reasoning(messages), label)
     assert text != hf_render(kits, name, messages, label)
     trl, ours = both(kits, name, label, "as-rendered", 3)
-    assert "<think>\nNine is three squared.\n</think>\n\nNo, nine is not." in trl.counted
+    assert THOUGHT_AND_NO in trl.counted
     assert "Nine is three squared." in ours.counted and "<think>\nNine" not in ours.counted
     expected = {
         "gptoss": "<|channel|>analysis<|message|>Nine is three squared.<|end|><|start|>assistant<|channel|>final"
@@ -905,7 +850,7 @@ def test_a_think_block_in_the_content_becomes_the_templates_reasoning(kits, name
 
 
 def test_gpt_oss_split_rows_end_each_turn_with_return(kits):
-    """ "split-return": a gpt-oss turn rendered last ends with `<|return|>`, the token the model emits to stop; in
+    """[split-return] a gpt-oss turn rendered last ends with `<|return|>`, the token the model emits to stop; in
     its own row (split) it trains that, where TRL (and as-rendered) train the historical `<|end|>`."""
     name, label = "gptoss", "reasoning_content"
     trl, split = both(kits, name, label, "split", 2)
@@ -921,7 +866,7 @@ def test_gpt_oss_split_rows_end_each_turn_with_return(kits):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_the_stop_token_after_a_tool_call_counts(kits, policy):
-    """ "tool-call-stop": the Gemma (diffusion) template ends a tool call with `<|tool_response>`, where the model
+    """[tool-call-stop] the Gemma (diffusion) template ends a tool call with `<|tool_response>`, where the model
     stops for the result; TRL's span ends before it, lossmask trains it."""
     name, label = "diffusion_gemma", "tool chain, no reasoning"
     trl, ours = both(kits, name, label, policy, 1)
@@ -934,7 +879,7 @@ def test_the_stop_token_after_a_tool_call_counts(kits, policy):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_a_header_the_generation_prompt_does_not_supply_counts(kits, policy):
-    """ "header-after-tool": after a tool result the Gemma (diffusion) generation prompt adds nothing (it ends
+    """[header-after-tool] after a tool result the Gemma (diffusion) generation prompt adds nothing (it ends
     `<tool_response|>`), but the rendering opens the answer with `<|turn>model\\n`: the model must write it, so
     lossmask trains it; TRL's span starts after it."""
     name, label = "diffusion_gemma", "tool chain, no reasoning"
@@ -953,7 +898,7 @@ TOOL_LABELS = [label for label in RECORDS if has_tools(label)]
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", [n for n in LEAVES_OUT_TOOLS if n != "deepseekv3"])
 def test_templates_that_leave_out_tools_are_refused(kits, name, policy):
-    """ "tools-left-out": these templates render no tool calls or no tool definitions; transformers renders the
+    """[tools-left-out] these templates render no tool calls or no tool definitions; transformers renders the
     conversation without them and TRL trains it, lossmask refuses the record (template_dropped_message; Idefics3
     fails on the empty content of the tool-call turn, template_error)."""
     for label in TOOL_LABELS:
@@ -965,7 +910,7 @@ def test_templates_that_leave_out_tools_are_refused(kits, name, policy):
 
 
 def test_deepseek_v3_split_refuses_a_record_whose_tool_definitions_it_leaves_out(kits):
-    """ "tools-left-out" on DeepSeek-V3, which never renders `tools`: its split rows refuse the record."""
+    """[tools-left-out] on DeepSeek-V3, which never renders `tools`: its split rows refuse the record."""
     _, text = _trl(kits, "deepseekv3", "tool chain")
     assert "Weather in a city" not in text
     ours = lossmask_turns(kits, "deepseekv3", "tool chain", "split")
