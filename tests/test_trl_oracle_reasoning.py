@@ -8,7 +8,7 @@ lossmask renders the ORIGINAL template (no tags), with `--unfaithful-turns as-re
 Per assistant turn, the answer, the reasoning trace, the tool call and the stop token must be the same tokens and
 count on both sides. Everything else that differs must be one of the deliberate differences of
 docs/trl_differences.md (the names in `DIFFERENCES`), allowed per template in `ALLOWED`; each is pinned by a test of
-its own below. The suspected lossmask bugs are the `xfail(strict=True)` tests at the end.
+its own below. The bugs it found are fixed; their tests are at the end.
 
 Uses ../shared/realworld (skipped with a reason when absent) and transformers (skipped likewise).
 """
@@ -166,11 +166,8 @@ ALLOWED: dict[str, set[str]] = {
     "qwen3_instruct_2507": {"after-stop", "reasoning-inlined"},
     "qwen3_vl": {"after-stop", "reasoning-inlined"},
 }
-# Cases that fail the oracle because of a suspected lossmask bug (see the xfail tests at the end).
-BUGS = {
-    ("gptoss", "tool chain", "as-rendered"): "gpt-oss as-rendered refuses a tool call whose analysis the template "
-    "drops (template_dropped_message 'leaves out the tool calls'); the template renders the call, TRL trains it",
-}
+# Cases that would fail the oracle because of a known lossmask bug (a strict xfail each); none today.
+BUGS: dict[tuple[str, str, str], str] = {}  # none left: the three found here are fixed (see the end)
 
 
 def source(name: str, training: bool = False) -> str:
@@ -918,11 +915,10 @@ def test_deepseek_v3_split_refuses_a_record_whose_tool_definitions_it_leaves_out
     assert "tool definitions" in str(ours)
 
 
-# Suspected lossmask bugs: each test states what lossmask should do; it fails today (xfail, strict).
+# Bugs this oracle found, fixed: each test states what lossmask does now (they were strict xfails).
 
 
-@pytest.mark.xfail(strict=True, reason=BUGS["gptoss", "tool chain", "as-rendered"])
-def test_bug_gpt_oss_as_rendered_trains_a_tool_call_whose_analysis_the_template_drops(kits):
+def test_gpt_oss_as_rendered_trains_a_tool_call_whose_analysis_the_template_drops(kits):
     """gpt-oss drops a tool call's analysis when a final answer follows; the call itself is rendered (and TRL trains
     it). lossmask as-rendered finds no end of that turn (`<|call|>` is no probed stop, and the search for a stop
     stops where the rendering parts from the turn rendered last, i.e. at the dropped analysis), so it reports the
@@ -938,15 +934,10 @@ def test_bug_gpt_oss_as_rendered_trains_a_tool_call_whose_analysis_the_template_
     assert ours[3].counted == call and ours[3].flags & RowFlag.UNFAITHFUL_TRAINED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a template that never renders `tools` (trl deepseekv3.jinja) passes the dropped-definitions check "
-    "whenever the row holds a tool call, since the call writes the function's name: as-rendered trains the record",
-)
 @pytest.mark.parametrize("label", ["tool chain", "tool chain, no reasoning"])
-def test_bug_a_template_that_never_renders_tool_definitions_is_refused_under_every_policy(kits, label):
-    """DeepSeek-V3's template has no `tools` at all: every record with tools loses its definitions. lossmask
-    refuses it only when some row lacks a tool call (split, 'tool chain'); it should refuse it always."""
+def test_a_template_that_never_renders_tool_definitions_is_refused_under_every_policy(kits, label):
+    """DeepSeek-V3's template has no `tools` at all: every record with tools loses its definitions. A tool call
+    writes the function's name, so the definitions are looked for outside the turns: refused under every policy."""
     _, text = _trl(kits, "deepseekv3", label)
     assert "Weather in a city" not in text
     for policy in POLICIES:
@@ -955,18 +946,13 @@ def test_bug_a_template_that_never_renders_tool_definitions_is_refused_under_eve
         assert ours.reason == "template_dropped_message" and "tool definitions" in str(ours)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the generation start is the common prefix of prompt and rendering in characters: after "
-    "`<｜Assistant｜>` both go on with `<`, so the turn starts inside `<｜tool▁calls▁begin｜>` (flagged STRADDLE)",
-)
 @pytest.mark.parametrize("policy", POLICIES)
-def test_bug_a_turn_never_starts_inside_a_control_token(kits, policy):
+def test_a_turn_never_starts_inside_a_control_token(kits, policy):
     """DeepSeek-V3's generation prompt ends `<｜Assistant｜><think>\\n`; a tool-call turn is rendered
     `<｜Assistant｜><｜tool▁calls▁begin｜>`. The counted tokens are right (the split token counts whole), but the
     turn's first character is placed after the `<` of `<｜tool▁calls▁begin｜>`: its `<` is labeled role header,
-    and the row is flagged STRADDLE although no token mixes trained and untrained text. The start should snap to
-    the control token's boundary."""
+    and the row was flagged STRADDLE although no token mixes trained and untrained text. The start snaps to the
+    control token's boundary."""
     _, ours = both(kits, "deepseekv3", "tool calls, no definitions", policy, 1)
     assert ours.counted.startswith("<｜tool▁calls▁begin｜>")
     assert not ours.flags & RowFlag.STRADDLE

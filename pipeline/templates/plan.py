@@ -220,9 +220,11 @@ class LayoutBuilder:
             for i, m in enumerate(messages)
             if _holds(m, sentinel(CONTENT, i)) and (i, CONTENT) not in places.kinds
         ]
-        if inputs.tools and not any(name in skeleton for name in _tool_names(inputs.tools)):
-            dropped.append((-1, "tool definitions"))
         turns, placed = self._label_messages(messages, inputs, skeleton, places, labels)
+        # The definitions are where the template writes the tools' names outside the turns (a call writes its name).
+        outside = "".join(skeleton[a:b] for a, b in _complement([(t.start, t.end) for t in turns], len(skeleton)))
+        if inputs.tools and not any(name in outside for name in _tool_names(inputs.tools)):
+            dropped.append((-1, "tool definitions"))
         return Layout(skeleton, occurrences, first_occurrence, labels, turns, placed, generation, dropped)
 
     def build_continuation(self, messages: list[dict[str, Any]], inputs: TemplateInputs) -> Layout:
@@ -375,7 +377,14 @@ class LayoutBuilder:
                         aligned = _aligned_prompt_end(prompt, skeleton, previous_end, upper)
                         if aligned is not None:
                             start = max(start, aligned)
-        return min(max(start, previous_end), upper), context_faithful
+        start = min(max(start, previous_end), upper)
+        if not context_faithful and self.control_re is not None:  # never inside a marker the two texts only begin alike
+            for match in self.control_re.finditer(
+                skeleton, max(previous_end, start - 64), min(len(skeleton), start + 64)
+            ):
+                if match.start() < start < match.end():
+                    start = max(previous_end, match.start())
+        return start, context_faithful
 
     def _generation_header(self, messages: list[dict[str, Any]], inputs: TemplateInputs, prompt: str) -> str:
         """What `add_generation_prompt=True` adds to the rendering of the earlier messages: the turn's header."""
@@ -476,6 +485,18 @@ def _label_text(
             places.start[i] = min(places.start.get(i, occurrence.start), occurrence.start)
             places.end[i] = max(places.end.get(i, occurrence.end), occurrence.end)
     return first_occurrence, places
+
+
+def _complement(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The parts of [0, n) outside the sorted, disjoint `ranges`."""
+    out, position = [], 0
+    for a, b in ranges:
+        if a > position:
+            out.append((position, a))
+        position = max(position, b)
+    if position < n:
+        out.append((position, n))
+    return out
 
 
 def _holds(value: Any, text: str) -> bool:

@@ -112,6 +112,10 @@ def profile_template(
     stops_at_next_header = not eot
     if stops_at_next_header:
         eot = _markers_after(full, {1}, control_re)
+    else:
+        call_stop = _tool_call_stop(template, content_format, control_re)
+        if call_stop is not None:
+            eot.add(call_stop)
     renders_reasoning = _renders_reasoning(template, content_format, tools)
     return TemplateProfile(
         content_format,
@@ -129,21 +133,37 @@ def profile_template(
 _PROBE_ARGUMENTS = {"probe_argument": "probe_value"}
 
 
+def _render_tool_call(template: ChatTemplate, content_format: str, arguments: dict[str, Any] | str) -> str | None:
+    """A conversation that ends with an assistant tool call with these arguments, rendered; None when it fails."""
+    call = {"type": "function", "function": {"name": "probe", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": sentinel(CONTENT, 0)},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+    ]
+    try:
+        return template.render(messages if content_format == "string" else to_parts(messages), tools=[_PROBE_TOOL])
+    except RecordError:
+        return None
+
+
+def _tool_call_stop(template: ChatTemplate, content_format: str, control_re: re.Pattern[str] | None) -> str | None:
+    """The token that ends a final tool-call turn, when it is not an answer's (gpt-oss `<|call|>`): the last of
+    the control tokens the template writes after the call's arguments."""
+    text = _render_tool_call(template, content_format, _PROBE_ARGUMENTS)
+    if text is None or control_re is None or "probe_value" not in text:
+        return None
+    tail = text[text.rindex("probe_value") :]
+    tokens = [m.group(0) for m in control_re.finditer(tail)]
+    return tokens[-1] if tokens and not tail[tail.rindex(tokens[-1]) + len(tokens[-1]) :].strip() else None
+
+
 def _tool_arguments(template: ChatTemplate, content_format: str) -> str:
     """Which type of tool-call arguments the template renders as the JSON they are: "either", "object" (it
     quotes a string, or reads the object's items) or "string" (it concatenates them)."""
 
     def renders(arguments: dict[str, Any] | str) -> bool:
-        call = {"type": "function", "function": {"name": "probe", "arguments": arguments}}
-        messages = [
-            {"role": "user", "content": sentinel(CONTENT, 0)},
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-        ]
-        try:
-            text = template.render(messages if content_format == "string" else to_parts(messages), tools=[_PROBE_TOOL])
-        except RecordError:
-            return False
-        return "probe_value" in text and '\\"probe_value' not in text
+        text = _render_tool_call(template, content_format, arguments)
+        return text is not None and "probe_value" in text and '\\"probe_value' not in text
 
     takes_object, takes_string = renders(_PROBE_ARGUMENTS), renders(json.dumps(_PROBE_ARGUMENTS))
     if takes_object and not takes_string:
