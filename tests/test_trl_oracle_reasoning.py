@@ -7,7 +7,7 @@ lossmask renders the ORIGINAL template (no tags), with `--unfaithful-turns as-re
 
 Per assistant turn, the answer, the reasoning trace, the tool call and the stop token must be the same tokens and
 count on both sides. Everything else that differs must be one of the deliberate differences of
-docs/trl_differences.md (the names in `DIFFERENCES`), allowed per template in `ALLOWED`; each is pinned by a test of
+docs/prepare.md ("Differences from TRL") (the names in `DIFFERENCES`), allowed per template in `ALLOWED`; each is pinned by a test of
 its own below. The bugs it found are fixed; their tests are at the end.
 
 Uses ../shared/realworld (skipped with a reason when absent) and transformers (skipped likewise).
@@ -98,7 +98,7 @@ STOPS: dict[str, tuple[str, ...]] = {
 }
 IM_END = ("<|im_end|>",)  # the Qwen family, LFM2 and Nemotron 3
 
-# The deliberate differences (docs/trl_differences.md), by name.
+# The deliberate differences (docs/prepare.md ("Differences from TRL")), by name.
 DIFFERENCES = {
     "prompt-text": "TRL counts text the generation prompt already holds (role header, `<think>\\n`, empty think block)",
     "after-stop": "TRL counts template text after the stop token",
@@ -576,7 +576,7 @@ def test_answers_reasoning_tool_calls_and_stops_agree_with_trl(kits, name, label
 
 
 def test_every_pair_is_checked_and_the_allowed_differences_are_exact(kits, capsys):
-    """The table for docs/trl_differences.md: per pair, which deliberate differences show (ALLOWED is exact), which
+    """The table for docs/prepare.md ("Differences from TRL"): per pair, which deliberate differences show (ALLOWED is exact), which
     cases agree token for token, which both sides refuse; only the known bugs fail the oracle."""
     assert set(ALLOWED) == set(PAIRS) and set().union(*ALLOWED.values()) == set(DIFFERENCES)
     failing = set()
