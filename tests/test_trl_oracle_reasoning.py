@@ -6,9 +6,9 @@ answer): transformers renders the training variant with `return_assistant_tokens
 lossmask renders the ORIGINAL template (no tags), with `--unfaithful-turns as-rendered` and with `split`.
 
 Per assistant turn, the answer, the reasoning trace, the tool call and the stop token must be the same tokens and
-count on both sides. Everything else that differs must be one of the deliberate differences of
-docs/prepare.md ("Differences from TRL") (the names in `DIFFERENCES`), allowed per template in `ALLOWED`; each is pinned by a test of
-its own below. The bugs it found are fixed; their tests are at the end.
+count on both sides. Everything else that differs must be one of the deliberate differences of docs/prepare.md
+("Differences from TRL"; the names in `DIFFERENCES`), allowed per template in `ALLOWED`; each is pinned by a test
+of its own below. The bugs it found are fixed; their tests are at the end.
 
 Uses ../shared/realworld (skipped with a reason when absent) and transformers (skipped likewise).
 """
@@ -576,8 +576,8 @@ def test_answers_reasoning_tool_calls_and_stops_agree_with_trl(kits, name, label
 
 
 def test_every_pair_is_checked_and_the_allowed_differences_are_exact(kits, capsys):
-    """The table for docs/prepare.md ("Differences from TRL"): per pair, which deliberate differences show (ALLOWED is exact), which
-    cases agree token for token, which both sides refuse; only the known bugs fail the oracle."""
+    """The table for docs/prepare.md ("Differences from TRL"): per pair, which deliberate differences show
+    (ALLOWED is exact), which cases agree token for token, which both sides refuse; only known bugs fail."""
     assert set(ALLOWED) == set(PAIRS) and set().union(*ALLOWED.values()) == set(DIFFERENCES)
     failing = set()
     with capsys.disabled():
