@@ -33,7 +33,7 @@ from ..pipeline.config import PrepareConfig
 from ..pipeline.encoders import EncoderMismatch
 from ..pipeline.inputs import batched, iter_raw_records
 from ..pipeline.read import expand_inputs
-from ..pipeline.write import ShardWriter
+from ..pipeline.write import ShardWriter, record_ranges
 from ..schemas.arrays import values
 from ..schemas.shards import (
     LAYOUT_PACKED,
@@ -146,10 +146,10 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
         for result in run_engine(config, context, batched(records, config.batch_size)):
             batch = result.batch
             flags = values(batch.column("flags"))
+            ranges = record_ranges(batch, [outcome.rows for outcome in result.outcomes])
             position = 0
-            for outcome in result.outcomes:
+            for outcome, record_rows in zip(result.outcomes, ranges, strict=True):
                 index = outcome.source.index
-                record_rows = batch.slice(position, outcome.rows)
                 if index >= counted_from:
                     if outcome.status != "written":
                         rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))

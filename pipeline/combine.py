@@ -24,21 +24,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Self
 
 import numpy as np
-import pyarrow as pa
 
 from ..schemas.shards import RowFlag
 from .binpack import best_fit_decreasing
 from .packed import PackedRow
 from .shift import Row, rows_from_batch
+from .write import RecordRows
 
 _WINDOW = int(RowFlag.WINDOW)
 
 
-Rows = pa.RecordBatch | list[Row]  # one record's rows: a slice of a worker's record batch, or Row objects
+Rows = RecordRows | list[Row]  # one record's rows: a range of a worker's record batch, or Row objects
 
 
 def as_rows(rows: Rows) -> list[Row]:
-    return rows_from_batch(rows) if isinstance(rows, pa.RecordBatch) else rows
+    return rows_from_batch(rows.slice()) if isinstance(rows, RecordRows) else rows
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Passthrough:
         self.replay_from = (resume or PassthroughResume()).replay_from
 
     def add(self, index: int, rows: Rows) -> list[Output]:
-        count = rows.num_rows if isinstance(rows, pa.RecordBatch) else len(rows)
+        count = rows.count if isinstance(rows, RecordRows) else len(rows)
         return [Output(rows, PassthroughResume(index + 1))] if count else []
 
     def finish(self) -> list[Output]:

@@ -72,17 +72,16 @@ class TokenizersEncoder:
             self.byte_lengths = None
 
     def encode(self, texts: list[str], add_special_tokens: bool = False) -> list[Encoded]:
-        out = []
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
-        for text, encoding in zip(texts, encodings, strict=True):
-            ids = np.asarray(encoding.ids, dtype=np.int32)
-            offsets = None
-            if self.byte_lengths is not None and not add_special_tokens:
-                offsets = char_offsets(text, ids, self.byte_lengths)
-            if offsets is None:
-                offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-            out.append(Encoded(ids, offsets))
-        return out
+        ids = [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
+        if self.byte_lengths is not None and not add_special_tokens:
+            offsets = batch_char_offsets(texts, ids, self.byte_lengths)
+        else:
+            offsets = [None] * len(texts)
+        return [
+            Encoded(row, found if found is not None else np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
+            for row, found, encoding in zip(ids, offsets, encodings, strict=True)
+        ]
 
 
 class TiktokenEncoder:
@@ -105,17 +104,21 @@ class TiktokenEncoder:
         self.fallback = fallback
 
     def encode(self, texts: list[str]) -> list[Encoded]:
-        out = []
-        for text in texts:
+        out: list[Encoded | None] = [None] * len(texts)
+        ours = []
+        for k, text in enumerate(texts):
             if self.unsupported is not None and self.unsupported.search(text):
-                out.extend(self.fallback.encode([text]))
-                continue
-            ids = np.asarray(self.encoding.encode(text, allowed_special=self.specials), dtype=np.int32)
-            offsets = char_offsets(text, ids, self.byte_lengths)
+                (out[k],) = self.fallback.encode([text])
+            else:
+                ours.append(k)
+        ids = [np.asarray(self.encoding.encode(texts[k], allowed_special=self.specials), dtype=np.int32) for k in ours]
+        for k, row, offsets in zip(
+            ours, ids, batch_char_offsets([texts[k] for k in ours], ids, self.byte_lengths), strict=True
+        ):
             if offsets is None:  # cannot happen for a faithful translation; the row is refused, never guessed
-                raise EncoderMismatch(f"tiktoken's tokens do not cover the text's bytes: {text[:60]!r}")
-            out.append(Encoded(ids, offsets))
-        return out
+                raise EncoderMismatch(f"tiktoken's tokens do not cover the text's bytes: {texts[k][:60]!r}")
+            out[k] = Encoded(row, offsets)
+        return [e for e in out if e is not None]
 
 
 def fast_encoder(tokenizer: Tokenizer) -> tuple[TiktokenEncoder | None, str]:
@@ -188,6 +191,42 @@ def tiktoken_pattern(spec: dict[str, Any]) -> tuple[str | None, str]:
         if regex and split.get("behavior") == "Isolated" and not split.get("invert"):
             return regex, ""
     return None, f"the pre-tokenizer {'+'.join(map(str, kinds)) or 'none'} has no exact tiktoken translation"
+
+
+def batch_char_offsets(texts: list[str], ids: list[np.ndarray], byte_lengths: np.ndarray) -> list[np.ndarray | None]:
+    """`char_offsets` of every row at once: the rows laid end to end, so a batch costs a few NumPy calls."""
+    if not texts:
+        return []
+    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+    counts = np.fromiter((row.size for row in ids), dtype=np.int64, count=len(ids))
+    token_base = np.concatenate([[0], np.cumsum(counts)])
+    ends = np.cumsum(byte_lengths[flat], dtype=np.int64)  # byte ends over the whole batch
+    starts = ends - byte_lengths[flat]
+    raw = np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8)
+    row_bytes = np.fromiter(
+        (len(t.encode("utf-8")) if not t.isascii() else len(t) for t in texts), np.int64, len(texts)
+    )
+    byte_base = np.concatenate([[0], np.cumsum(row_bytes)])
+    covered = np.append(0, ends)[token_base]  # bytes the tokens of rows before each row cover
+    whole = covered[1:] == byte_base[1:]  # a row is right when its tokens end exactly at its last byte
+    fits = whole & (np.diff(covered) == row_bytes)
+    is_start = (raw & 0xC0) != 0x80
+    char_of_byte = np.cumsum(is_start) - 1 if raw.size else np.zeros(0, dtype=np.int64)
+    char_base = np.concatenate([[0], np.cumsum([len(t) for t in texts])])
+    offsets = np.empty((flat.size, 2), dtype=np.int64)
+    if flat.size:
+        row_of_token = np.repeat(np.arange(len(texts)), counts)
+        safe_start = np.minimum(starts, max(raw.size - 1, 0))
+        safe_end = np.clip(ends - 1, 0, max(raw.size - 1, 0))
+        offsets[:, 0] = char_of_byte[safe_start] - char_base[row_of_token] if raw.size else 0
+        offsets[:, 1] = char_of_byte[safe_end] + 1 - char_base[row_of_token] if raw.size else 0
+    out: list[np.ndarray | None] = []
+    for k in range(len(texts)):
+        if not fits[k]:
+            out.append(None)
+            continue
+        out.append(offsets[token_base[k] : token_base[k + 1]])
+    return out
 
 
 def char_offsets(text: str, ids: np.ndarray, byte_lengths: np.ndarray) -> np.ndarray | None:

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..files import file_sha256, temp_path
-from ..schemas.arrays import values
+from ..schemas.arrays import utf8_lengths, values
 from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA, SHARD_SUFFIX
 from .faults import crash_point
 from .packed import PackedRow, packed_rows_to_batch
@@ -40,12 +40,44 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}{SHARD_SUFFIX}"
 
 
+@dataclass(slots=True)
+class RecordRows:
+    """One record's rows as a range of a worker's record batch, with what the writer counts of them (computed once
+    per batch by `record_ranges`, so that a record costs the writer a few additions, not Arrow calls)."""
+
+    batch: pa.RecordBatch
+    start: int
+    count: int
+    tokens: int
+    loss_tokens: int
+    size: int  # estimated bytes, as `estimated_bytes` counts them
+
+    def slice(self) -> pa.RecordBatch:
+        return self.batch.slice(self.start, self.count)
+
+
+def record_ranges(batch: pa.RecordBatch, counts: list[int]) -> list[RecordRows]:
+    """The rows of each record of a batch (`counts[k]` rows for record k, in order)."""
+    tokens = values(batch.column("num_tokens")).astype(np.int64)
+    loss = values(batch.column("num_loss_tokens")).astype(np.int64)
+    source_bytes = utf8_lengths(batch.column("source"))
+    size = 14 * tokens + source_bytes + 32
+    ends = np.cumsum(counts, dtype=np.int64)
+    cumulative = [np.concatenate([[0], np.cumsum(column)]) for column in (tokens, loss, size)]
+    out, start = [], 0
+    for count, end in zip(counts, ends.tolist(), strict=True):
+        sums = [int(c[end] - c[start]) for c in cumulative]
+        out.append(RecordRows(batch, start, count, *sums))
+        start = end
+    return out
+
+
 def estimated_bytes(row: Row | PackedRow) -> int:
     """Uncompressed size of a row: 4+4+4 bytes (ids, targets, positions) + 1+1 (mask, class) per token, + 4 for
-    segment ids when packed, and each document's source and numbers."""
+    segment ids when packed, and each document's source (its UTF-8 bytes) and numbers."""
     if isinstance(row, PackedRow):
-        return 18 * row.num_tokens + sum(len(d.source) + 32 for d in row.documents)
-    return 14 * row.num_tokens + len(row.source) + 32
+        return 18 * row.num_tokens + sum(len(d.source.encode("utf-8")) + 32 for d in row.documents)
+    return 14 * row.num_tokens + len(row.source.encode("utf-8")) + 32
 
 
 class ShardWriter:
@@ -75,10 +107,10 @@ class ShardWriter:
         self.shards: list[ShardInfo] = list(shards or [])
         self._open: _OpenShard | None = None
 
-    def add_record(self, rows: pa.RecordBatch | list[Row] | list[PackedRow]) -> ShardInfo | None:
-        """Add one record's rows (a record batch of `SHARD_SCHEMA`, `Row`s, or `PackedRow`s when packed); returns the
+    def add_record(self, rows: RecordRows | list[Row] | list[PackedRow]) -> ShardInfo | None:
+        """Add one record's rows (a range of a worker's batch, `Row`s, or `PackedRow`s when packed); returns the
         shard this completed, if it did."""
-        if (rows.num_rows if isinstance(rows, pa.RecordBatch) else len(rows)) == 0:
+        if (rows.count if isinstance(rows, RecordRows) else len(rows)) == 0:
             return None
         if self._open is None:
             self._open = _OpenShard(self.out_dir / shard_name(len(self.shards)), self.batch_rows, self.packed)
@@ -121,18 +153,21 @@ class _OpenShard:
                     self._write(packed_rows_to_batch(self.pending))
                     self.pending = []
             return
-        batch = rows if isinstance(rows, pa.RecordBatch) else rows_to_batch(list(rows))
-        tokens = int(values(batch.column("num_tokens")).sum())
-        source = int(values(pc.utf8_length(batch.column("source"))).sum())
-        loss = int(values(batch.column("num_loss_tokens")).sum())
-        self._count(tokens, loss, 14 * tokens + source + 32 * batch.num_rows, batch.num_rows)
-        self.pending.append(batch)
-        self.pending_rows += batch.num_rows
-        while self.pending_rows >= self.batch_rows:  # record batches of exactly `batch_rows` rows, as rows arrive
-            table = pa.Table.from_batches(self.pending).combine_chunks()
-            self._write(_one_batch(table.slice(0, self.batch_rows)))
-            rest = table.slice(self.batch_rows)
-            self.pending, self.pending_rows = ([_one_batch(rest)] if rest.num_rows else []), rest.num_rows
+        if not isinstance(rows, RecordRows):
+            batch = rows_to_batch(list(rows))
+            (rows,) = record_ranges(batch, [batch.num_rows])
+        self._count(rows.tokens, rows.loss_tokens, rows.size, rows.count)
+        self.pending.append(rows)
+        self.pending_rows += rows.count
+        if self.pending_rows >= self.batch_rows:  # record batches of exactly `batch_rows` rows, as rows arrive
+            table = pa.Table.from_batches([r.slice() for r in self.pending]).combine_chunks()
+            written = 0
+            while self.pending_rows - written >= self.batch_rows:
+                self._write(_one_batch(table.slice(written, self.batch_rows)))
+                written += self.batch_rows
+            rest = self.pending_rows - written
+            self.pending = [RecordRows(_one_batch(table.slice(written)), 0, rest, 0, 0, 0)] if rest else []
+            self.pending_rows = rest
 
     def _count(self, tokens: int, loss_tokens: int, size: int, rows: int) -> None:
         self.rows += rows
@@ -150,7 +185,7 @@ class _OpenShard:
             if self.packed:
                 self._write(packed_rows_to_batch(self.pending))
             else:
-                self._write(_one_batch(pa.Table.from_batches(self.pending).combine_chunks()))
+                self._write(_one_batch(pa.Table.from_batches([r.slice() for r in self.pending])))
             self.pending = []
         self.writer.close()
         self.sink.close()

@@ -42,4 +42,15 @@ def column(values: list, type_: pa.DataType) -> pa.Array:
 def values(array: pa.Array) -> np.ndarray:
     """A primitive array without nulls as a zero-copy NumPy view (`Array.to_numpy` would import pandas)."""
     dtype = np.dtype(str(array.type))
-    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    data = array.buffers()[1]
+    if len(array) == 0 or data is None:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def utf8_lengths(array: pa.Array) -> np.ndarray:
+    """The UTF-8 byte length of each string of a string array without nulls, from its offsets buffer."""
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    return np.diff(offsets).astype(np.int64)
