@@ -106,3 +106,32 @@ def test_si_counts_match_humanize():
     humanize = pytest.importorskip("humanize", reason="humanize comes with datatrove")
     for value in [0, 1, 9, 10, 999, 1000, 1234, 9995, 99_949, 99_950, 999_499, 999_500, 999_999, 10**6, 10**12 - 1]:
         assert si_token_count(value) == humanize.metric(value, unit="T"), value
+
+
+def test_the_documented_nanotron_data_stage_reads_the_export(prepared_dir, tmp_path, monkeypatch):
+    """docs/export.md's nanotron YAML, loaded, and the DatatroveFolderDataset it configures (what nanotron's
+    `build_dataset` makes of `dataset_folder`, `token_size_in_bytes`, `return_positions`, `sequence_length`)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "data_stages" in b)
+    config = yaml.safe_load(block)
+    dataset_args = config["data_stages"][0]["data"]["dataset"]
+    monkeypatch.chdir(tmp_path)
+    export_datatrove(ShardSet(prepared_dir), dataset_args["dataset_folder"])
+    sidecar = json.loads((tmp_path / dataset_args["dataset_folder"] / EXPORT_INFO_NAME).read_text())
+    assert dataset_args["token_size_in_bytes"] == sidecar["token_size"]
+    seq_len = config["tokens"]["sequence_length"]
+    dataset = DatatroveFolderDataset(
+        dataset_args["dataset_folder"],
+        seq_len=seq_len,
+        filename_pattern="*.ds",
+        recursive=False,
+        token_size=dataset_args["token_size_in_bytes"],
+        return_positions=dataset_args["return_positions"],
+    )
+    stream = np.concatenate([t for t, _ in shard_documents(prepared_dir)])
+    assert len(dataset) >= 1 and dataset[0]["input_ids"].tolist() == stream[: seq_len + 1].tolist()

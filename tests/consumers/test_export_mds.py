@@ -147,3 +147,21 @@ def test_the_bytes_equal_mdswriters(exported, streaming, tmp_path):
     assert names == sorted(p.name for p in out.iterdir() if p.name != EXPORT_INFO_NAME)
     for name in names:
         assert (reference / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_the_documented_llm_foundry_loader_asks_for_the_turns_as_exported():
+    """docs/export.md's llm-foundry `train_loader`: the finetuning loader over a local MDS folder, with the
+    target settings under which llm-foundry trains exactly each turn's labels (the stitching above)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "train_loader" in b)
+    loader = yaml.safe_load(block)["train_loader"]
+    assert loader["name"] == "finetuning"
+    dataset = loader["dataset"]
+    assert dataset["decoder_only_format"] is True
+    assert (dataset["target_prompts"], dataset["target_responses"]) == ("none", "all")
+    assert dataset["local"] == "mds/"
