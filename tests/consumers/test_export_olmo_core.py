@@ -185,7 +185,8 @@ def test_the_documented_olmo_core_config_runs(packed_prepared_dir, tmp_path, mon
     )
     export_olmo_core(ShardSet(packed_prepared_dir), tmp_path / "olmo")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("OLMO_DATA_PREP_USE_ARRAY_IF_LOCAL")
+    # OLMo-core's own default; the snippet sets "metadata" itself, and monkeypatch puts the variable back after
+    monkeypatch.setenv("OLMO_DATA_PREP_USE_ARRAY_IF_LOCAL", "auto")
     scope: dict = {}
     exec(snippet, scope)
     dataset = scope["dataset"]
