@@ -1,7 +1,11 @@
 # The two set-up commands of the README: `make demo` and `make test`. Everything installs into .venv.
+# `make demo` installs lossmask and its runtime dependencies only; `make test` (and every other target that runs
+# tests, lint or benchmarks) adds the dev extra: the test oracles (transformers, datasets, CPU torch, TRL) and the
+# trainers' own readers (OLMo-core, datatrove).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEV := $(VENV)/.dev-installed
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack clean
@@ -9,6 +13,10 @@ DEMO_OUT ?= out/demo
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(DEV): $(BIN)/lossmask pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -29,7 +37,7 @@ demo: $(BIN)/lossmask
 	@echo "training:  $(DEMO_OUT)/run/metrics.jsonl, curve $(DEMO_OUT)/run/loss.svg"
 	@echo "hf export: $(DEMO_OUT)/hf"
 
-lint: $(BIN)/lossmask
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -39,20 +47,20 @@ test: lint
 
 # The edit-test loop: everything but the tests marked slow (resume, memory, fuzz, finite differences...),
 # realworld (../shared/realworld) and ray (a local Ray cluster); under 2 minutes on 2 cores. No ruff.
-test-fast: $(BIN)/lossmask
+test-fast: $(DEV)
 	$(BIN)/pytest -n 2 -q -m "not slow and not realworld and not ray"
 
 # Benchmarks live apart from the tests: numbers to read, never timed assertions. They need ../shared/realworld.
 bench: bench-prepare bench-pack
 
-bench-prepare: $(BIN)/lossmask
+bench-prepare: $(DEV)
 	$(BIN)/python bench/prepare.py
 
 # Packing: 1M documents with the real length mix at N = 2048 and 4096, best-fit decreasing against baselines.
-bench-pack: $(BIN)/lossmask
+bench-pack: $(DEV)
 	$(BIN)/python bench/pack.py
 
-fixtures: $(BIN)/lossmask
+fixtures: $(DEV)
 	$(BIN)/python scripts/make_fixtures.py
 
 clean:

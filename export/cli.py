@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import SetupError, fails_cleanly
+
+if TYPE_CHECKING:
+    from ..loader.shards import ShardSet
 
 
 @click.command("export")
@@ -20,9 +24,12 @@ from ..errors import SetupError, fails_cleanly
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["hf", "numpy"]),
+    type=click.Choice(["hf", "numpy", "olmo-core", "datatrove", "mds", "megatron-bridge"]),
     required=True,
-    help="hf: unshifted input_ids + labels (-100) for HF Trainer / TRL; numpy: flat memmaps + header.json.",
+    help="hf: unshifted input_ids + labels (-100) for HF Trainer / TRL; numpy: lossmask's flat memmaps + "
+    "header.json; olmo-core: token_ids/labels_mask parts (open-instruct's layout); datatrove: .ds/.ds.index/"
+    ".ds.loss (datatrove, nanotron); mds: MosaicML Streaming shards of llm-foundry turns; megatron-bridge: packed "
+    "SFT Parquet. docs/export.md has each trainer's config.",
 )
 @click.option(
     "--file-format",
@@ -50,7 +57,7 @@ def export_command(shards_dir: str, out: str, target: str, file_format: str, ver
             )
             click.echo(f"load:     datasets.load_dataset({file_format!r}, data_files='{out}/*.{file_format}')")
             click.echo(f"info:     {out}/_export.json")
-    else:
+    elif target == "numpy":
         from .memmap import export_memmap
 
         header = export_memmap(shards, out, verify=verify)
@@ -62,6 +69,41 @@ def export_command(shards_dir: str, out: str, target: str, file_format: str, ver
                 f"{counts['loss_tokens']} counted)"
             )
             click.echo(f"header:   {out}/header.json (files, dtypes, counts)")
+    else:
+        _export_for_trainer(shards, out, target, verify, quiet)
+
+
+def _export_for_trainer(shards: ShardSet, out: str, target: str, verify: bool, quiet: bool) -> None:
+    """The exports in a trainer's own format: one line of what was written, one of what reads it."""
+    if target == "olmo-core":
+        from .olmo_core import export_olmo_core
+
+        stats = export_olmo_core(shards, out, verify=verify)["overall_statistics"]
+        summary = (
+            f"{stats['total_instances']} documents, {stats['total_tokens']} tokens, {stats['trainable_tokens']} counted"
+        )
+        reader = "OLMo-core NumpyPaddedFSLDatasetConfig / NumpyPackedFSLDatasetConfig with label_mask_paths"
+    elif target == "datatrove":
+        from .datatrove import export_datatrove
+
+        info = export_datatrove(shards, out, verify=verify)
+        summary = f"{info['documents']} documents, {info['tokens']} tokens, {info['loss_tokens']} counted"
+        reader = f"datatrove DatatroveFolderDataset('{out}', seq_len, token_size={info['token_size']}), nanotron"
+    elif target == "mds":
+        from .mds import export_mds
+
+        info = export_mds(shards, out, verify=verify)
+        summary = f"{info['documents']} documents, {info['tokens']} tokens, {info['loss_tokens']} counted"
+        reader = f"streaming.StreamingDataset(local='{out}'), llm-foundry's finetuning dataloader"
+    else:
+        from .megatron_bridge import export_megatron_bridge
+
+        meta = export_megatron_bridge(shards, out, verify=verify)["packing_metadata"]
+        summary = f"packs of at most {meta['pack_size']} positions, up to {meta['max_samples_per_bin']} documents each"
+        reader = "Megatron-Bridge PackedSequenceSpecs(packed_train_data_path=..., packed_metadata_path=...)"
+    if not quiet:
+        click.echo(f"export:   {out}/ ({target}, {shards.layout} layout: {summary})")
+        click.echo(f"read by:  {reader}; the config is in docs/export.md")
 
 
 @click.command("inspect")

@@ -1,16 +1,17 @@
-"""`lossmask export --to numpy`: shards -> flat little-endian memmap files + `header.json`, and the reader.
+"""`lossmask export --to numpy`: shards -> lossmask's own flat little-endian memmap files + `header.json`, and
+the reader.
 
-The files (layout and meaning in `lossmask.schemas.exports.MEMMAP_ARRAYS`) hold the unshifted documents
-concatenated, as Megatron-style trainers (a flat token file plus document boundaries) and OLMo/open-instruct
-style trainers (a token file plus a label mask aligned with it) read them:
+This layout is lossmask's, for readers written against `header.json`; no other project reads it as it is (the
+trainers' own layouts are `--to olmo-core`, `--to datatrove`, `--to mds`, `--to megatron-bridge`). The files
+(layout and meaning in `lossmask.schemas.exports.MEMMAP_ARRAYS`) hold the unshifted documents concatenated:
 
     tokens      = np.memmap("tokens.bin", dtype=header dtype)     all documents, unshifted
     loss_mask   = np.memmap("loss_mask.bin", dtype=np.uint8)      1 where tokens[j] is a counted target
     doc_offsets = np.memmap("doc_offsets.bin", dtype="<i8")       document k = tokens[doc_offsets[k]:doc_offsets[k+1]]
 
-A trainer takes any window `w = tokens[a : a + L + 1]`, reads `w[:-1]`, predicts `w[1:]`, and counts
+A reader takes any window `w = tokens[a : a + L + 1]`, reads `w[:-1]`, predicts `w[1:]`, and counts
 `loss_mask[a + 1 : a + L + 1]`: a target never counts at a document start, so a window that spans two documents
-never trains the jump between them (attention across them is the trainer's choice; `doc_offsets` stop it).
+never trains the jump between them (attention across them is the reader's choice; `doc_offsets` stop it).
 `row_offsets` keeps the shard rows (and so any packing) so that `MemmapExport.row` gives back every shard row.
 
 Written in one pass, one record batch in memory; `header.json` is written last, so a folder with a header is

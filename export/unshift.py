@@ -16,11 +16,14 @@ segments count up from 0), and a row that is not raises `ValueError` naming it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from ..errors import SetupError
+from ..loader.shards import ShardSet
 from ..schemas.exports import IGNORE_INDEX
 from ..schemas.segments import segment_bounds
 
@@ -141,3 +144,15 @@ def unshift_batch(batch: pa.RecordBatch) -> Unshifted:
         flat["position_ids"],
         flat.get("segment_ids"),
     )
+
+
+def unshifted_batches(shards: ShardSet) -> Iterator[tuple[int, Unshifted]]:
+    """(shard index, unshifted documents) for every record batch of `shards`, in order, one batch in memory at a
+    time: the stream every trainer export is written from. A row that is not a shifted document stops the export
+    with its shard named."""
+    columns = [*POSITION_COLUMNS, *(["segment_ids"] if shards.packed else [])]
+    for index, batch in shards.iter_batches(columns):
+        try:
+            yield index, unshift_batch(batch)
+        except ValueError as exc:
+            raise SetupError(f"shard {shards.files[index].path}: {exc}") from None

@@ -188,3 +188,35 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         tokenizer=TOKENIZER,
         fixtures=FIXTURES,
     )
+
+
+def shard_documents(directory: Path) -> list[Document]:
+    """Every document of a shard folder, unshifted, read straight from the shard columns (not through the export
+    code): tokens = a segment's input_ids + its last target, counted = [0] + its loss_mask."""
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(directory), format="arrow").to_table()
+    columns = table.to_pydict()
+    docs: list[Document] = []
+    for r in range(table.num_rows):
+        inputs, targets, mask = columns["input_ids"][r], columns["target_ids"][r], columns["loss_mask"][r]
+        segments = columns["segment_ids"][r] if "segment_ids" in columns else [0] * len(inputs)
+        start = 0
+        for end in [*(k for k in range(1, len(inputs)) if segments[k] != segments[k - 1]), len(inputs)]:
+            tokens = np.array([*inputs[start:end], targets[end - 1]], dtype=np.int64)
+            counted = np.array([0, *mask[start:end]], dtype=np.uint8)
+            docs.append((tokens, counted))
+            start = end
+    return docs
+
+
+@pytest.fixture(scope="session")
+def packed_prepared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixtures prepared with `--pack 256` (several shards)."""
+    out = tmp_path_factory.mktemp("packed") / "shards"
+    inputs = sorted(str(p) for p in (FIXTURES / "data").glob("*.json*"))
+    config = PrepareConfig.from_mapping(
+        {"inputs": inputs, "tokenizer": str(TOKENIZER), "out": str(out), "pack": 256, "shard_max_rows": 40}
+    )
+    prepare(config)
+    return out

@@ -18,7 +18,17 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-@pytest.mark.parametrize(("target", "expected"), [("hf", "train-00000-of-00004.parquet"), ("numpy", "header.json")])
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("hf", "train-00000-of-00004.parquet"),
+        ("numpy", "header.json"),
+        ("olmo-core", "token_ids_part_0000.npy"),
+        ("datatrove", "00003_lossmask.ds.loss"),
+        ("mds", "index.json"),
+        ("megatron-bridge", "train-00003-of-00004.idx.parquet"),
+    ],
+)
 def test_export_writes_and_summarizes(prepared_dir, tmp_path, target, expected):
     result = run("export", str(prepared_dir), "--to", target, str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
@@ -134,3 +144,19 @@ def test_inspect_names_a_row_that_is_not_a_shifted_document(kit):
     assert result.exit_code == 0
     assert re.search(r"^row 1  \d+ positions: not a shifted document \(row 0: input_ids\[k \+ 1\]", result.output, re.M)
     assert re.search(r"^row 0  \d+ positions, \d+ counted$", result.output, re.MULTILINE)
+
+
+@pytest.mark.parametrize("target", ["olmo-core", "datatrove", "mds", "megatron-bridge"])
+def test_exporting_again_into_the_same_folder_leaves_no_stale_files(kit, prepared_dir, tmp_path, target):
+    """A second, smaller export replaces the first: the files the first wrote and the second does not are gone,
+    and a file of the user's own stays."""
+    out = tmp_path / "out"
+    assert run("export", str(prepared_dir), "--to", target, str(out), "-q").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    small = kit.write(kit.random_documents(np.random.default_rng(31), 5))
+    assert run("export", str(small), "--to", target, str(out), "-q").exit_code == 0
+    fresh = tmp_path / "fresh"
+    assert run("export", str(small), "--to", target, str(fresh), "-q").exit_code == 0
+    listing = sorted(p.name for p in out.iterdir() if p.name != "notes.txt")
+    assert listing == sorted(p.name for p in fresh.iterdir())
+    assert (out / "notes.txt").read_text() == "mine"

@@ -1,0 +1,167 @@
+"""`lossmask export --to mds`: MosaicML Streaming shards of llm-foundry finetuning samples.
+
+Two proofs. (1) A byte-level reader written here from the spec in mosaicml/streaming 0.13
+(`streaming/base/format/mds/writer.py` `encode_sample` / `encode_joint_shard`, `base/writer.py` `flush_shard` /
+`_write_index`, `mds/encodings.py` `JSON`): always runs. (2) MosaicML's own `StreamingDataset`, and `MDSWriter`
+writing the same samples byte for byte: runs where `streaming` imports. mosaicml-streaming 0.13 pins
+numpy<2.2 and transformers<5, which the dev extra's numpy 2 and transformers 5 exclude, so it is not in the dev
+extra; to run (2), install it beside the venv without its dependencies:
+`pip install --no-deps --target DIR mosaicml-streaming xxhash zstd python-snappy cramjam brotli catalogue pillow`
+and `PYTHONPATH=DIR`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from lossmask.export.mds import document_turns, export_mds
+from lossmask.loader.shards import ShardSet
+from lossmask.schemas.exports import EXPORT_INFO_NAME
+
+from .conftest import shard_documents
+
+STREAMING_MISSING = (
+    "mosaicml-streaming is not installed: it pins numpy<2.2 and transformers<5, which conflict with the dev extra; "
+    "install it with --no-deps beside the venv (see this module's docstring) to run MosaicML's own reader"
+)
+
+
+def parse_mds(directory) -> list[dict]:
+    """Every sample of an MDS dataset, by the byte layout alone."""
+    index = json.loads((directory / "index.json").read_text())
+    assert index["version"] == 2
+    samples = []
+    for shard in index["shards"]:
+        data = (directory / shard["raw_data"]["basename"]).read_bytes()
+        assert len(data) == shard["raw_data"]["bytes"] and shard["format"] == "mds" and shard["zip_data"] is None
+        count = int(np.frombuffer(data[:4], "<u4")[0])
+        assert count == shard["samples"]
+        offsets = np.frombuffer(data[4 : 4 + 4 * (count + 1)], "<u4")
+        config = json.loads(data[4 + 4 * (count + 1) : offsets[0]])
+        assert config == {k: v for k, v in shard.items() if k not in ("samples", "raw_data", "zip_data")}
+        assert offsets[-1] == len(data)
+        names, encodings = config["column_names"], config["column_encodings"]
+        for k in range(count):
+            sample = data[offsets[k] : offsets[k + 1]]
+            sizes = np.frombuffer(sample[: 4 * len(names)], "<u4")  # every column is variable-size (json)
+            at = 4 * len(names)
+            row = {}
+            for name, encoding, size in zip(names, encodings, sizes, strict=True):
+                assert encoding == "json"
+                row[name] = json.loads(sample[at : at + size].decode("utf-8"))
+                at += size
+            samples.append(row)
+    return samples
+
+
+def foundry_stitch(turns) -> tuple[list[int], list[int]]:
+    """llm-foundry's decoder-only stitching with target_prompts='none', target_responses='all'
+    (`llmfoundry/data/finetuning/collator.py` `stitch_turns_decoder_only`): each turn's input_ids untrained,
+    then its labels trained; HF labels (-100 = not a target)."""
+    input_ids, labels = [], []
+    for turn in turns:
+        input_ids += turn["input_ids"] + turn["labels"]
+        labels += [-100] * len(turn["input_ids"]) + turn["labels"]
+    return input_ids, labels
+
+
+def expected_samples(shards_dir) -> list[tuple[list[int], list[int]]]:
+    """Each document with a counted target, up to its last one, as (tokens, counted)."""
+    out = []
+    for tokens, counted in shard_documents(shards_dir):
+        trained = np.flatnonzero(counted)
+        if trained.size:
+            end = int(trained[-1]) + 1
+            out.append((tokens[:end].tolist(), counted[:end].tolist()))
+    return out
+
+
+@pytest.fixture(scope="module", params=["rows", "packed"])
+def exported(request, tmp_path_factory):
+    shards_dir = request.getfixturevalue("packed_prepared_dir" if request.param == "packed" else "prepared_dir")
+    out = tmp_path_factory.mktemp("mds") / "mds"
+    info = export_mds(ShardSet(shards_dir), out, size_limit=40_000)  # several shards
+    return shards_dir, out, info
+
+
+def test_every_document_reads_back_by_the_byte_spec(exported):
+    shards_dir, out, info = exported
+    samples = parse_mds(out)
+    expected = expected_samples(shards_dir)
+    assert len(samples) == len(expected) == info["documents"] and len(list(out.glob("shard.*.mds"))) > 1
+    for sample, (tokens, counted) in zip(samples, expected, strict=True):
+        input_ids, labels = foundry_stitch(sample["turns"])
+        assert input_ids == tokens
+        assert labels == [t if c else -100 for t, c in zip(tokens, counted, strict=True)]
+    sidecar = json.loads((out / EXPORT_INFO_NAME).read_text())
+    left_out = sum(t.size for t, _ in shard_documents(shards_dir)) - sum(len(t) for t, _ in expected)
+    assert sidecar["trailing_untrained_tokens_left_out"] == left_out > 0
+    assert sidecar["source"]["manifest_sha256"]
+
+
+def test_turns_alternate_untrained_and_counted_runs():
+    tokens = np.arange(10)
+    counted = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1, 0], dtype=np.uint8)
+    assert document_turns(tokens, counted) == [
+        {"input_ids": [0, 1], "labels": [2, 3]},
+        {"input_ids": [4], "labels": [5]},
+        {"input_ids": [6, 7], "labels": [8]},
+    ]  # the trailing untrained token 9 is left out
+    assert document_turns(tokens, np.zeros(10, dtype=np.uint8)) == []
+
+
+@pytest.fixture(scope="module")
+def streaming():
+    """MosaicML's package, without its vision/text/multimodal datasets (they need torchvision; the MDS reader
+    and StreamingDataset do not)."""
+    if importlib.util.find_spec("streaming") is None:
+        pytest.skip(STREAMING_MISSING)
+    for name in ("streaming.multimodal", "streaming.text", "streaming.vision"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    return importlib.import_module("streaming")
+
+
+def test_streamings_own_dataset_reads_every_sample(exported, streaming):
+    shards_dir, out, _ = exported
+    dataset = streaming.StreamingDataset(local=str(out), shuffle=False, batch_size=1)
+    expected = expected_samples(shards_dir)
+    assert dataset.num_samples == len(expected)
+    for k, (tokens, counted) in enumerate(expected):
+        input_ids, labels = foundry_stitch(dataset[k]["turns"])
+        assert input_ids == tokens
+        assert labels == [t if c else -100 for t, c in zip(tokens, counted, strict=True)]
+
+
+def test_the_bytes_equal_mdswriters(exported, streaming, tmp_path):
+    _, out, _ = exported
+    reference = tmp_path / "reference"
+    with streaming.MDSWriter(columns={"turns": "json"}, out=str(reference), size_limit=40_000) as writer:
+        for sample in parse_mds(out):
+            writer.write(sample)
+    names = sorted(p.name for p in reference.iterdir())
+    assert names == sorted(p.name for p in out.iterdir() if p.name != EXPORT_INFO_NAME)
+    for name in names:
+        assert (reference / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_the_documented_llm_foundry_loader_asks_for_the_turns_as_exported():
+    """docs/export.md's llm-foundry `train_loader`: the finetuning loader over a local MDS folder, with the
+    target settings under which llm-foundry trains exactly each turn's labels (the stitching above)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "train_loader" in b)
+    loader = yaml.safe_load(block)["train_loader"]
+    assert loader["name"] == "finetuning"
+    dataset = loader["dataset"]
+    assert dataset["decoder_only_format"] is True
+    assert (dataset["target_prompts"], dataset["target_responses"]) == ("none", "all")
+    assert dataset["local"] == "mds/"
