@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEV := $(VENV)/.dev-installed
+# MosaicML's own MDS reader for tests/consumers/test_export_mds.py. mosaicml-streaming pins numpy<2.2 and
+# transformers<5, which the dev extra excludes, so it goes beside the venv without its pins; the test puts this
+# folder after site-packages, so the venv's numpy is the one imported.
+MDS_READER := mosaicml-streaming==0.13.0 xxhash zstd python-snappy cramjam brotli catalogue pillow
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack clean
@@ -18,6 +22,7 @@ $(BIN)/lossmask: pyproject.toml
 
 $(DEV): $(BIN)/lossmask pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/mds-reader $(MDS_READER)
 	touch $@
 
 DEMO_INPUTS := fixtures/data/openai.jsonl fixtures/data/sharegpt.json fixtures/data/alpaca.json \

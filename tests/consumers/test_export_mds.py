@@ -3,11 +3,9 @@
 Two proofs. (1) A byte-level reader written here from the spec in mosaicml/streaming 0.13
 (`streaming/base/format/mds/writer.py` `encode_sample` / `encode_joint_shard`, `base/writer.py` `flush_shard` /
 `_write_index`, `mds/encodings.py` `JSON`): always runs. (2) MosaicML's own `StreamingDataset`, and `MDSWriter`
-writing the same samples byte for byte: runs where `streaming` imports. mosaicml-streaming 0.13 pins
-numpy<2.2 and transformers<5, which the dev extra's numpy 2 and transformers 5 exclude, so it is not in the dev
-extra; to run (2), install it beside the venv without its dependencies:
-`pip install --no-deps --target DIR mosaicml-streaming xxhash zstd python-snappy cramjam brotli catalogue pillow`
-and `PYTHONPATH=DIR`.
+writing the same samples byte for byte. mosaicml-streaming 0.13 pins numpy<2.2 and transformers<5, which the
+dev extra's numpy 2 and transformers 5 exclude, so it is not in the dev extra: the Makefile installs it without
+its pins into `.venv/mds-reader` (MDS_READER), which this module appends to sys.path, after site-packages.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import importlib
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +25,10 @@ from lossmask.schemas.exports import EXPORT_INFO_NAME
 from .conftest import shard_documents
 
 STREAMING_MISSING = (
-    "mosaicml-streaming is not installed: it pins numpy<2.2 and transformers<5, which conflict with the dev extra; "
-    "install it with --no-deps beside the venv (see this module's docstring) to run MosaicML's own reader"
+    "mosaicml-streaming is not installed: `make test` puts it in .venv/mds-reader (its pins conflict with the dev "
+    "extra, see this module's docstring)"
 )
+MDS_READER = Path(sys.prefix) / "mds-reader"
 
 
 def parse_mds(directory) -> list[dict]:
@@ -119,6 +119,8 @@ def test_turns_alternate_untrained_and_counted_runs():
 def streaming():
     """MosaicML's package, without its vision/text/multimodal datasets (they need torchvision; the MDS reader
     and StreamingDataset do not)."""
+    if MDS_READER.is_dir() and str(MDS_READER) not in sys.path:
+        sys.path.append(str(MDS_READER))
     if importlib.util.find_spec("streaming") is None:
         pytest.skip(STREAMING_MISSING)
     for name in ("streaming.multimodal", "streaming.text", "streaming.vision"):
@@ -153,7 +155,6 @@ def test_the_documented_llm_foundry_loader_asks_for_the_turns_as_exported():
     """docs/export.md's llm-foundry `train_loader`: the finetuning loader over a local MDS folder, with the
     target settings under which llm-foundry trains exactly each turn's labels (the stitching above)."""
     import re
-    from pathlib import Path
 
     import yaml
 
