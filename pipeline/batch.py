@@ -16,7 +16,8 @@ from ..schemas.examples import TokenizedExample
 from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
-from .encoders import fast_encoder
+from .encoders import EncoderMismatch, fast_encoder
+from .faults import record_fault
 from .fit import LengthPolicy, fit
 from .formats import parse
 from .formats.options import FormatOptions
@@ -108,27 +109,55 @@ def fit_record(
 
 
 def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
-    """parse -> render -> tokenize -> fit -> shift for a batch, in order; one Outcome per input record."""
+    """parse -> render -> tokenize -> fit -> shift for a batch, in order; one Outcome per input record.
+
+    One record never stops the job: an unexpected exception anywhere in the stages (a library that raises on
+    some input, a bug of ours) makes the batch run again record by record, and the record that raises is rejected
+    as `internal_error` with the exception, its stage unknown but its source exact. The rest of the batch gives the
+    same rows as it would have (records are processed independently). Job-level signals pass through: a
+    `SetupError`, and `EncoderMismatch`, which restarts the job with the other encoder."""
+    try:
+        return _process_batch(raw_records, context)
+    except (SetupError, EncoderMismatch):
+        raise
+    except Exception as exc:
+        if len(raw_records) == 1:
+            error = RecordError("internal_error", f"{type(exc).__name__}: {exc}"[:500])
+            return BatchResult(outcomes=[Outcome.failed(raw_records[0].source, error)])
+        parts = [process_batch([raw], context) for raw in raw_records]
+        return BatchResult(
+            outcomes=[outcome for part in parts for outcome in part.outcomes],
+            batch=pa.concat_batches([part.batch for part in parts]),
+        )
+
+
+def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
     records: list[tuple[RawRecord, Record | RecordError]] = []
     for raw in map(decode, raw_records):
+        record_fault("read", raw)
         if raw.error is not None:
             records.append((raw, RecordError(raw.error, raw.detail)))
             continue
         try:
+            record_fault("parse", raw)
             records.append((raw, parse(raw.value, raw.source, raw.extra.get("format"), context.format_options)))
         except RecordError as exc:
             records.append((raw, exc))
 
     rendered: list[list[Any] | RecordError] = []
-    for _, record in records:
+    for raw, record in records:
         if isinstance(record, RecordError):
             rendered.append(record)
             continue
         try:
+            record_fault("render", raw)
             rendered.append(context.renderer.render(record))
         except RecordError as exc:
             rendered.append(exc)
 
+    for (raw, _), item in zip(records, rendered, strict=True):
+        if not isinstance(item, RecordError):
+            record_fault("tokenize", raw)
     flat = [example for item in rendered if not isinstance(item, RecordError) for example in item]
     tokenized = iter(tokenize_batch(context.tokenizer, flat))
 
@@ -144,11 +173,13 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
         drops: list[RecordError] = []
         if failure is None:
             assert not isinstance(record, RecordError)
+            record_fault("fit", raw)
             fitted = fit_record(record, [e for e in examples if isinstance(e, TokenizedExample)], context)
             for row in fitted:
                 if isinstance(row, RecordError):
                     drops.append(row)
                 else:
+                    record_fault("shift", raw)
                     rows.append(shift(row))
         if failure is not None:
             result.outcomes.append(Outcome.failed(raw.source, failure))

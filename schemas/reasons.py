@@ -39,6 +39,8 @@ REJECT_REASONS: dict[str, str] = {
     "template_unfaithful": "the chat template renders an assistant turn differently in training than at "
     "inference and --unfaithful-turns is reject",
     "mask_verification_failed": "the tokenized mask did not verify against the rendered spans",
+    "internal_error": "lossmask itself failed on this record (the detail names the exception) and went on with "
+    "the rest; please report it with the record",
     # Preference data (pipeline/formats/preference.py)
     "preference_record": "a preference pair (chosen/rejected) is not SFT data and this job writes SFT rows; "
     "prepare it as pairs, or map one side to SFT with `fields: {prompt: ..., completion: ...}`",
