@@ -12,6 +12,7 @@ from typing import Any
 from ...errors import RecordError
 from ...schemas.records import Record, SourceRef
 from . import alpaca, openai, prompt_completion, sharegpt, text
+from .checks import check_lengths, check_text
 from .options import FormatOptions
 
 PARSERS: dict[str, Callable[[dict[str, Any], SourceRef, FormatOptions], Record]] = {
@@ -43,9 +44,13 @@ def detect(value: Any, options: FormatOptions) -> str | None:
 
 
 def parse(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> Record:
+    """The record of a decoded value, checked (`checks`): valid Unicode text, messages within the length limit."""
     if not isinstance(value, dict):
         raise RecordError("not_an_object", f"got {type(value).__name__}")
+    check_text(value)
     fmt = fmt or detect(value, options)
     if fmt is None:
         raise RecordError("unknown_format", f"fields: {', '.join(sorted(map(str, value))[:8]) or '(none)'}")
-    return PARSERS[fmt](value, source, options)
+    record = PARSERS[fmt](value, source, options)
+    check_lengths(record, options.max_message_chars)
+    return record
