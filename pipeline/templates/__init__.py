@@ -13,6 +13,7 @@ import jinja2
 
 from ...errors import RecordError, SetupError
 from .environment import DEFAULT_TEMPLATE_DATE, TemplateRule, make_environment
+from .limits import Budget, LimitExceeded, RenderLimits, alarm
 
 BUILTIN_NAMES = ("chatml", "llama3", "mistral", "gemma", "phi3", "zephyr", "alpaca")
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -25,12 +26,16 @@ def builtin_source(name: str) -> str:
 
 @dataclass
 class ChatTemplate:
-    """A compiled chat template plus the variables a Hugging Face tokenizer passes to it (bos_token, ...)."""
+    """A compiled chat template plus the variables a Hugging Face tokenizer passes to it (bos_token, ...).
+
+    Every rendering has a budget (`limits`): it takes at most `limits.timeout` seconds and makes at most
+    `limits.max_chars` characters, or the record is refused (`template_timeout`, `template_output_too_large`)."""
 
     name: str
     source: str
     variables: dict[str, Any] = field(default_factory=dict)
     template_date: str = DEFAULT_TEMPLATE_DATE
+    limits: RenderLimits = field(default_factory=RenderLimits)
 
     def __post_init__(self) -> None:
         self._env = make_environment(self.template_date)
@@ -50,16 +55,7 @@ class ChatTemplate:
         variables: dict[str, Any] | None = None,
     ) -> str:
         """`variables`: the record's own template variables, over the job's."""
-        try:
-            return self._compiled.render(
-                messages=messages,
-                tools=tools,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **{**self.variables, **(variables or {})},
-            )
-        except Exception as exc:  # a template can raise anything; to us it is one bad record
-            raise self._record_error(exc) from None
+        return self._generate(messages, add_generation_prompt, tools, variables, [])
 
     def render_tracked(
         self,
@@ -74,19 +70,42 @@ class ChatTemplate:
         spans: list[tuple[int, int]] = []
         self._env.generation_state = (blocks, spans)  # type: ignore[attr-defined]
         try:
-            for block in self._compiled.generate(
-                messages=messages,
-                tools=tools,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **{**self.variables, **(variables or {})},
-            ):
-                blocks.append(block)
-        except Exception as exc:
-            raise self._record_error(exc) from None
+            text = self._generate(messages, add_generation_prompt, tools, variables, blocks)
         finally:
             self._env.generation_state = None  # type: ignore[attr-defined]
-        return "".join(blocks), spans
+        return text, spans
+
+    def _generate(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any] | None,
+        blocks: list[str],
+    ) -> str:
+        """Render into `blocks` (which the generation tracker reads as it goes) within the budget; the text."""
+        budget = Budget(self.limits)
+        size = 0
+        self._env.budget = budget
+        try:
+            with alarm(budget):
+                for block in self._compiled.generate(
+                    messages=messages,
+                    tools=tools,
+                    documents=None,
+                    add_generation_prompt=add_generation_prompt,
+                    **{**self.variables, **(variables or {})},
+                ):
+                    size += len(block)
+                    budget.check_size(size, "the rendering")
+                    blocks.append(block)
+        except LimitExceeded as exc:
+            raise RecordError(exc.reason, f"{self.name}: {exc.detail}") from None
+        except Exception as exc:  # a template can raise anything; to us it is one bad record
+            raise self._record_error(exc) from None
+        finally:
+            self._env.budget = None
+        return "".join(blocks)
 
     def _record_error(self, exc: Exception) -> RecordError:
         """What the template raised, as the reason a record is refused. A rule the template states itself
