@@ -16,11 +16,13 @@ from dataclasses import dataclass
 CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 
-_BLANK_LINES = re.compile(rb"(?:[ \t\r\f\v]*\n)+")  # a run of blank lines, skipped in one step
+# Scanning is done by regular expressions and bytes methods, which run in C: a Python step per byte would
+# take minutes per gigabyte, and bombs are gigabytes of newlines or brackets.
+_SPACE_RUN = re.compile(rb"[ \t\r\n\f\v]+")  # blank lines, skipped in one step up to their last newline
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")  # what JSON allows between values
+_OUTSIDE_STRINGS = re.compile(rb'[^"]*')  # inside an item, up to the next string
 _STRUCTURE = re.compile(rb'["\[\]{},]')  # outside strings: what can open, close or separate a value
 _STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # inside a string: up to its closing quote
-_CLOSERS = {ord("]"): ord("["), ord("}"): ord("{")}
 
 
 @dataclass(slots=True)
@@ -112,10 +114,12 @@ def _lines(stream: Iterator[bytes], max_bytes: int, line: int) -> Iterator[Piece
         for chunk in stream:
             position, end = 0, len(chunk)
             while position < end:
-                if not record.size and (blank := _BLANK_LINES.match(chunk, position)):
-                    line += chunk.count(b"\n", position, blank.end())
-                    position = blank.end()
-                    continue
+                if not record.size and (space := _SPACE_RUN.match(chunk, position)):
+                    last = chunk.rfind(b"\n", position, space.end())
+                    if last >= 0:  # blank lines
+                        line += chunk.count(b"\n", position, last + 1)
+                        position = last + 1
+                        continue
                 newline = chunk.find(b"\n", position)
                 if newline < 0:
                     record.add(chunk[position:])
@@ -145,7 +149,9 @@ class _ArrayScanner:
         self.items = 0
         self.state = "open"  # open -> start (of an item) -> item -> ... -> closed
         self.in_string = False
-        self.stack: bytearray = bytearray()  # the brackets open inside the current item
+        # Brackets open inside the current item. Only counted, not matched: a mismatch makes the item invalid
+        # JSON, which its parse reports; the next item still starts at the next comma outside any bracket.
+        self.depth = 0
         self.item_line = 1
         self.carry = b""  # a backslash that ended the last chunk inside a string, kept with what follows
 
@@ -187,6 +193,17 @@ class _ArrayScanner:
                     self.carry = chunk[position:]
                     return
                 continue
+            run = _OUTSIDE_STRINGS.match(chunk, position).end()
+            closers = chunk.count(b"]", position, run) + chunk.count(b"}", position, run)
+            if self.depth > closers:  # the item cannot end before the next string: take the run at once
+                openers = chunk.count(b"[", position, run) + chunk.count(b"{", position, run)
+                self.depth += openers - closers
+                self.line += chunk.count(b"\n", position, run)
+                position = run
+                if position < end:
+                    self.in_string = True
+                    position += 1
+                continue
             found = _STRUCTURE.search(chunk, position)
             stop = found.start() if found else end
             self.line += chunk.count(b"\n", position, stop)
@@ -197,13 +214,10 @@ class _ArrayScanner:
             if byte == ord('"'):
                 self.in_string = True
             elif byte in (ord("["), ord("{")):
-                self.stack.append(byte)
-            elif byte in _CLOSERS and self.stack:
-                if self.stack.pop() != _CLOSERS[byte]:
-                    self.item.add(chunk[start : position + 1])
-                    yield self.broken("invalid_json", "mismatched brackets; the rest of the array cannot be read")
-                    return
-            elif byte == ord(",") and not self.stack:
+                self.depth += 1
+            elif byte in (ord("]"), ord("}")) and self.depth:
+                self.depth -= 1
+            elif byte == ord(",") and not self.depth:
                 self.item.add(chunk[start:position])
                 yield self.item.take(self.item_line, self.items)
                 self.items += 1
