@@ -8,9 +8,21 @@ from typing import Any
 
 import click
 
-from .pipeline.config import CHOICES, PrepareConfig
+from .pipeline.config import CHOICES, FLAG_NAMES, PrepareConfig
 
 DEFAULTS = PrepareConfig()  # help texts quote the defaults from here, so they cannot drift from the code
+
+
+def flag(field_name: str) -> str:
+    """A field's flag, `--NAME`, named from the one option table (`config.KEY_ALIASES`): a flag's long name is
+    always a config key."""
+    return "--" + FLAG_NAMES.get(field_name, field_name).replace("_", "-")
+
+
+def switch(field_name: str) -> str:
+    """`--NAME/--no-NAME` for a boolean field."""
+    name = flag(field_name)
+    return f"{name}/--no-{name[2:]}"
 
 
 def choice(name: str) -> click.Choice:
@@ -38,7 +50,7 @@ ROW_OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option("--train-roles", help=f"Comma-separated roles whose messages train {default('train_roles')}."),
     click.option(
-        "--train-eot/--no-train-eot",
+        switch("train_end_of_turn"),
         "train_end_of_turn",
         default=None,
         help=f"Train end-of-turn markers {default('train_end_of_turn')}.",
@@ -71,7 +83,7 @@ ROW_OPTIONS: list[Callable[[Any], Any]] = [
         f"(Mistral: 9 alphanumerics) {default('tool_call_ids')}.",
     ),
     click.option(
-        "--generation-tags/--no-generation-tags",
+        switch("use_generation_tags"),
         "use_generation_tags",
         default=None,
         help=f"Honor {{% generation %}} blocks when the template has them {default('use_generation_tags')}.",

@@ -5,6 +5,7 @@ The resolved configuration is written into the manifest, so every shard set says
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Any
 import yaml
 
 from ..errors import SetupError
+from ..schemas.records import ROLES
 from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS
 from .encoders import ENCODER_NAMES
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES
-from .formats.options import MAX_MESSAGE_CHARS, MAX_RECORD_BYTES, FormatOptions
+from .formats.options import DEFAULT_FIELDS, MAX_MESSAGE_CHARS, MAX_RECORD_BYTES, FormatOptions
 from .mask import MASK_MODES, UNFAITHFUL_POLICIES, MaskPolicy
 from .reasoning import ReasoningTags
 from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, TOOL_CALL_IDS, RenderOptions
@@ -39,6 +41,51 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tool_call_ids": TOOL_CALL_IDS,
     "encoder": (*ENCODER_NAMES, "tiktoken-if-proven"),
 }
+
+# The one option table: a flag's long name is its config key (with `-` or `_`). Where a field's Python name
+# differs from the name users write, this maps the written name to the field; the field's own name (the older
+# spelling) keeps working. `cli_options.flag` names every flag from here.
+KEY_ALIASES: dict[str, str] = {
+    "train_eot": "train_end_of_turn",
+    "generation_tags": "use_generation_tags",
+}
+FLAG_NAMES: dict[str, str] = {field_name: key for key, field_name in KEY_ALIASES.items()}
+
+
+def canonical_key(key: str) -> str:
+    """The field a config key or flag name sets: dashes as underscores, aliases resolved."""
+    key = key.replace("-", "_")
+    return KEY_ALIASES.get(key, key)
+
+
+def unknown_key(key: str, valid: Any, where: str = "") -> SetupError:
+    """One line naming the closest valid key (difflib), for a key found nowhere in `valid`."""
+    names = sorted(set(valid))
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.0)
+    place = f" in {where}" if where else ""
+    hint = f": did you mean {close[0]!r}?" if close else ""
+    return SetupError(f"unknown config key {key!r}{place}{hint}")
+
+
+def check_keys(values: dict[str, Any], valid: Any, where: str) -> None:
+    """Raise for the first key of `values` (in order) that is not in `valid` (names as written, `-` = `_`)."""
+    names = set(valid)
+    for key in values:
+        if not isinstance(key, str) or key.replace("-", "_") not in names:
+            raise unknown_key(str(key), names, where)
+
+
+def check_roles(roles: Any, where: str) -> None:
+    """`roles` maps the data's role names (any) to lossmask's roles, which must be valid."""
+    if not isinstance(roles, dict):
+        raise SetupError(f"{where} must map the data's role names to {', '.join(ROLES)}")
+    for name, role in roles.items():
+        if role not in ROLES:
+            close = difflib.get_close_matches(str(role), ROLES, n=1, cutoff=0.0)
+            raise SetupError(
+                f"{where}: {name!r} maps to unknown role {role!r}: did you mean {close[0]!r}? "
+                f"(roles are {', '.join(ROLES)})"
+            )
 
 
 @dataclass
@@ -90,13 +137,22 @@ class PrepareConfig:
     template_max_chars: int = DEFAULT_MAX_CHARS
 
     @classmethod
+    def config_keys(cls) -> set[str]:
+        """Every name a config file may use at the top level: the fields and their aliases."""
+        return {f.name for f in fields(cls)} | set(KEY_ALIASES)
+
+    @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PrepareConfig:
-        known = {f.name for f in fields(cls)}
-        values = {key.replace("-", "_"): value for key, value in values.items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SetupError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        return cls(**values)
+        """A config from a file's or the command line's mapping; any unknown key, at any depth, is a SetupError
+        naming the closest valid key."""
+        check_keys(values, cls.config_keys(), "the config")
+        resolved: dict[str, Any] = {}
+        for key, value in values.items():
+            name = canonical_key(key)
+            if name in resolved:
+                raise SetupError(f"config key {key!r} is given twice (as {name!r} too): keep one")
+            resolved[name] = value
+        return cls(**resolved)
 
     def __post_init__(self) -> None:
         """Normalize what config files and flags may spell loosely, then check the whole: every config is valid."""
@@ -106,7 +162,17 @@ class PrepareConfig:
             self.train_roles = [r.strip() for r in self.train_roles.split(",") if r.strip()]
         if self.pack is not None and self.max_length is None:
             self.max_length = self.pack  # a document longer than a row goes through --overflow first
+        self._validate_maps()
         self.validate()
+
+    def _validate_maps(self) -> None:
+        """The nested mappings: `fields` keys are lossmask's field names, `roles` values its roles."""
+        if not isinstance(self.fields, dict):
+            raise SetupError("fields must map lossmask's field names to the data's, e.g. {messages: dialog}")
+        check_keys(self.fields, DEFAULT_FIELDS, "fields")
+        check_roles(self.roles, "roles")
+        if not isinstance(self.template_kwargs, dict):
+            raise SetupError("template_kwargs must be a mapping of template variables to values")
 
     def validate(self) -> None:
         """Raise SetupError, saying what to fix, when the options do not make a job. Changes nothing."""
