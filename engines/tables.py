@@ -32,6 +32,7 @@ RECORD_SCHEMA = pa.schema(
         ("value", pa.binary()),  # a decoded value (Parquet, Arrow, JSON arrays), pickled
         ("error", pa.string()),
         ("detail", pa.string()),
+        ("dataset", pa.int64()),  # with `datasets:`, the entry the record came from
     ]
 )
 
@@ -49,6 +50,8 @@ OUTCOME_SCHEMA = pa.schema(
         ("detail", pa.string()),
         ("field", pa.string()),
         ("rows_dropped", pa.list_(pa.string())),
+        ("dataset", pa.int64()),
+        ("digest", pa.binary()),  # with `dedup`
         ("rows", pa.list_(_ROW)),
     ]
 )
@@ -65,6 +68,7 @@ def records_to_table(records: list[RawRecord]) -> pa.Table:
         columns["value"].append(None if record.line is not None or record.error else pickle.dumps(record.value))
         columns["error"].append(record.error)
         columns["detail"].append(record.detail)
+        columns["dataset"].append(record.extra.get("dataset"))
     return pa.table(columns, schema=RECORD_SCHEMA)
 
 
@@ -79,6 +83,8 @@ def table_to_records(table: pa.Table) -> list[RawRecord]:
             detail=item["detail"] or "",
         )
         record.extra["format"] = item["format"]
+        if item["dataset"] is not None:
+            record.extra["dataset"] = item["dataset"]
         records.append(record)
     return records
 
@@ -95,6 +101,8 @@ def result_to_table(result: BatchResult) -> pa.Table:
         columns["detail"].append(outcome.detail)
         columns["field"].append(outcome.field)
         columns["rows_dropped"].append(list(outcome.rows_dropped))
+        columns["dataset"].append(outcome.dataset)
+        columns["digest"].append(outcome.digest)
         columns["rows"].append(
             [{name: getattr(r, name) for name in _ROW_FIELDS} for r in (next(rows) for _ in range(outcome.rows))]
         )
@@ -136,6 +144,7 @@ def table_to_result(table: pa.Table) -> BatchResult:
             )
         outcome = Outcome(source, item["status"], last - first, item["reason"], item["detail"] or "", item["field"])
         outcome.rows_dropped = tuple(item["rows_dropped"])
+        outcome.dataset, outcome.digest = item["dataset"], item["digest"]
         result.outcomes.append(outcome)
     result.batch = rows_to_batch(rows)
     return result

@@ -17,7 +17,7 @@ from typing import Any
 from .. import __version__, engines
 from ..errors import SetupError
 from ..files import file_sha256, is_temporary, write_json
-from ..pipeline.accounting import Accounting
+from ..pipeline.accounting import Accounting, Outcome
 from ..pipeline.batch import JobContext
 from ..pipeline.combine import (
     Combiner,
@@ -30,10 +30,10 @@ from ..pipeline.combine import (
     PassthroughResume,
 )
 from ..pipeline.config import PrepareConfig
+from ..pipeline.dedup import Deduplicator
 from ..pipeline.encoders import EncoderMismatch
-from ..pipeline.inputs import batched, iter_raw_records
-from ..pipeline.read import expand_inputs
-from ..pipeline.write import ShardWriter, record_ranges
+from ..pipeline.inputs import InputPlan, batched
+from ..pipeline.write import RecordRows, ShardWriter, record_ranges
 from ..schemas.arrays import values
 from ..schemas.shards import (
     LAYOUT_PACKED,
@@ -92,28 +92,52 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     With the tiktoken encoder, a sampled row on which it disagrees with `tokenizers` stops the run, and the job
     starts over with `tokenizers` (the manifest says why)."""
     config.require_paths()
-    paths = expand_inputs(config.inputs)
+    plan = InputPlan.build(config)
     if config.encoder == "auto":
-        large = sum(p.stat().st_size for p in paths) >= FAST_ENCODER_MIN_BYTES
+        large = sum(p.stat().st_size for p in plan.paths) >= FAST_ENCODER_MIN_BYTES
         config = dataclasses.replace(config, encoder="tiktoken-if-proven" if large else "tokenizers")
     try:
-        return _run(config, paths, progress)
+        return _run_parts(config, plan, progress)
     except EncoderMismatch as exc:
         if config.encoder == "tokenizers":
             raise
         print(f"lossmask: {exc}; starting over with --encoder tokenizers", file=sys.stderr)
-        manifest = _run(dataclasses.replace(config, encoder="tokenizers", resume=False), paths, progress)
+        manifest = _run_parts(dataclasses.replace(config, encoder="tokenizers", resume=False), plan, progress)
         manifest["encoder"]["fell_back"] = str(exc)
         write_json(Path(config.out) / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
         return manifest
 
 
-def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _run_parts(config: PrepareConfig, plan: InputPlan, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """The eval part first (OUT/eval/, its own manifest), then the train part; with dedup, one set of digests
+    for both, so that no train record repeats an eval record."""
+    dedup = Deduplicator() if config.dedup is not None else None
+    evaluation = None
+    if plan.has_eval:
+        evaluation = _run(plan.eval_config(config), plan, progress, "eval", dedup)
+    manifest = _run(config, plan, progress, "train", dedup)
+    if evaluation is not None:
+        manifest["eval"] = {"out": "eval", "records": evaluation["records"], "totals": evaluation["totals"]}
+        write_json(Path(config.out) / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
+    return manifest
+
+
+def _run(
+    config: PrepareConfig,
+    plan: InputPlan,
+    progress: Callable[[int, int], None] | None,
+    part: str = "train",
+    dedup: Deduplicator | None = None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     context = JobContext.from_config(config)
     out = Path(config.out)
-    prints = fingerprints(config, context, paths)
-    digest = job_digest({"version": __version__, "config": output_config(config), "fingerprints": prints})
+    prints = fingerprints(config, context, plan.paths)
+    datasets = plan.part_datasets(part)
+    selection = [d.summary(part) for d in datasets]
+    digest = job_digest(
+        {"version": __version__, "config": output_config(config), "fingerprints": prints, "datasets": selection}
+    )
     checkpoint = Checkpoint.load(out, digest) if config.resume and out.is_dir() else None
     clear_unfinished_output(out, checkpoint)
     checkpoint = checkpoint or Checkpoint(digest)
@@ -125,7 +149,13 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
     combiner = make_combiner(config, checkpoint.replay, checkpoint.packing)
     counted_from = checkpoint.next_record  # records before it are only replayed: counted by the run that died
     next_record = counted_from
-    records = iter_raw_records(paths, config.format, context.format_options, skip=combiner.replay_from)
+    # Per dataset, its records' accounting (restored from the checkpoint). With dedup, a resumed run reads from
+    # the first record again, to see every digest; records before the combiner's replay point are only seen.
+    named = plan.named_part(part)
+    saved = checkpoint.accounting.get("datasets") or [{}] * len(datasets)
+    per_dataset = [Accounting.from_dict(a) if a else Accounting() for a in saved]
+    replay_from = combiner.replay_from
+    records = plan.records(part, skip=0 if dedup is not None else replay_from)
     run_engine = engines.get(config.engine)
     with open(out / REJECTS_NAME, "a+b") as rejects:
         rejects.truncate(checkpoint.rejects_bytes)
@@ -138,7 +168,7 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
                     checkpoint.shards = list(writer.shards)
                     checkpoint.next_record = next_record
                     checkpoint.rejects_bytes = rejects.tell()
-                    checkpoint.accounting = accounting.to_dict()
+                    checkpoint.accounting = {**accounting.to_dict(), "datasets": [a.to_dict() for a in per_dataset]}
                     checkpoint.replay = output.resume.to_dict()
                     checkpoint.packing = output.counts
                     checkpoint.save(out)
@@ -150,14 +180,23 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
             position = 0
             for outcome, record_rows in zip(result.outcomes, ranges, strict=True):
                 index = outcome.source.index
+                rows_at, position = position, position + outcome.rows
+                if dedup is not None and dedup.seen_before(
+                    outcome.digest, f"{part}:{outcome.dataset}:{outcome.source}"
+                ):
+                    outcome, record_rows = duplicate(outcome, record_rows)
+                if index < replay_from:
+                    continue
                 if index >= counted_from:
+                    dataset = datasets[outcome.dataset or 0]
                     if outcome.status != "written":
-                        rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))
+                        line = outcome.to_reject_line(dataset.name if named else None)
+                        rejects.write((line + "\n").encode("utf-8"))
                     accounting.add(outcome)
-                    for row_flags in flags[position : position + outcome.rows]:
+                    per_dataset[outcome.dataset or 0].add(outcome)
+                    for row_flags in flags[rows_at : rows_at + outcome.rows]:
                         accounting.add_row_flags(int(row_flags))
                     next_record = index + 1
-                position += outcome.rows
                 write(combiner.add(index, record_rows))
             if progress is not None:
                 progress(len(result.outcomes), int(values(batch.column("num_tokens")).sum()))
@@ -166,10 +205,18 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
     accounting.check()
     manifest = build_manifest(config, context, prints, accounting, writer.shards, combiner.summary())
     manifest["encoder"] = {"name": context.tokenizer.encoder.name, "note": context.encoder_note}
+    manifest["datasets"] = plan.manifest_datasets(part, [a.to_dict() for a in per_dataset], prints)
     write_json(out / MANIFEST_NAME, manifest)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     manifest["_elapsed_seconds"] = time.perf_counter() - started  # for the caller; not written
     return manifest
+
+
+def duplicate(outcome: Outcome, rows: RecordRows) -> tuple[Outcome, RecordRows]:
+    """A record `dedup` drops: counted `dropped: duplicate`, its rows not written."""
+    dropped = Outcome(outcome.source, "dropped", 0, "duplicate", "an earlier record has the same messages")
+    dropped.dataset = outcome.dataset
+    return dropped, dataclasses.replace(rows, count=0, tokens=0, loss_tokens=0, size=0)
 
 
 def make_combiner(config: PrepareConfig, replay: dict[str, int], counts: dict[str, int]) -> Combiner:

@@ -28,14 +28,17 @@ class Outcome:
     field: str | None = None
     # Written records only: the reason of each of their rows a policy dropped (e.g. one split turn too long).
     rows_dropped: tuple[str, ...] = ()
+    dataset: int | None = None  # with `datasets:`, the entry the record came from
+    digest: bytes | None = None  # with `dedup`, the digest of its normalized messages (`dedup.record_digest`)
 
     @classmethod
     def failed(cls, source: SourceRef, error: RecordError) -> Outcome:
         status = "dropped" if error.reason in DROP_REASONS else "rejected"
         return cls(source, status, 0, error.reason, error.detail, error.field)
 
-    def to_reject_line(self) -> str:
+    def to_reject_line(self, dataset: str | None = None) -> str:
         line: dict[str, Any] = {
+            **({"dataset": dataset} if dataset is not None else {}),
             "source": str(self.source),
             "status": self.status,
             "reason": self.reason,

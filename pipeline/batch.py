@@ -6,7 +6,9 @@ It knows nothing of files, processes or clusters: the engines (`lossmask.engines
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 import pyarrow as pa
@@ -16,6 +18,7 @@ from ..schemas.examples import TokenizedExample
 from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
+from .dedup import record_digest
 from .encoders import EncoderMismatch, fast_encoder
 from .faults import record_fault
 from .fit import LengthPolicy, fit
@@ -41,6 +44,29 @@ class JobContext:
     format_options: FormatOptions
     length_policy: LengthPolicy
     encoder_note: str = ""  # why the fast encoder is not used, when it is not
+    views: dict[int, JobContext] = field(default_factory=dict, repr=False)
+
+    def for_dataset(self, index: int) -> JobContext:
+        """The context for records of `config.datasets[index]`: its parse options, mask policy and template
+        variables (`PrepareConfig.for_dataset`), the same tokenizer. Built once per process."""
+        view = self.views.get(index)
+        if view is None:
+            config = self.config.for_dataset(index)
+            template = self.template
+            if template is not None and config.template_kwargs != self.config.template_kwargs:
+                variables = {**template.variables, **config.template_kwargs}
+                template = dataclasses.replace(template, variables=variables)
+            view = dataclasses.replace(
+                self,
+                config=config,
+                template=template,
+                renderer=Renderer(template, self.tokenizer, config.render_options()),
+                format_options=config.format_options(),
+                length_policy=config.length_policy(),
+                views={},
+            )
+            self.views[index] = view
+        return view
 
     def encode(self, conversation: Conversation, inherited: list[bool]) -> list[TokenizedExample]:
         """Render and tokenize a shortened conversation (for turn-aware lengths) whose messages keep the training
@@ -115,7 +141,27 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
     some input, a bug of ours) makes the batch run again record by record, and the record that raises is rejected
     as `internal_error` with the exception, its stage unknown but its source exact. The rest of the batch gives the
     same rows as it would have (records are processed independently). Job-level signals pass through: a
-    `SetupError`, and `EncoderMismatch`, which restarts the job with the other encoder."""
+    `SetupError`, and `EncoderMismatch`, which restarts the job with the other encoder.
+
+    With `datasets:`, each run of records of one dataset is processed with that dataset's context (`for_dataset`)
+    and its outcomes say which dataset they came from."""
+    if context.config.datasets:
+        parts = []
+        for index, run in groupby(raw_records, key=lambda raw: raw.extra.get("dataset")):
+            part = _guarded(list(run), context if index is None else context.for_dataset(index))
+            for outcome in part.outcomes:
+                outcome.dataset = index
+            parts.append(part)
+        if len(parts) == 1:
+            return parts[0]
+        return BatchResult(
+            outcomes=[outcome for part in parts for outcome in part.outcomes],
+            batch=pa.concat_batches([part.batch for part in parts]),
+        )
+    return _guarded(raw_records, context)
+
+
+def _guarded(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
     try:
         return _process_batch(raw_records, context)
     except (SetupError, EncoderMismatch):
@@ -124,7 +170,7 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
         if len(raw_records) == 1:
             error = RecordError("internal_error", f"{type(exc).__name__}: {exc}"[:500])
             return BatchResult(outcomes=[Outcome.failed(raw_records[0].source, error)])
-        parts = [process_batch([raw], context) for raw in raw_records]
+        parts = [_guarded([raw], context) for raw in raw_records]
         return BatchResult(
             outcomes=[outcome for part in parts for outcome in part.outcomes],
             batch=pa.concat_batches([part.batch for part in parts]),
@@ -191,4 +237,8 @@ def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRe
             result.outcomes.append(Outcome(raw.source, "written", rows=len(rows), rows_dropped=dropped))
             written.extend(rows)
     result.batch = rows_to_batch(written)
+    if context.config.dedup is not None:
+        for (_, record), outcome in zip(records, result.outcomes, strict=True):
+            if not isinstance(record, RecordError):
+                outcome.digest = record_digest(record)
     return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "reasoning_fallback": REASONING_FALLBACKS,
     "tool_call_ids": TOOL_CALL_IDS,
     "encoder": (*ENCODER_NAMES, "tiktoken-if-proven"),
+    "dedup": ("exact",),
 }
 
 # The one option table: a flag's long name is its config key (with `-` or `_`). Where a field's Python name
@@ -119,6 +120,13 @@ class PrepareConfig:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    system: str | dict[str, Any] | None = None  # a system prompt added where a conversation has none (docs/config.md)
+    # Several inputs, each its own dataset (docs/config.md): entries as `DATASET_KEYS` says; the options above are
+    # every entry's defaults. Normalized by `normalize_dataset`, so the manifest shows what each entry meant.
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    eval: dict[str, Any] | None = None  # {fraction: F} | {count: N} | {datasets: [...]}: OUT/eval/
+    dedup: str | None = None  # "exact": a record whose normalized messages an earlier one had is dropped
+    seed: int = 0  # every sample and the eval split are drawn from it
     alpaca_join: str = "\n\n"
     strict: bool = False
     engine: str = "local"  # "local" (this machine) or "ray" (Ray Data, locally or on a cluster)
@@ -163,7 +171,23 @@ class PrepareConfig:
         if self.pack is not None and self.max_length is None:
             self.max_length = self.pack  # a document longer than a row goes through --overflow first
         self._validate_maps()
+        self.system = normalize_system(self.system, "system")
+        self._validate_datasets()
         self.validate()
+
+    def _validate_datasets(self) -> None:
+        if not isinstance(self.datasets, list):
+            raise SetupError("datasets must be a list of entries, each with a path")
+        self.datasets = [normalize_dataset(entry, f"datasets[{i}]") for i, entry in enumerate(self.datasets)]
+        if self.datasets and self.inputs:
+            raise SetupError("inputs and datasets are two ways to name the data: put the inputs in a datasets entry")
+        unique_names(self.datasets, "datasets")
+        if self.eval is not None:
+            self.eval = normalize_eval(self.eval)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise SetupError(f"seed must be a whole number, not {self.seed!r}")
+        for index in range(len(self.datasets)):
+            self.for_dataset(index)  # each entry's options make a valid job too
 
     def _validate_maps(self) -> None:
         """The nested mappings: `fields` keys are lossmask's field names, `roles` values its roles."""
@@ -219,8 +243,8 @@ class PrepareConfig:
         return LAYOUT_ROWS if self.pack is None and self.concat is None else LAYOUT_PACKED
 
     def require_paths(self) -> None:
-        if not self.inputs:
-            raise SetupError("no input given: pass INPUT files or globs, or `inputs:` in the config")
+        if not self.inputs and not self.datasets:
+            raise SetupError("no input given: pass INPUT files or globs, or `inputs:` or `datasets:` in the config")
         if not self.tokenizer:
             raise SetupError("no tokenizer given: pass --tokenizer PATH (a tokenizer.json or a model folder)")
         if not self.out:
@@ -229,13 +253,26 @@ class PrepareConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def for_dataset(self, index: int) -> PrepareConfig:
+        """The job's options as `datasets[index]` sees them: the entry's options over the job's (maps merged key by
+        key). What the stages read of a dataset comes from here, as values (`batch.JobContext.for_dataset`)."""
+        entry = self.datasets[index]
+        changes: dict[str, Any] = {k: entry[k] for k in DATASET_OVERRIDES if k in entry}
+        for name in ("fields", "roles", "template_kwargs"):
+            if name in entry:
+                changes[name] = {**getattr(self, name), **entry[name]}
+        return replace(self, **changes, inputs=[], datasets=[], eval=None)
+
     def format_options(self) -> FormatOptions:
+        system = self.system or {}
         return FormatOptions(
             fields=dict(self.fields),
             roles=dict(self.roles),
             alpaca_join=self.alpaca_join,
             max_record_bytes=int(self.max_record_bytes),
             max_message_chars=int(self.max_message_chars),
+            system=system.get("content"),
+            system_replace=bool(system.get("replace", False)),
         )
 
     def template_limits(self) -> RenderLimits:
@@ -264,6 +301,196 @@ class PrepareConfig:
 
     def length_policy(self) -> LengthPolicy:
         return LengthPolicy(max_length=self.max_length, overflow=self.overflow, truncate_side=self.truncate_side)
+
+
+# A `datasets:` entry. Besides its data (`path`: files, globs, folders, `hf://datasets/org/name`; `split` for a
+# folder of splits) and its share (`sample`), it may set these options for its own records.
+DATASET_OVERRIDES = (
+    "format",
+    "fields",
+    "roles",
+    "system",
+    "mask",
+    "train_roles",
+    "train_end_of_turn",
+    "train_reasoning",
+    "train_tool_calls",
+    "use_generation_tags",
+    "template_kwargs",
+)
+DATASET_KEYS = ("name", "path", "split", "sample", *DATASET_OVERRIDES)
+# The keys of an axolotl `datasets:` entry lossmask reads (docs/coming-from.md); `axolotl_entry` translates them.
+AXOLOTL_KEYS = (
+    "type",
+    "field_messages",
+    "message_property_mappings",
+    "roles_to_train",
+    "train_on_eos",
+    "train_on_inputs",
+    "ds_type",
+)
+EVAL_KEYS = ("fraction", "count", "datasets")
+SYSTEM_KEYS = ("content", "replace")
+
+
+def normalize_system(value: Any, where: str) -> dict[str, Any] | None:
+    """`system: TEXT` (added where a conversation has no system message) or `{content: TEXT, replace: true}`
+    (replaces the data's own system message too)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {"content": value, "replace": False}
+    if not isinstance(value, dict):
+        raise SetupError(f"{where} must be a text or {{content: TEXT, replace: true|false}}")
+    check_keys(value, SYSTEM_KEYS, where)
+    if not isinstance(value.get("content"), str):
+        raise SetupError(f"{where}.content must be the system prompt's text")
+    replace_ = value.get("replace", False)
+    if not isinstance(replace_, bool):
+        raise SetupError(f"{where}.replace must be true or false")
+    return {"content": value["content"], "replace": replace_}
+
+
+def normalize_dataset(entry: Any, where: str) -> dict[str, Any]:
+    """A `datasets:` entry with every key checked and spelled as lossmask's field (aliases resolved, an axolotl
+    entry translated, `path` a list, `system` a mapping, `name` given). Normalizing twice changes nothing."""
+    if isinstance(entry, str):
+        entry = {"path": entry}
+    if not isinstance(entry, dict):
+        raise SetupError(f"{where} must be a mapping with a path")
+    allowed = set(DATASET_KEYS) | {k for k, v in KEY_ALIASES.items() if v in DATASET_KEYS} | set(AXOLOTL_KEYS)
+    check_keys(entry, allowed, where)
+    values = {canonical_key(key): value for key, value in entry.items()}
+    values = axolotl_entry(values, where)
+    path = values.get("path")
+    if isinstance(path, str):
+        path = [path]
+    if not path or not isinstance(path, list) or not all(isinstance(p, str) for p in path):
+        raise SetupError(f"{where} needs a path: a file, glob, folder or hf://datasets/org/name, or a list of them")
+    values["path"] = path
+    values.setdefault("name", default_name(path[0]))
+    if not isinstance(values["name"], str) or not values["name"]:
+        raise SetupError(f"{where}.name must be a non-empty text")
+    if "fields" in values:
+        if not isinstance(values["fields"], dict):
+            raise SetupError(f"{where}.fields must map lossmask's field names to the data's")
+        check_keys(values["fields"], DEFAULT_FIELDS, f"{where}.fields")
+    if "roles" in values:
+        check_roles(values["roles"], f"{where}.roles")
+    if "system" in values:
+        values["system"] = normalize_system(values["system"], f"{where}.system")
+    if isinstance(values.get("train_roles"), str):
+        values["train_roles"] = [r.strip() for r in values["train_roles"].split(",") if r.strip()]
+    if "sample" in values:
+        check_sample(values["sample"], f"{where}.sample")
+    if "split" in values and not isinstance(values["split"], str):
+        raise SetupError(f"{where}.split must be a split's name, e.g. train")
+    return values
+
+
+def default_name(path: str) -> str:
+    """A dataset's name when its entry has none: the last part of its path without glob characters, suffixes."""
+    parts = [p for p in path.rstrip("/").split("/") if p and not any(c in p for c in "*?[")]
+    name = parts[-1] if parts else "dataset"
+    return name.split(".", 1)[0] or name
+
+
+def unique_names(entries: list[dict[str, Any]], where: str) -> None:
+    names = [e["name"] for e in entries]
+    for name in names:
+        if names.count(name) > 1:
+            raise SetupError(f"two {where} entries are named {name!r}: give each a name of its own (name: ...)")
+
+
+def check_sample(value: Any, where: str) -> None:
+    """`sample`: a number up to 1 is a fraction of the dataset, a whole number above 1 a count of records."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise SetupError(f"{where} must be a fraction (0 < F <= 1) or a count of records (N > 1), not {value!r}")
+    if value > 1 and value != int(value):
+        raise SetupError(f"{where} above 1 is a count of records: a whole number, not {value!r}")
+
+
+def normalize_eval(value: Any) -> dict[str, Any]:
+    """`eval: {fraction: F}` (0 < F < 1) | `{count: N}` | `{datasets: [...]}` (entries as in `datasets`)."""
+    if not isinstance(value, dict):
+        raise SetupError("eval must be {fraction: F}, {count: N} or {datasets: [...]}")
+    check_keys(value, EVAL_KEYS, "eval")
+    if len(value) != 1:
+        raise SetupError("eval takes one of fraction, count or datasets")
+    if "fraction" in value:
+        fraction = value["fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            raise SetupError(f"eval.fraction must be between 0 and 1, not {fraction!r}")
+        return {"fraction": fraction}
+    if "count" in value:
+        count = value["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SetupError(f"eval.count must be a whole number of records, not {count!r}")
+        return {"count": count}
+    entries = value["datasets"]
+    if not isinstance(entries, list) or not entries:
+        raise SetupError("eval.datasets must be a list of entries, as in datasets")
+    normalized = [normalize_dataset(entry, f"eval.datasets[{i}]") for i, entry in enumerate(entries)]
+    unique_names(normalized, "eval.datasets")
+    return {"datasets": normalized}
+
+
+# axolotl's train_on_eos: "turn" trains each trained turn's end (lossmask's default), "none" none of them.
+AXOLOTL_EOS = {"turn": True, "none": False}
+
+
+def axolotl_entry(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """An axolotl `datasets:` entry (`type: chat_template`, `field_messages`, `message_property_mappings`,
+    `roles_to_train`, `train_on_eos`, `train_on_inputs`, `roles` as lists of the data's names) in lossmask's
+    spelling; an entry without those keys is returned as it is. docs/coming-from.md has the table."""
+    out = {k: v for k, v in values.items() if k not in AXOLOTL_KEYS}
+    roles = out.get("roles")
+    if isinstance(roles, dict) and any(isinstance(v, list) for v in roles.values()):
+        # axolotl: lossmask role -> the data's names for it; lossmask: the data's name -> role
+        out["roles"] = {name: role_ for role_, names in roles.items() for name in as_list(names)}
+    if not set(values) & set(AXOLOTL_KEYS):
+        return out
+    kind = values.get("type", "chat_template")
+    if kind != "chat_template":
+        raise SetupError(
+            f"{where}.type {kind!r}: lossmask reads axolotl's chat_template entries; for other types use format: "
+            "(openai, sharegpt, alpaca, prompt_completion, text), see docs/coming-from.md"
+        )
+    mappings = values.get("message_property_mappings") or {}
+    if not isinstance(mappings, dict):
+        raise SetupError(f"{where}.message_property_mappings must map role/content to the data's keys")
+    check_keys(mappings, ("role", "content"), f"{where}.message_property_mappings")
+    role, content = mappings.get("role", "role"), mappings.get("content", "content")
+    messages = values.get("field_messages", "messages")
+    fields = dict(out.get("fields") or {})
+    if (role, content) == ("from", "value"):  # ShareGPT's turns
+        out.setdefault("format", "sharegpt")
+        if messages != "conversations":
+            fields["conversations"] = messages
+    else:
+        out.setdefault("format", "openai")
+        for name, value in (("messages", messages), ("role", role), ("content", content)):
+            if value != name:
+                fields[name] = value
+    if fields:
+        out["fields"] = fields
+    if "roles_to_train" in values:
+        out["train_roles"] = values["roles_to_train"]
+    if "train_on_eos" in values:
+        eos = values["train_on_eos"]
+        if eos not in AXOLOTL_EOS:
+            raise SetupError(
+                f"{where}.train_on_eos {eos!r}: lossmask trains the end of every trained turn (turn) or none "
+                "(none); 'all' and 'last' have no equivalent (see docs/coming-from.md)"
+            )
+        out["train_end_of_turn"] = AXOLOTL_EOS[eos]
+    if values.get("train_on_inputs"):
+        out["mask"] = "all"
+    return out
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def load_config_file(path: str) -> dict[str, Any]:

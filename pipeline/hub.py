@@ -88,3 +88,43 @@ def explain_hub_error(spec: str, repo_id: str, revision: str, exc: Exception) ->
         f"could not fetch the tokenizer files of {repo_id} from the Hugging Face Hub ({exc}); "
         f"or {local_folder_hint(repo_id)}"
     )
+
+
+HUB_DATASET = re.compile(r"hf://datasets/([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(@[\w./-]+)?/?")
+
+
+def dataset_folder_hint(repo_id: str) -> str:
+    return (
+        f"where there is network, run `hf download {repo_id} --repo-type dataset --local-dir DIR` (or save it with "
+        f"datasets: load_dataset({repo_id!r}).save_to_disk(DIR)), copy DIR here and give DIR as the path"
+    )
+
+
+def resolve_hub_dataset(url: str) -> Path:
+    """The local folder of Hub dataset `hf://datasets/org/name[@revision]` (downloaded or from the cache), read
+    like any `load_dataset`-style folder. Offline with nothing cached, one message says how to use a local copy."""
+    match = HUB_DATASET.fullmatch(url)
+    if match is None:
+        raise SetupError(f"input {url!r}: a Hub dataset is written hf://datasets/org/name[@revision]")
+    repo_id, revision = match.group(1), (match.group(2) or "@")[1:]
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise SetupError(
+            f"input {url!r} is on the Hugging Face Hub, which needs huggingface_hub (pip install huggingface_hub). "
+            f"Or {dataset_folder_hint(repo_id)}"
+        ) from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        folder = huggingface_hub.snapshot_download(repo_id, repo_type="dataset", revision=revision or None)
+    except Exception as exc:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if offline or names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectError"}:
+            why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+            raise SetupError(
+                f"input {url!r}: {why} and the dataset is not in the local Hugging Face cache: "
+                f"{dataset_folder_hint(repo_id)}"
+            ) from None
+        hint = dataset_folder_hint(repo_id)
+        raise SetupError(f"input {url!r}: could not fetch it from the Hub ({exc}); or {hint}") from None
+    return Path(folder)

@@ -70,6 +70,7 @@ DROP_REASONS: dict[str, str] = {
     "too_long": "longer than --max-length and --overflow drop",
     "no_trainable_tokens": "no target is counted after masking (and truncation)",
     "blank": "the record has nothing to train on",
+    "duplicate": "its normalized messages equal an earlier record's (dedup: exact); the earlier one is kept",
 }
 
 

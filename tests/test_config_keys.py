@@ -4,9 +4,14 @@ depth stops the job (exit 2) with one line naming the closest valid key."""
 from __future__ import annotations
 
 import pytest
+import yaml
+from click.testing import CliRunner
+from lossmask.cli import main
 from lossmask.errors import SetupError
 from lossmask.jobs.cli import prepare as prepare_command
 from lossmask.pipeline.config import PrepareConfig, canonical_key
+
+from .support import DATA, FIXTURE_TOKENIZER
 
 NOT_CONFIG = {"config_file", "quiet", "help"}
 
@@ -53,9 +58,27 @@ def test_the_same_option_twice_is_an_error():
         ({"train_eto": False}, "unknown config key 'train_eto' in the config: did you mean 'train_eot'?"),
         ({"fields": {"mesages": "dialog"}}, "unknown config key 'mesages' in fields: did you mean 'messages'?"),
         ({"roles": {"bot": "asistant"}}, "did you mean 'assistant'?"),
+        (
+            {"datasets": [{"path": "a.jsonl", "feilds": {}}]},
+            "unknown config key 'feilds' in datasets[0]: did you mean 'fields'?",
+        ),
+        (
+            {"datasets": [{"path": "a.jsonl", "fields": {"conversatons": "c"}}]},
+            "unknown config key 'conversatons' in datasets[0].fields: did you mean 'conversations'?",
+        ),
+        ({"eval": {"fracton": 0.1}}, "unknown config key 'fracton' in eval: did you mean 'fraction'?"),
     ],
 )
 def test_unknown_keys_at_any_depth(values, message):
     with pytest.raises(SetupError) as info:
         PrepareConfig.from_mapping(values)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_nested_key_exits_2_with_a_suggestion(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [{"path": str(DATA / "openai.jsonl"), "fields": {"mesages": "x"}}]}))
+    args = ["prepare", "--config", str(config), "--tokenizer", str(FIXTURE_TOKENIZER), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "did you mean 'messages'?" in result.output and "Traceback" not in result.output

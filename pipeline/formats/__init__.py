@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import RecordError
-from ...schemas.records import PreferenceRecord, Record, SourceRef
+from ...schemas.records import Conversation, Message, PreferenceRecord, Record, SourceRef
 from . import alpaca, openai, preference, prompt_completion, sharegpt, text
 from .checks import check_lengths, check_text
 from .options import FormatOptions
@@ -63,8 +63,21 @@ def detect(value: Any, options: FormatOptions) -> str | None:
 def parse(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> Record:
     """The record an SFT job trains on, checked (`checks`): valid Unicode text, messages within the length limit."""
     record = PARSERS[_format_of(value, fmt, options, PARSERS)](value, source, options)
+    if options.system is not None and isinstance(record, Conversation):
+        with_system_prompt(record, options.system, options.system_replace)
     check_lengths(record, options.max_message_chars)
     return record
+
+
+def with_system_prompt(record: Conversation, text: str, replace: bool) -> None:
+    """`system:` in the config: the prompt becomes the first message where the conversation has no system
+    message; with `replace`, it also takes the place of the data's own first system message."""
+    first = record.messages[0] if record.messages else None
+    if first is not None and first.role == "system":
+        if replace:
+            first.content = text
+        return
+    record.messages.insert(0, Message(role="system", content=text))
 
 
 def parse_preference(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> PreferenceRecord:

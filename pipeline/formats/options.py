@@ -68,6 +68,8 @@ class FormatOptions:
     alpaca_join: str = "\n\n"  # between an Alpaca instruction and its input
     max_record_bytes: int = MAX_RECORD_BYTES
     max_message_chars: int = MAX_MESSAGE_CHARS
+    system: str | None = None  # a system prompt for conversations that have none (`system:` in the config)
+    system_replace: bool = False  # and in place of the data's own system message
 
     def field(self, name: str) -> str:
         return self.fields.get(name, DEFAULT_FIELDS[name])
