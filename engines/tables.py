@@ -27,6 +27,7 @@ RECORD_SCHEMA = pa.schema(
         ("file", pa.string()),
         ("line", pa.int64()),
         ("index", pa.int64()),
+        ("item", pa.int64()),  # a JSON array item's position (SourceRef.item)
         ("format", pa.string()),
         ("raw", pa.binary()),  # an undecoded JSONL line
         ("value", pa.binary()),  # a decoded value (Parquet, Arrow, JSON arrays), pickled
@@ -45,6 +46,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("file", pa.string()),
         ("line", pa.int64()),
         ("index", pa.int64()),
+        ("item", pa.int64()),
         ("status", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
@@ -63,6 +65,7 @@ def records_to_table(records: list[RawRecord]) -> pa.Table:
         columns["file"].append(record.source.file)
         columns["line"].append(record.source.line)
         columns["index"].append(record.source.index)
+        columns["item"].append(record.source.item)
         columns["format"].append(record.extra.get("format"))
         columns["raw"].append(record.line)
         columns["value"].append(None if record.line is not None or record.error else pickle.dumps(record.value))
@@ -76,7 +79,7 @@ def table_to_records(table: pa.Table) -> list[RawRecord]:
     records = []
     for item in table.to_pylist():
         record = RawRecord(
-            SourceRef(item["file"], item["line"], item["index"]),
+            SourceRef(item["file"], item["line"], item["index"], item["item"]),
             value=None if item["value"] is None else pickle.loads(item["value"]),
             line=item["raw"],
             error=item["error"],
@@ -96,6 +99,7 @@ def result_to_table(result: BatchResult) -> pa.Table:
         columns["file"].append(outcome.source.file)
         columns["line"].append(outcome.source.line)
         columns["index"].append(outcome.source.index)
+        columns["item"].append(outcome.source.item)
         columns["status"].append(outcome.status)
         columns["reason"].append(outcome.reason)
         columns["detail"].append(outcome.detail)
@@ -127,7 +131,7 @@ def table_to_result(table: pa.Table) -> BatchResult:
     parts = row_structs.field("part").to_numpy(zero_copy_only=False)
     flags = row_structs.field("flags").to_numpy(zero_copy_only=False)
     for i, item in enumerate(table.drop_columns(["rows"]).to_pylist()):
-        source = SourceRef(item["file"], item["line"], item["index"])
+        source = SourceRef(item["file"], item["line"], item["index"], item["item"])
         first, last = int(record_offsets[i]), int(record_offsets[i + 1])
         for k in range(first, last):
             rows.append(

@@ -266,3 +266,18 @@ def test_ray_tables_carry_dataset_and_digest():
     again = table_to_result(result_to_table(result))
     assert [(o.dataset, o.digest) for o in again.outcomes] == [(o.dataset, o.digest) for o in result.outcomes]
     assert all(o.digest is not None and len(o.digest) == 16 for o in again.outcomes)
+
+
+@pytest.mark.ray
+def test_ray_engine_mixes_and_dedups_like_the_local_engine(tmp_path):
+    ray = pytest.importorskip("ray")
+    chats = sharegpt_renamed(tmp_path)
+    options = {**mixture(chats), "dedup": "exact", "batch_size": 32}
+    _, local = run(tmp_path, "local", **options, workers=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        manifest, on_ray = run(tmp_path, "ray", **options, engine="ray")
+    finally:
+        ray.shutdown()
+    assert digests(on_ray) == digests(local)
+    assert manifest["records"]["by_reason"]["dropped"].get("duplicate", 0) > 0  # the fixture repeats itself
