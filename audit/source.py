@@ -22,9 +22,8 @@ from ..loader import ShardSet
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext, load_job_template, process_batch
 from ..pipeline.config import PrepareConfig
-from ..pipeline.inputs import batched, iter_raw_records
+from ..pipeline.inputs import InputPlan, batched
 from ..pipeline.packed import unpack_batch
-from ..pipeline.read import expand_inputs
 from ..pipeline.shift import rows_to_batch
 from ..pipeline.templates import ChatTemplate
 from ..pipeline.tokenizer import TokenizerInfo, load_tokenizer
@@ -166,9 +165,9 @@ def empty_frame() -> pl.LazyFrame:
 
 def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
     """The first `sample` records of the inputs through `process_batch`, exactly as `prepare` runs them."""
-    if not config.inputs:
+    if not config.inputs and not config.datasets:
         raise SetupError("no input given: pass a shards folder, or INPUT files with --tokenizer")
-    paths = expand_inputs(config.inputs)  # first: a mistyped path is the likelier mistake
+    plan = InputPlan.build(config)  # first: a mistyped path is the likelier mistake
     if not config.tokenizer:
         raise SetupError("auditing raw inputs needs --tokenizer PATH (a tokenizer.json or a model folder)")
     if sample < 1:
@@ -178,7 +177,7 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
     rows = []
     rejects: list[dict[str, Any]] = []
     seen: dict[tuple[str, str], int] = {}
-    records = itertools.islice(iter_raw_records(paths, config.format, context.format_options), sample)
+    records = itertools.islice(plan.records("train"), sample)  # with `datasets:`, the job's mixture
     for batch in batched(records, config.batch_size):
         result = process_batch(batch, context)
         for outcome in result.outcomes:
@@ -203,7 +202,7 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
         notes.append(f"sample: the first {sample} records of the inputs (--sample N to change)")
     return AuditSource(
         kind="sample",
-        label=" ".join(config.inputs),
+        label=" ".join(config.inputs or [d["name"] for d in config.datasets]),
         frame=pl.from_arrow(table).lazy(),  # type: ignore[union-attr]
         batches=lambda columns=None: iter(
             table.to_batches() if columns is None else table.select(columns).to_batches()

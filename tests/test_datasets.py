@@ -281,3 +281,38 @@ def test_ray_engine_mixes_and_dedups_like_the_local_engine(tmp_path):
         ray.shutdown()
     assert digests(on_ray) == digests(local)
     assert manifest["records"]["by_reason"]["dropped"].get("duplicate", 0) > 0  # the fixture repeats itself
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack", [None, 128])
+def test_killed_mixture_with_dedup_resumes_byte_identical(tmp_path, pack):
+    """A run of two datasets, an eval split and dedup, killed after some train shards, then run again: the
+    resumed run recovers the digests of the records before its checkpoint and writes the same bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    chats = sharegpt_renamed(tmp_path)
+    options = {**mixture(chats), "dedup": "exact", "shard_max_rows": 20, "batch_size": 16}
+    if pack:
+        options.update(pack=pack, shard_max_rows=5, pack_window=50)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**options, "tokenizer": str(FIXTURE_TOKENIZER)}))
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "lossmask.cli", "prepare", "--config", str(job), "--out", str(out), "-q"]
+
+    subprocess.run(command(tmp_path / "reference"), check=True)
+    out = tmp_path / "out"
+    # the eval part (44 records, 2 or 3 finished shards) runs first: a later checkpoint is the train part's
+    killed = subprocess.run(command(out), env={**os.environ, "LOSSMASK_CRASH_AT": "checkpoint-saved:6"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / "_checkpoint.json").exists() and not (out / "_manifest.json").exists()
+    first = (out / "shard-00000.arrow").stat().st_mtime_ns
+    subprocess.run(command(out), check=True)
+    assert (out / "shard-00000.arrow").stat().st_mtime_ns == first  # resumed: the finished shards were kept
+    assert digests(out) == digests(tmp_path / "reference")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    reference = json.loads((tmp_path / "reference" / "_manifest.json").read_text())
+    assert manifest["datasets"] == reference["datasets"] and manifest["records"] == reference["records"]
