@@ -86,10 +86,13 @@ def audit(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
     elif not quiet:
-        from .terminal import print_report
+        from .terminal import print_explain, print_report
 
         console = Console(highlight=False, markup=False)  # data and paths are printed as they are
-        print_report(report, console, time.perf_counter() - started)
+        if report.explain is not None:
+            print_explain(report, console, rows=bool(rows))
+        else:
+            print_report(report, console, time.perf_counter() - started)
         if html_path:
             console.print(f"html:     {html_path}")
     failing = report.failing(selectors)

@@ -142,10 +142,12 @@ def explain_table(view: RowView, console: Console) -> Table:
     table.add_column("pos", justify="right", no_wrap=True, min_width=3)
     table.add_column("context (model reads)", no_wrap=True, min_width=CONTEXT_CHARS + 1)
     table.add_column("next token", no_wrap=True, max_width=12)
-    table.add_column("id", justify="right", no_wrap=True)
+    lesson = view.lesson()
+    widest_id = max((len(str(token.id)) for _, _, token in lesson), default=2)  # never cut an id ("12…")
+    table.add_column("id", justify="right", no_wrap=True, min_width=max(2, widest_id))
     table.add_column("class", no_wrap=True, min_width=11)
     table.add_column("counted?", no_wrap=True, min_width=8)
-    for position, context, token in view.lesson():
+    for position, context, token in lesson:
         tail = context[-CONTEXT_CHARS:].replace("\n", NEWLINE_MARK)
         if len(context) > CONTEXT_CHARS:
             tail = "…" + tail
@@ -154,6 +156,20 @@ def explain_table(view: RowView, console: Console) -> Table:
         # Text, never str: data such as "[/INST]" must not be read as rich markup.
         table.add_row(Text(str(position)), Text(tail), next_token, Text(str(token.id)), Text(token.label), counted)
     return table
+
+
+def print_explain(report: AuditReport, console: Console, rows: bool) -> None:
+    """`--explain R`: the lesson's table of row R (after the rows `--row` asked for), not the whole audit."""
+    assert report.explain is not None
+    console.print(Text.assemble(("lossmask audit", "bold"), f"  {report.source.label}  ({report.source.kind})"))
+    if rows:
+        for view in report.shown:
+            console.print()
+            console.print(row_header(view))
+            console.print(row_text(view, console), soft_wrap=True)
+    console.print()
+    console.print(row_header(report.explain))
+    console.print(explain_table(report.explain, console))
 
 
 def print_report(report: AuditReport, console: Console, elapsed: float | None = None) -> None:
