@@ -136,7 +136,12 @@ def print_train_summary(summary: dict[str, Any], out: Path) -> None:
         f"{data['epochs_started']} epoch(s) started"
     )
     click.echo(f"model:    {summary['parameters']:,} parameters, {summary['model']['dtype']}")
-    click.echo(f"time:     {summary['seconds']:.1f} s ({1000 * summary['seconds_per_step']:.1f} ms/step)")
+    wall = summary.get("wall_seconds", summary["seconds"])
+    click.echo(
+        f"time:     {wall:.1f} s wall clock; the {summary['train']['steps']} training steps took "
+        f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_step']:.1f} ms/step), the rest went to reading "
+        "the shards, the eval before and after, and saving"
+    )
     click.echo(f"metrics:  {out / METRICS_NAME}")
     click.echo(f"curve:    {out / CURVE_NAME}")
     click.echo(f"weights:  {out / WEIGHTS_NAME}")

@@ -176,6 +176,7 @@ def _train(
     config: TrainConfig,
     on_step: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
+    wall_started = time.perf_counter()  # the whole run: reading shards, eval before and after, saving
     shards = open_shards(shards_dir, pairs=config.dpo)
     model_config = config.model_config(vocab_size_of(shards))
     out = Path(out_dir)
@@ -267,8 +268,9 @@ def _train(
         "log_vocab": log_vocab,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "seconds": elapsed,
+        "seconds": elapsed,  # the training steps only
         "seconds_per_step": elapsed / config.steps,
+        "wall_seconds": time.perf_counter() - wall_started,  # the whole run but writing run.json
         "files": {"metrics": METRICS_NAME, "curve": CURVE_NAME, "weights": WEIGHTS_NAME},
     }
     (out / RUN_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from lossmask.cli import main
 from lossmask.errors import SetupError
 from lossmask.schemas.shards import MANIFEST_NAME
+from lossmask.trainer.cli import print_train_summary
 from lossmask.trainer.explain import explain, format_explanation
 from lossmask.trainer.shards import iter_examples, open_shards
 from lossmask.trainer.train import TrainConfig, train
@@ -61,6 +62,14 @@ def test_train_prints_where_everything_is_and_the_loss(trained_run: Path) -> Non
     assert summary["train"]["steps"] == 40 and summary["model"]["d_model"] == 32
     assert len((trained_run / "metrics.jsonl").read_text().splitlines()) == 40
     assert summary["last_loss"] < summary["first_loss"]
+
+
+def test_train_reports_wall_time_and_what_the_step_time_covers(trained_run: Path, capsys) -> None:
+    summary = json.loads((trained_run / "run.json").read_text())
+    assert summary["wall_seconds"] >= summary["seconds"] > 0
+    print_train_summary(summary, trained_run)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("time:"))
+    assert f"{summary['wall_seconds']:.1f} s wall clock" in line and "the 40 training steps took" in line
 
 
 def test_explain_untrained_is_near_log_vocab_and_the_loss_is_the_mean_of_counted_rows(demo_shards: Path) -> None:
