@@ -81,7 +81,10 @@ def bars(rows: list[BarRow], unit: str, counted_label: str = "counted") -> str:
     """Horizontal bars: one row per category, counted part solid, the rest tinted, value at the end."""
     if not rows:
         return '<p class="empty">none</p>'
-    row_h, label_w, value_w = 24, 150, 130
+    row_h, label_w = 24, 150
+    values = [f"{row.total:,}" + (f"  ·  {row.counted:,} {counted_label}" if counted_label else "") for row in rows]
+    # Room after the longest bar for the longest value (11px text: under 6.5px a character), never past the edge.
+    value_w = max(130, int(6.5 * max(len(v) for v in values)) + 12)
     height = TOP + row_h * len(rows) + 6
     top = max(r.total for r in rows) or 1
     plot_w = WIDTH - label_w - value_w
@@ -106,7 +109,7 @@ def bars(rows: list[BarRow], unit: str, counted_label: str = "counted") -> str:
                 f'<rect x="{label_w}" y="{y + 3}" width="{max(w_counted, 1):.1f}" height="{row_h - 8}" rx="3" '
                 f'fill="{row.color}"><title>{title}</title></rect>'
             )
-        value = f"{row.total:,}" + (f"  ·  {row.counted:,} {counted_label}" if counted_label else "")
+        value = values[i]
         parts.append(f'<text class="value" x="{label_w + max(w_total, 1) + 6:.1f}" y="{y + 15}">{escape(value)}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -63,9 +63,40 @@ def content_policy(style_block: str, script_block: str) -> str:
     )
 
 
+# A stretch of at least FOLD_MIN tokens that neither count nor carry a lint (a long tool schema, a system prompt,
+# earlier turns) is folded: its first FOLD_HEAD and last FOLD_TAIL tokens stay in view, the rest is a <details>
+# saying how many tokens it holds, so an example's box opens near its first counted token (no script needed).
+FOLD_MIN, FOLD_HEAD, FOLD_TAIL = 160, 16, 48
+
+
+def _folds(view: RowView) -> dict[int, int]:
+    """The folded runs of a row: first token index -> end (exclusive)."""
+    folds: dict[int, int] = {}
+    start = None
+    for index in range(len(view.tokens) + 1):
+        quiet = index < len(view.tokens) and not view.tokens[index].counted and index not in view.marks
+        if quiet and start is None:
+            start = index
+        elif not quiet and start is not None:
+            if index - start >= FOLD_MIN:
+                folds[start + FOLD_HEAD] = index - FOLD_TAIL
+            start = None
+    return folds
+
+
 def token_html(view: RowView) -> Markup:
     parts = []
+    folds = _folds(view)
+    fold_end = -1
     for index, token in enumerate(view.tokens):
+        if index in folds:
+            fold_end = folds[index]
+            hidden = fold_end - index
+            parts.append(
+                f'<details class="fold"><summary>⋯ {hidden:,} tokens of context, none counted (show)</summary>'
+            )
+        elif index == fold_end:
+            parts.append("</details>")
         text = token.text
         if not text:
             shown = '<span class="nl">∅</span>'
@@ -84,6 +115,8 @@ def token_html(view: RowView) -> Markup:
             extra = f' data-l="{escape(" ".join(marks))}"'
         data = f'data-i="{token.id}" data-c="{token.cls}" data-p="{index - 1}"{extra}'
         parts.append(f'<span class="{classes}" {data}>{shown}</span>')
+    if fold_end == len(view.tokens):  # pragma: no cover - a fold always keeps FOLD_TAIL tokens after it
+        parts.append("</details>")
     return Markup("".join(parts))
 
 

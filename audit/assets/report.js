@@ -124,6 +124,10 @@
         }
         pinned = token;
         token.classList.add("pinned");
+        var fold = token.closest("details.fold");
+        if (fold) {
+          fold.open = true;
+        }
         token.scrollIntoView({ block: "center" });
         show(token);
       }
