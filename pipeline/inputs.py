@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ..errors import SetupError
 from ..schemas.records import RawRecord
@@ -30,7 +32,16 @@ from .config import PrepareConfig
 from .formats import detect
 from .formats.options import FormatOptions
 from .hub import resolve_hub_dataset
-from .read import ARROW_SUFFIXES, PARQUET_SUFFIXES, decode, expand_inputs, input_kind, iter_file
+from .read import (
+    ARROW_SUFFIXES,
+    PARQUET_SUFFIXES,
+    _arrow_batches,
+    _parquet_batches,
+    decode,
+    expand_inputs,
+    input_kind,
+    iter_file,
+)
 
 # Hugging Face `datasets` folders: `save_to_disk` writes state.json (its data files, in order) or, for a
 # DatasetDict, dataset_dict.json and a folder per split; `load_dataset`-style folders name files by split.
@@ -290,7 +301,7 @@ class InputPlan:
         count_all = len(self.datasets) > 1 or self.eval_from_train
         for dataset in self.datasets:
             if count_all or dataset.sample is not None:
-                dataset.available = sum(1 for _ in iter_raw_records(dataset.paths, dataset.format, dataset.options))
+                dataset.available = count_records(dataset.paths, dataset.options)
         held = self._eval_counts()
         for dataset, eval_count in zip(self.datasets, held, strict=True):
             pool = None
@@ -302,7 +313,7 @@ class InputPlan:
             dataset.parts["train"] = _sampled(dataset, pool, seed, "train")
         for dataset in self.eval_datasets:
             if dataset.sample is not None:
-                dataset.available = sum(1 for _ in iter_raw_records(dataset.paths, dataset.format, dataset.options))
+                dataset.available = count_records(dataset.paths, dataset.options)
             dataset.parts["eval"] = _sampled(dataset, None, seed, "eval")
 
     def _eval_counts(self) -> list[int]:
@@ -344,6 +355,23 @@ class InputPlan:
             yield raw
 
 
+def count_records(paths: list[Path], options: FormatOptions) -> int:
+    """How many records reading gives these files: a table's rows from its batches (no Python values made), the
+    rest framed as reading frames them. A table that fails to read is counted by reading it (its error record)."""
+    total = 0
+    for path in paths:
+        kind = input_kind(path)
+        if kind in ("parquet", "arrow"):
+            batches = _parquet_batches(path) if kind == "parquet" else _arrow_batches(path)
+            try:
+                total += sum(batch.num_rows for batch in batches)
+                continue
+            except (pa.ArrowException, OSError):
+                pass
+        total += sum(1 for _ in iter_file(path, str(path), 0, options.max_record_bytes))
+    return total
+
+
 def _sampled(dataset: DatasetInput, pool: np.ndarray | None, seed: int, part: str) -> Part:
     """A dataset's `sample` of `pool` (None = all its records): a fraction (up to 1) of them, or a count; a count
     above what the pool holds is whole passes and a seeded subsample of the rest."""
@@ -372,8 +400,10 @@ def _interleave(
         return
     taken = [0] * len(streams)
     live = [i for i, (_, _, total) in enumerate(streams) if total > 0]
+    scale = math.lcm(*(streams[i][2] for i in live)) if live else 1  # (taken + 1) / total as exact integers
+    step = [scale // total if total else 0 for _, _, total in streams]
     while live:
-        k = min(live, key=lambda i: (Fraction(taken[i] + 1, streams[i][2]), i))
+        k = min(live, key=lambda i: ((taken[i] + 1) * step[i], i))
         dataset, records, total = streams[k]
         raw = next(records, None)
         if raw is None:  # pragma: no cover - the count and the reading agree

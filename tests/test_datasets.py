@@ -222,6 +222,8 @@ def test_save_to_disk_folder_input(tmp_path):
     _, test_split = run(tmp_path, "t", datasets=[{"path": str(dict_folder), "split": "test"}])
     _, train_split = run(tmp_path, "r", datasets=[{"path": str(dict_folder)}])
     assert ids(test_split) == ids(from_jsonl)[20:] and ids(train_split) == ids(from_jsonl)[:20]
+    sampled, _ = run(tmp_path, "s", datasets=[{"path": str(folder), "sample": 30}])  # Arrow rows counted by batch
+    assert sampled["datasets"][0]["available"] == 25 and sampled["records"]["written"] == 30
 
 
 def test_load_dataset_style_parquet_folder_reads_its_split(tmp_path):
