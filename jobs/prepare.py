@@ -133,11 +133,8 @@ def _run(
     context = JobContext.from_config(config)
     out = Path(config.out)
     prints = fingerprints(config, context, plan.paths)
-    datasets = plan.part_datasets(part)
-    selection = [d.summary(part) for d in datasets]
-    digest = job_digest(
-        {"version": __version__, "config": output_config(config), "fingerprints": prints, "datasets": selection}
-    )
+    datasets = plan.part_datasets(part)  # what records are read is the config's (seed, datasets, eval) and files'
+    digest = job_digest({"version": __version__, "config": output_config(config), "fingerprints": prints})
     checkpoint = Checkpoint.load(out, digest) if config.resume and out.is_dir() else None
     clear_unfinished_output(out, checkpoint)
     checkpoint = checkpoint or Checkpoint(digest)
