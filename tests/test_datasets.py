@@ -108,6 +108,9 @@ def test_eval_count_is_shared_out_by_size(tmp_path):
     held = {d["name"]: d["written"] for d in json.loads((out / "eval" / "_manifest.json").read_text())["datasets"]}
     assert held == {"small": 6, "chats": 2}  # 8 x 30/40 and 8 x 10/40
     assert {d["name"]: d["written"] for d in manifest["datasets"]} == {"small": 24, "chats": 8}
+    before = digests(out)
+    run(tmp_path, "o", **options, eval={"count": 8})  # rerun into the same --out: OUT/eval is the job's own
+    assert digests(out) == before
 
 
 def test_dedup_within_and_across_datasets(tmp_path):
