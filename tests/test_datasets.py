@@ -321,3 +321,18 @@ def test_killed_mixture_with_dedup_resumes_byte_identical(tmp_path, pack):
     manifest = json.loads((out / "_manifest.json").read_text())
     reference = json.loads((tmp_path / "reference" / "_manifest.json").read_text())
     assert manifest["datasets"] == reference["datasets"] and manifest["records"] == reference["records"]
+
+
+def test_eval_and_dedup_on_plain_inputs(tmp_path):
+    """`inputs:` (or INPUT arguments) is one dataset: eval and dedup apply, the rejects keep their old shape."""
+    lines = OPENAI.read_text().splitlines()[:20]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines + lines[:3] + ["{broken"]) + "\n")
+    manifest, out = run(tmp_path, "o", inputs=[str(data)], eval={"fraction": 0.25}, dedup="exact", seed=1)
+    held = json.loads((out / "eval" / "_manifest.json").read_text())
+    assert held["records"]["read"] == 6 and manifest["records"]["read"] == 18  # 24 records: 6 held out
+    assert manifest["datasets"][0]["name"] == "inputs" and manifest["datasets"][0]["available"] == 24
+    dropped = held["records"]["by_reason"]["dropped"].get("duplicate", 0)
+    dropped += manifest["records"]["by_reason"]["dropped"].get("duplicate", 0)
+    assert dropped == 3  # the three repeated lines, wherever the split put them
+    assert all("dataset" not in r for r in read_rejects(out))
