@@ -158,10 +158,6 @@ class Part:
     pool: np.ndarray | None = None
     extra: np.ndarray | None = None
 
-    @property
-    def empty(self) -> bool:
-        return self.passes == 0 and (self.extra is None or not self.extra.any())
-
     def size(self, available: int) -> int:
         pool = available if self.pool is None else int(self.pool.sum())
         return self.passes * pool + (0 if self.extra is None else int(self.extra.sum()))
@@ -293,6 +289,8 @@ class InputPlan:
             summary = dataset.summary(part)
             summary["fingerprint"] = dataset_fingerprint(dataset, entry, sha256)
             summary.update({k: counts[k] for k in ("read", "written", "rejected", "dropped", "rows", "by_reason")})
+            if summary["sampled"] is None:  # not counted beforehand (one dataset, every record once): all it read
+                summary["sampled"] = counts["read"]
             out.append(summary)
         return out
 
