@@ -161,6 +161,7 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
                 write(combiner.add(index, record_rows))
             if progress is not None:
                 progress(len(result.outcomes), int(values(batch.column("num_tokens")).sum()))
+        check_stop()  # a stop that came with the last batch still stops the job before its manifest
         write(combiner.finish())
         rejects_file = {"file": REJECTS_NAME, "bytes": rejects.tell(), "sha256": rejects_hash.hexdigest()}
     writer.close()
