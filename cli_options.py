@@ -105,6 +105,27 @@ ROW_OPTIONS: list[Callable[[Any], Any]] = [
         type=choice("dropped_messages"),
         help=f"Messages the template leaves out: reject the record, or keep it {default('dropped_messages')}.",
     ),
+    # Limits on one record (docs/prepare.md, "Limits").
+    click.option(
+        "--max-record-bytes",
+        type=int,
+        help=f"Skip a longer record without reading it whole (record_too_large) {default('max_record_bytes')}.",
+    ),
+    click.option(
+        "--max-message-chars",
+        type=int,
+        help=f"Reject a longer message, text, prompt or completion {default('max_message_chars')}.",
+    ),
+    click.option(
+        "--template-timeout",
+        type=float,
+        help=f"Seconds one rendering of the chat template may take {default('template_timeout')}.",
+    ),
+    click.option(
+        "--template-max-chars",
+        type=int,
+        help=f"Characters one rendering (or a value it builds) may have {default('template_max_chars')}.",
+    ),
 ]
 
 

@@ -1,6 +1,9 @@
 """The HTML report: one self-contained file (inline CSS, JS and SVG; a Content-Security-Policy that forbids any
 network access), rendered with jinja2 from an `AuditReport`.
 
+The policy allows exactly the report's own `<style>` and `<script>` blocks, by their sha256 (`content_policy`),
+and no inline script or style otherwise: text from the data that reached the page as markup could not run.
+
 Token spans are built here rather than in the template: a report can hold tens of thousands of tokens, and
 one string join is much faster than a template loop. Each token is
 `<span class="t c{class}[ name][ k][ m]" data-i={id} data-c={class} data-p={position}>text</span>`, `name` for
@@ -10,6 +13,8 @@ the classes shown apart (`reasoning`, `tool-call`, `tool-output`, `end-of-turn`:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from html import escape
 from importlib import resources
@@ -34,6 +39,28 @@ SPAN_CLASSES = {cls: " ".join(filter(None, ("t", f"c{cls}", entry.css))) for cls
 
 def _asset(name: str) -> str:
     return resources.files(__package__).joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _style_block() -> str:
+    """The text of the report's one `<style>` element: the stylesheet, then the colors of each class."""
+    rules = []
+    for cls in STYLES:
+        entry = _legend_entry(int(cls))
+        italic = " font-style: italic;" if entry["italic"] else ""
+        rules.append(f".c{entry['cls']} {{ --c: {entry['color']}; --t: {entry['tint']};{italic} }}\n")
+    return "\n" + _asset("report.css") + "".join(rules)
+
+
+def _source_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def content_policy(style_block: str, script_block: str) -> str:
+    """No network, and no inline style or script but these two blocks (CSP hashes, not 'unsafe-inline')."""
+    return (
+        f"default-src 'none'; style-src {_source_hash(style_block)}; script-src {_source_hash(script_block)}; "
+        "img-src data:"
+    )
 
 
 def token_html(view: RowView) -> Markup:
@@ -147,6 +174,7 @@ def _class_table(report: AuditReport) -> list[dict[str, Any]]:
 
 
 def render_html(report: AuditReport) -> str:
+    style_block, script_block = _style_block(), "\n" + _asset("report.js")
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     template = environment.from_string(_asset("report.html.jinja"))
     fired = [lint.to_dict() for lint in report.fired()]
@@ -186,8 +214,9 @@ def render_html(report: AuditReport) -> str:
         notes=report.source.notes,
         version=__version__,
         class_labels=Markup(labels),
-        css=Markup(_asset("report.css")),
-        js=Markup(_asset("report.js")),
+        csp=Markup(content_policy(style_block, script_block)),  # quotes and base64 only: nothing to escape
+        style=Markup(style_block),
+        script=Markup(script_block),
     )
 
 

@@ -35,6 +35,9 @@ class LintSpec:
     severity: str
     title: str
     hint: str  # what to do about it, in one line
+    # Fails `--fail-on` only when named (or `all`), never by its severity: records prepare kept out of the shards
+    # by its own policy are no fault of the shards.
+    gated_by_name: bool = False
 
 
 @dataclass
@@ -69,6 +72,12 @@ class LintResult:
     @property
     def fired(self) -> bool:
         return self.count > 0 or self.template is not None
+
+    @property
+    def in_output(self) -> bool:
+        """Fired on what was written (rows) or on the template, not only on records `prepare` rejected or
+        dropped: what `--fail-on` judges (those records have their own lint, `records-not-written`)."""
+        return self.rows > 0 or self.template is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -247,7 +256,9 @@ class Lint:
 _REGISTERED: list[Lint] = []
 
 
-def lint(code: str, severity: str, title: str, hint: str) -> Callable[[LintCheck], LintCheck]:
+def lint(
+    code: str, severity: str, title: str, hint: str, gated_by_name: bool = False
+) -> Callable[[LintCheck], LintCheck]:
     """Register the decorated function as the lint `code`, with its spec beside it.
 
     Registration order is the order of the lints everywhere (the JSON's `lints`, the reports, `--fail-on`'s list
@@ -257,7 +268,7 @@ def lint(code: str, severity: str, title: str, hint: str) -> Callable[[LintCheck
         raise ValueError(f"lint {code}: severity must be one of {SEVERITIES}, not {severity!r}")
     if any(registered.spec.code == code for registered in _REGISTERED):
         raise ValueError(f"lint {code} is registered twice")
-    spec = LintSpec(code, severity, title, hint)
+    spec = LintSpec(code, severity, title, hint, gated_by_name)
 
     def register(check: LintCheck) -> LintCheck:
         _REGISTERED.append(Lint(spec, check))
@@ -509,6 +520,22 @@ def duplicate_examples(evidence: Evidence, out: LintBuilder) -> None:
     repeats[rows] = True
     out.rows(repeats, lambda row: f"same tokens and mask as row {earliest[row]}")
     out.breakdown("distinct row(s) repeated", int(np.unique(first).size))
+
+
+@lint(
+    "records-not-written",
+    WARNING,
+    "records prepare rejected or dropped, so not in the shards",
+    "read _rejects.jsonl: each line gives the record's file:line, its reason and what to fix",
+    gated_by_name=True,
+)
+def records_not_written(evidence: Evidence, out: LintBuilder) -> None:
+    """Every record not written, by reason. The lints above count the records of their own reasons too; this one
+    gates them: `--fail-on error` judges the shards, `--fail-on records-not-written` the records kept out."""
+    by_reason = (evidence.records or {}).get("by_reason") or {}
+    out.records(
+        *((status, reason) for status in ("rejected", "dropped") for reason in sorted(by_reason.get(status, {})))
+    )
 
 
 LINTS: tuple[Lint, ...] = tuple(_REGISTERED)  # every lint, in the order they are reported

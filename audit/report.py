@@ -39,9 +39,16 @@ class AuditReport:
         return sorted(fired, key=lambda lint: SEVERITIES.index(lint.spec.severity))
 
     def failing(self, selectors: list[str]) -> list[LintResult]:
-        """Fired lints matched by codes, severities ('error', 'warning') or 'all'."""
+        """Fired lints matched by codes, severities ('error', 'warning') or 'all', that judge the output: a lint
+        fails on rows or the template, not on the records `prepare` rejected or dropped by its policy (those are
+        in `records-not-written`, which fails only when named, or with 'all')."""
         wanted = set(selectors)
-        return [lint for lint in self.fired() if "all" in wanted or lint.code in wanted or lint.spec.severity in wanted]
+
+        def selected(lint: LintResult) -> bool:
+            by_severity = lint.spec.severity in wanted and not lint.spec.gated_by_name
+            return "all" in wanted or lint.code in wanted or by_severity
+
+        return [lint for lint in self.fired() if selected(lint) and (lint.in_output or lint.spec.gated_by_name)]
 
     def views(self) -> list[RowView]:
         return [*self.shown, *self.linked]

@@ -16,10 +16,12 @@ import pyarrow as pa
 
 from ..errors import RecordError, SetupError
 from ..schemas.examples import TokenizedExample
+from ..schemas.layouts import LAYOUTS
 from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
-from .encoders import fast_encoder
+from .encoders import EncoderMismatch, fast_encoder
+from .faults import record_fault
 from .fit import LengthPolicy, fit
 from .formats import parse, parse_preference
 from .formats.options import FormatOptions
@@ -112,28 +114,32 @@ def fit_record(
     return [row for example in examples for row in fit(example, policy)]
 
 
-Parsed = list[tuple[RawRecord, Any]]  # each raw record with what its parser made of it, or the RecordError
-
-
-def parse_records(raw_records: list[RawRecord], context: JobContext, parser: Callable[..., Any] = parse) -> Parsed:
-    """Stage 2 over a batch: each record decoded and parsed (`parse` for SFT jobs, `parse_preference` for
-    preference jobs), or the error that says why not."""
-    records: Parsed = []
-    for raw in map(decode, raw_records):
-        if raw.error is not None:
-            records.append((raw, RecordError(raw.error, raw.detail)))
-            continue
-        try:
-            records.append((raw, parser(raw.value, raw.source, raw.extra.get("format"), context.format_options)))
-        except RecordError as exc:
-            records.append((raw, exc))
-    return records
-
-
 def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
     """parse -> render -> tokenize -> fit -> shift for a batch, in order; one Outcome per input record.
 
-    A preference job (`PrepareConfig.preference`) makes pair or KTO rows of the same stages (`pairs`)."""
+    One record never stops the job: an unexpected exception anywhere in the stages (a library that raises on
+    some input, a bug of ours) makes the batch run again record by record, and the record that raises is rejected
+    as `internal_error` with the exception, its stage unknown but its source exact. The rest of the batch gives the
+    same rows as it would have (records are processed independently). Job-level signals pass through: a
+    `SetupError`, and `EncoderMismatch`, which restarts the job with the other encoder."""
+    try:
+        return _process_batch(raw_records, context)
+    except (SetupError, EncoderMismatch):
+        raise
+    except Exception as exc:
+        if len(raw_records) == 1:
+            error = RecordError("internal_error", f"{type(exc).__name__}: {exc}"[:500])
+            batch = pa.RecordBatch.from_pylist([], schema=LAYOUTS[context.config.layout][0])  # the job's layout
+            return BatchResult(outcomes=[Outcome.failed(raw_records[0].source, error)], batch=batch)
+        parts = [process_batch([raw], context) for raw in raw_records]
+        return BatchResult(
+            outcomes=[outcome for part in parts for outcome in part.outcomes],
+            batch=pa.concat_batches([part.batch for part in parts]),
+        )
+
+
+def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
+    """The stages, for SFT rows or (a preference job, `PrepareConfig.preference`) pair or KTO rows (`pairs`)."""
     if context.config.preference:
         from .pairs import process_preference  # pairs builds on this module
 
@@ -143,20 +149,44 @@ def process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRes
     return BatchResult(outcomes, rows_to_batch(rows))
 
 
+Parsed = list[tuple[RawRecord, Any]]  # each raw record with what its parser made of it, or the RecordError
+
+
+def parse_records(raw_records: list[RawRecord], context: JobContext, parser: Callable[..., Any] = parse) -> Parsed:
+    """Stage 2 over a batch: each record decoded and parsed (`parse` for SFT jobs, `parse_preference` for
+    preference jobs), or the error that says why not."""
+    records: Parsed = []
+    for raw in map(decode, raw_records):
+        record_fault("read", raw)
+        if raw.error is not None:
+            records.append((raw, RecordError(raw.error, raw.detail)))
+            continue
+        try:
+            record_fault("parse", raw)
+            records.append((raw, parser(raw.value, raw.source, raw.extra.get("format"), context.format_options)))
+        except RecordError as exc:
+            records.append((raw, exc))
+    return records
+
+
 def make_rows(
     records: Parsed, context: JobContext, policy: LengthPolicy | None = None
 ) -> tuple[list[Outcome], list[Row]]:
     """render -> tokenize -> fit -> shift for parsed records, in order: one Outcome per record, and the rows."""
     rendered: list[list[Any] | RecordError] = []
-    for _, record in records:
+    for raw, record in records:
         if isinstance(record, RecordError):
             rendered.append(record)
             continue
         try:
+            record_fault("render", raw)
             rendered.append(context.renderer.render(record))
         except RecordError as exc:
             rendered.append(exc)
 
+    for (raw, _), item in zip(records, rendered, strict=True):
+        if not isinstance(item, RecordError):
+            record_fault("tokenize", raw)
     flat = [example for item in rendered if not isinstance(item, RecordError) for example in item]
     tokenized = iter(tokenize_batch(context.tokenizer, flat))
 
@@ -172,11 +202,13 @@ def make_rows(
         drops: list[RecordError] = []
         if failure is None:
             assert not isinstance(record, RecordError)
+            record_fault("fit", raw)
             fitted = fit_record(record, [e for e in examples if isinstance(e, TokenizedExample)], context, policy)
             for row in fitted:
                 if isinstance(row, RecordError):
                     drops.append(row)
                 else:
+                    record_fault("shift", raw)
                     rows.append(shift(row))
         if failure is not None:
             outcomes.append(Outcome.failed(raw.source, failure))

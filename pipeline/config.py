@@ -17,11 +17,12 @@ from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS
 from .encoders import ENCODER_NAMES
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
 from .formats import FORMAT_NAMES, PREFERENCE_LAYOUTS
-from .formats.options import FormatOptions
+from .formats.options import MAX_MESSAGE_CHARS, MAX_RECORD_BYTES, FormatOptions
 from .mask import MASK_MODES, UNFAITHFUL_POLICIES, MaskPolicy
 from .reasoning import ReasoningTags
 from .render import DROPPED_POLICIES, REASONING_FALLBACKS, SPECIAL_POLICIES, TOOL_CALL_IDS, RenderOptions
 from .templates.environment import DEFAULT_TEMPLATE_DATE
+from .templates.limits import DEFAULT_MAX_CHARS, DEFAULT_TIMEOUT, RenderLimits
 
 ENGINES = ("local", "ray")
 
@@ -80,6 +81,13 @@ class PrepareConfig:
     batch_size: int = 256
     shard_max_rows: int = 100_000
     shard_max_bytes: int = 256 << 20
+    # Limits on one record, so that no input costs more than bounded memory and time (docs/prepare.md, "Limits"):
+    # reading skips a longer record (record_too_large), parsing rejects a longer message (message_too_long), and
+    # each rendering has a time and a size budget (template_timeout, template_output_too_large).
+    max_record_bytes: int = MAX_RECORD_BYTES
+    max_message_chars: int = MAX_MESSAGE_CHARS
+    template_timeout: float = DEFAULT_TIMEOUT  # seconds
+    template_max_chars: int = DEFAULT_MAX_CHARS
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PrepareConfig:
@@ -120,6 +128,10 @@ class PrepareConfig:
             raise SetupError("workers must be at least 1")
         if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1:
             raise SetupError("batch_size, shard_max_rows and shard_max_bytes must be positive")
+        for name in ("max_record_bytes", "max_message_chars", "template_timeout", "template_max_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise SetupError(f"{name} must be a positive number, not {value!r}")
 
     def _validate_packing(self) -> None:
         if self.pack is not None and self.concat is not None:
@@ -178,7 +190,16 @@ class PrepareConfig:
         return asdict(self)
 
     def format_options(self) -> FormatOptions:
-        return FormatOptions(fields=dict(self.fields), roles=dict(self.roles), alpaca_join=self.alpaca_join)
+        return FormatOptions(
+            fields=dict(self.fields),
+            roles=dict(self.roles),
+            alpaca_join=self.alpaca_join,
+            max_record_bytes=int(self.max_record_bytes),
+            max_message_chars=int(self.max_message_chars),
+        )
+
+    def template_limits(self) -> RenderLimits:
+        return RenderLimits(timeout=float(self.template_timeout), max_chars=int(self.template_max_chars))
 
     def render_options(self) -> RenderOptions:
         mask = MaskPolicy(

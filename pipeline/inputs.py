@@ -6,7 +6,6 @@ readable record, and every record of the file carries it, so that workers parse 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -26,7 +25,7 @@ def iter_raw_records(
     index = 0
     for path in paths:
         file_format = forced_format
-        for raw in iter_file(path, str(path), index):
+        for raw in iter_file(path, str(path), index, options.max_record_bytes):
             index += 1
             if file_format is None and raw.error is None:
                 probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
@@ -38,7 +37,7 @@ def iter_raw_records(
 
 def first_format(path: Path, options: FormatOptions) -> str | None:
     """The format of a file, as `iter_raw_records` finds it: that of its first record that decodes and is known."""
-    with closing(iter_file(path, str(path))) as records:
+    with closing(iter_file(path, str(path), 0, options.max_record_bytes)) as records:
         for raw in records:
             if raw.error is None:
                 probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
@@ -72,6 +71,21 @@ def job_format(paths: list[Path], forced: str | None, options: FormatOptions) ->
     return kinds[0]
 
 
-def batched(items: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
-    while batch := list(itertools.islice(items, size)):
+# A batch closes at this many bytes of records too, so that batches of large records (each up to
+# max_record_bytes) do not multiply the memory in flight by the batch size.
+BATCH_BYTES = 64 << 20
+
+
+def batched(items: Iterator[RawRecord], size: int, max_bytes: int = BATCH_BYTES) -> Iterator[list[RawRecord]]:
+    """Batches of `size` records, or fewer when they hold `max_bytes` (undecoded lines, or table rows as Arrow
+    measured them); at least one record each."""
+    batch: list[RawRecord] = []
+    held = 0
+    for item in items:
+        batch.append(item)
+        held += len(item.line) if item.line is not None else item.extra.get("bytes", 0)
+        if len(batch) >= size or held >= max_bytes:
+            yield batch
+            batch, held = [], 0
+    if batch:
         yield batch

@@ -1,27 +1,30 @@
 """Stage 1, read: files and globs -> `RawRecord`s, each with its file and line.
 
-Reading never raises for bad data: a line that is not JSON, not UTF-8, or cut off by a truncated archive
-becomes a `RawRecord` with an error code, so the accounting can report it with its location. Only a job-level
-problem (no input matches, a file cannot be opened) raises `SetupError`.
+Reading never raises for bad data: a line that is not JSON, not UTF-8, longer than the record limit, or cut off
+by a truncated archive becomes a `RawRecord` with an error code, so the accounting can report it with its
+location. Only a job-level problem (no input matches, a file cannot be opened) raises `SetupError`. Memory is
+bounded per record: `framing` cuts records out of the decompressed stream (`compression`) without ever holding
+more than `max_record_bytes` of one.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zstandard
 
 from ..errors import SetupError
 from ..schemas.records import RawRecord, SourceRef
+from .compression import READ_ERRORS, DecompressedStream
+from .formats.options import MAX_RECORD_BYTES
+from .framing import BOM, ReadFailed, split_records
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIXES = (".json",)
@@ -46,6 +49,11 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
                     raise SetupError(f"input folder {match!r} holds no JSONL, JSON, Parquet or Arrow file")
             elif path.is_file():
                 found = [path]
+            elif path.exists() or path.is_symlink():
+                raise SetupError(
+                    f"input {match!r} is {_file_kind(path)}, not a regular file: lossmask reads each input twice "
+                    "(its checksum, then its records), which a pipe or device cannot give; copy it to a file first"
+                )
             else:
                 raise SetupError(f"input {match!r} does not exist")
             for p in found:
@@ -60,6 +68,21 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
                     seen.add(p)
                     paths.append(p)
     return paths
+
+
+def _file_kind(path: Path) -> str:
+    if not path.exists():
+        return "a broken symbolic link"
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def input_kind(path: Path) -> str | None:
@@ -81,160 +104,111 @@ def input_kind(path: Path) -> str | None:
     return None
 
 
-def open_binary(path: Path) -> IO[bytes]:
-    """The decompressed byte stream of a file (gzip and zstd by suffix)."""
-    name = path.name.lower()
-    raw = open(path, "rb")  # noqa: SIM115 - the caller closes the returned stream
-    if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    if name.endswith((".zst", ".zstd")):
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return raw
-
-
-def iter_file(path: Path, display_name: str, start_index: int = 0) -> Iterator[RawRecord]:
-    """All records of one file, in order. `start_index` is the global index of its first record."""
+def iter_file(
+    path: Path, display_name: str, start_index: int = 0, max_record_bytes: int = MAX_RECORD_BYTES
+) -> Iterator[RawRecord]:
+    """All records of one file, in order. `start_index` is the global index of its first record. A record longer
+    than `max_record_bytes` is skipped to its end without being held, and comes out as `record_too_large`."""
     kind = input_kind(path)
     if kind in ("json", "jsonl"):
-        yield from _iter_json(path, display_name, start_index, arrays=kind == "json")
+        yield from _iter_json(path, display_name, start_index, kind == "json", max_record_bytes)
     elif kind == "parquet":
-        yield from _iter_table_rows(_parquet_batches(path), display_name, start_index)
+        yield from _iter_table_rows(_parquet_batches(path), display_name, start_index, max_record_bytes)
     elif kind == "arrow":
-        yield from _iter_table_rows(_arrow_batches(path), display_name, start_index)
+        yield from _iter_table_rows(_arrow_batches(path), display_name, start_index, max_record_bytes)
     else:  # pragma: no cover - expand_inputs filters these
         raise SetupError(f"unknown input type: {path}")
 
 
-def iter_inputs(paths: list[Path]) -> Iterator[RawRecord]:
+def iter_inputs(paths: list[Path], max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RawRecord]:
     """Every record of every file, decoded, in order."""
     index = 0
     for path in paths:
-        for record in iter_file(path, str(path), index):
+        for record in iter_file(path, str(path), index, max_record_bytes):
             index += 1
             yield decode(record)
 
 
-def _iter_json(path: Path, name: str, start_index: int, arrays: bool) -> Iterator[RawRecord]:
+def _iter_json(path: Path, name: str, start_index: int, arrays: bool, max_bytes: int) -> Iterator[RawRecord]:
     """JSONL, or a JSON array when the first non-blank character is '['. Line numbers are the file's real lines."""
-    stream = open_binary(path)
-    try:
-        leading: list[bytes] = []
-        try:
-            line = stream.readline()
-            while line and not line.strip():
-                leading.append(line)
-                line = stream.readline()
-        except (EOFError, OSError, zstandard.ZstdError) as exc:
-            source = SourceRef(name, len(leading) + 1, start_index)
-            yield RawRecord(source, error="unreadable", detail=f"{type(exc).__name__}: {exc}")
-            return
-        if not line:
-            return  # an empty file holds no records
-        if arrays and line.lstrip().startswith(b"["):
-            yield from _iter_json_array(b"".join(leading) + line, stream, name, start_index)
-        else:
-            yield from _iter_jsonl(iter([*leading, line]), stream, name, start_index)
-    finally:
-        stream.close()
+    with DecompressedStream(path) as stream:
+
+        def read(size: int) -> bytes:
+            try:
+                return stream.read(size)
+            except READ_ERRORS as exc:
+                raise ReadFailed(f"{type(exc).__name__}: {exc}, {stream.where()}") from None
+
+        for index, piece in enumerate(split_records(read, max_bytes, arrays), start_index):
+            source = SourceRef(name, piece.line, index, piece.item)
+            if piece.error is not None:
+                yield RawRecord(source, error=piece.error, detail=piece.detail)
+            elif piece.data is None:
+                yield RawRecord(source, error="record_too_large", detail=_too_large(piece.size, max_bytes))
+            else:
+                yield RawRecord(source, line=piece.data)
 
 
-def _iter_jsonl(first_lines: Iterator[bytes], stream: IO[bytes], name: str, start_index: int) -> Iterator[RawRecord]:
-    index = start_index
-    line_no = 0
-    while True:
-        try:
-            raw = next(first_lines, None)
-            if raw is None:
-                raw = stream.readline()
-        except (EOFError, OSError, zstandard.ZstdError) as exc:
-            source = SourceRef(name, line_no + 1, index)
-            yield RawRecord(source, error="unreadable", detail=f"{type(exc).__name__}: {exc}")
-            return
-        if not raw:
-            return
-        line_no += 1
-        if not raw.strip():
-            continue  # blank lines are not records
-        yield RawRecord(SourceRef(name, line_no, index), line=raw)
-        index += 1
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"{size:,} bytes; max_record_bytes is {max_bytes:,}"
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's keys must be unique: with two, which value the data means is a guess (json keeps the last)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))  # type: ignore[func-returns-value]
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
 def decode(record: RawRecord) -> RawRecord:
-    """Decode a JSONL line (UTF-8, then JSON) in place. Separate from reading so that the CPU work runs in the
-    engine's workers while one process reads lines in order."""
+    """Decode a JSONL line or JSON array item (UTF-8, then JSON) in place. Separate from reading so that the CPU
+    work runs in the engine's workers while one process reads lines in order."""
     if record.line is None or record.error is not None:
         return record
     raw, record.line = record.line, None
+    if raw.startswith(BOM):  # files joined with `cat`, each with its byte order mark
+        raw = raw[len(BOM) :]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         record.error, record.detail = "invalid_utf8", f"byte {exc.start}: {exc.reason}"
         return record
     try:
-        record.value = json.loads(text)
+        record.value = _DECODER.decode(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         record.error, record.detail = "invalid_json", _json_error(exc)
+    except _DuplicateKey as exc:
+        record.error, record.detail = "duplicate_key", f"the key {exc.args[0]!r} appears twice in one object"
     return record
-
-
-def _iter_json_array(head: bytes, stream: IO[bytes], name: str, start_index: int) -> Iterator[RawRecord]:
-    """Items of a top-level JSON array, each with the line where it starts."""
-    try:
-        data = head + stream.read()
-    except (EOFError, OSError, zstandard.ZstdError) as exc:
-        yield RawRecord(SourceRef(name, 1, start_index), error="unreadable", detail=f"{type(exc).__name__}: {exc}")
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        source = SourceRef(name, line, start_index)
-        yield RawRecord(source, error="invalid_utf8", detail=f"byte {exc.start}: {exc.reason}")
-        return
-    decoder = json.JSONDecoder()
-    pos = _skip_ws(text, text.index("[") + 1)
-    line = 1 + text.count("\n", 0, pos)
-    index = start_index
-    if pos < len(text) and text[pos] == "]":
-        return
-    while pos < len(text):
-        source = SourceRef(name, line, index)
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            detail = _json_error(exc) + "; the rest of the array cannot be read"
-            yield RawRecord(source, error="invalid_json", detail=detail)
-            return
-        index += 1
-        yield RawRecord(source, value=value)
-        next_pos = _skip_ws(text, end)
-        if next_pos < len(text) and text[next_pos] == ",":
-            next_pos = _skip_ws(text, next_pos + 1)
-        elif next_pos < len(text) and text[next_pos] == "]":
-            return
-        else:
-            source = SourceRef(name, line + text.count("\n", pos, next_pos), index)
-            yield RawRecord(source, error="invalid_json", detail="expected ',' or ']' after an array item")
-            return
-        line += text.count("\n", pos, next_pos)
-        pos = next_pos
-    yield RawRecord(SourceRef(name, line, index), error="invalid_json", detail="the JSON array is not closed")
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
 
 
 def _json_error(exc: Exception) -> str:
     if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at column {exc.colno}"
+        return f"{exc.msg} at column {exc.colno}" if exc.lineno == 1 else f"{exc.msg} at line +{exc.lineno - 1}"
     return "nesting too deep"
 
 
+# Table rows become Python values this many bytes at a time, at most about: a batch of large rows is converted
+# piece by piece, never all at once.
+TABLE_SLICE_BYTES = 8 << 20
+
+
 def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    yield from pq.ParquetFile(path).iter_batches(batch_size=1024)
+    """Batches of at most 1024 rows, fewer when the file's rows are large (from its row groups' sizes)."""
+    file = pq.ParquetFile(path)
+    metadata = file.metadata
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    row_bytes = max((g.total_byte_size / g.num_rows for g in groups if g.num_rows), default=1.0)
+    yield from file.iter_batches(batch_size=max(1, min(1024, int(TABLE_SLICE_BYTES // max(row_bytes, 1.0)))))
 
 
 def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -251,14 +225,55 @@ def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
         yield from pa.ipc.open_stream(source)
 
 
-def _iter_table_rows(batches: Iterator[pa.RecordBatch], name: str, start_index: int) -> Iterator[RawRecord]:
+def _iter_table_rows(
+    batches: Iterator[pa.RecordBatch], name: str, start_index: int, max_bytes: int
+) -> Iterator[RawRecord]:
     index = start_index
     row = 0
     try:
         for batch in batches:
-            for value in batch.to_pylist():
+            for value, size in _batch_values(batch, max_bytes):
                 row += 1
-                yield RawRecord(SourceRef(name, row, index), value=value)
+                source = SourceRef(name, row, index)
                 index += 1
+                if isinstance(value, RawRecord):  # a row that cannot be a value: its reason, here with its place
+                    value.source = source
+                    yield value
+                else:
+                    yield RawRecord(source, value=value, extra={"bytes": size})
     except (pa.ArrowException, OSError) as exc:
         yield RawRecord(SourceRef(name, row + 1, index), error="unreadable", detail=f"{type(exc).__name__}: {exc}")
+
+
+def _batch_values(batch: pa.RecordBatch, max_bytes: int) -> Iterator[tuple[Any, int]]:
+    """(value, bytes) per row of a batch, the value a RawRecord saying why for a row that cannot be one: larger
+    than `max_bytes` (measured in Arrow, before any Python object is made) or not UTF-8."""
+    if not batch.num_rows:
+        return
+    step = max(1, int(TABLE_SLICE_BYTES * batch.num_rows // max(batch.nbytes, 1)))
+    for offset in range(0, batch.num_rows, step):
+        piece = batch.slice(offset, step)
+        if piece.nbytes <= max_bytes:
+            try:
+                values = piece.to_pylist()
+            except UnicodeDecodeError:
+                pass  # find the row, below
+            else:
+                average = piece.nbytes // piece.num_rows
+                yield from ((value, average) for value in values)
+                continue
+        for i in range(piece.num_rows):
+            row = piece.slice(i, 1)
+            yield _row_value(row, max_bytes), row.nbytes
+
+
+_NOWHERE = SourceRef("", 0)
+
+
+def _row_value(row: pa.RecordBatch, max_bytes: int) -> Any:
+    if row.nbytes > max_bytes:
+        return RawRecord(_NOWHERE, error="record_too_large", detail=_too_large(row.nbytes, max_bytes))
+    try:
+        return row.to_pylist()[0]
+    except UnicodeDecodeError as exc:
+        return RawRecord(_NOWHERE, error="invalid_utf8", detail=f"a string cell, byte {exc.start}: {exc.reason}")

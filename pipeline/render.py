@@ -23,7 +23,7 @@ from ..schemas.shards import RowFlag
 from .mask import MaskPolicy, appended_eos_trains, class_trains, message_intent, plan, row_plans
 from .reasoning import ReasoningTags
 from .template_messages import TemplateMessage, template_messages
-from .templates import ChatTemplate
+from .templates import BUILTIN_NAMES, ChatTemplate
 from .templates.plan import Layout, LayoutBuilder, Plan, TemplateInputs
 from .templates.probe import TemplateProfile, profile_template, to_parts
 from .tokenizer import TokenizerInfo
@@ -163,7 +163,11 @@ class Renderer:
         """The conversation as its rows render it (generated tool-call ids, if asked), and its messages as the
         template receives them."""
         if self.template is None or self.builder is None or self.profile is None:
-            raise RecordError("template_error", "a chat record needs a chat template (--chat-template)")
+            # A job setting, not this record's fault: every chat record would be rejected the same way.
+            raise SetupError(
+                f"{conversation.source} is chat data and the tokenizer has no chat template; pass --chat-template "
+                f"with a .jinja file or one of: {', '.join(BUILTIN_NAMES)}"
+            )
         if self.profile.requires_tools and not conversation.tools:
             raise RecordError("template_error", f"{self.template.name} renders only conversations that have `tools`")
         if self.options.tool_call_ids == "generate" and any(m.tool_calls for m in conversation.messages):

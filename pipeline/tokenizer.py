@@ -1,7 +1,8 @@
 """The model's tokenizer, loaded once: its special tokens, the control tokens a template may write, and the
 plain-text encoders that let injected control-token strings be encoded as text.
 
-Control tokens (the tokenizer's special tokens, and added tokens the template itself writes) are markup only
+Control tokens (the tokenizer's special tokens, the added tokens the template itself writes, and added tokens
+shaped like markers: see `TokenizerInfo.for_template`) are markup only
 where the template put them. When message text contains such a string (`<|im_end|><|im_start|>assistant`
 scraped from the web, say) and the policy is `escape`, the text is encoded in pieces split only at the
 template's own control tokens, each piece with control-token matching off. Because the tokenizer splits at
@@ -23,6 +24,7 @@ from tokenizers import Encoding, Tokenizer
 
 from ..errors import SetupError
 from .hub import looks_like_hub_id, resolve_hub_tokenizer
+from .reasoning import KNOWN_TAGS
 
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
@@ -106,18 +108,22 @@ class TokenizerInfo:
         return None if token is None else self.tokenizer.token_to_id(token)
 
     def for_template(self, template_source: str | None) -> TokenizerInfo:
-        """This tokenizer as a job with that template sees it: its control tokens are the special added tokens
-        plus the added tokens the template writes (whitespace ones excepted).
+        """This tokenizer as a job with that template sees it: its control tokens are the special added tokens,
+        the added tokens the template writes (whitespace ones excepted), and the added tokens shaped like markers
+        (`is_marker_shaped`) even when neither: Mistral v3's `[REFERENCE_DOC_1]` is not marked special, yet it is
+        markup, and in message text it must stay text. Reasoning tags (`<think>`) are never marker-shaped: they
+        are control tokens only when the template writes them (Qwen3), else text the model writes.
 
-        This is transformers' rule for `sanitize_control_tokens`; tokens that are neither (e.g. Mistral's
-        `[REFERENCE_DOC_1]`) are ordinary vocabulary and may appear in text. A new value: the tokenizer itself is
+        The first two are transformers' rule for `sanitize_control_tokens`. A new value: the tokenizer itself is
         shared, never changed.
         """
         text = template_source or ""
         tokens = [
             added.content
             for added in self.tokenizer.get_added_tokens_decoder().values()
-            if added.special or (added.content in text and not added.content.isspace())
+            if added.special
+            or (added.content in text and not added.content.isspace())
+            or is_marker_shaped(added.content)
         ]
         for key in SPECIAL_TOKEN_KEYS:
             value = self.special_tokens.get(key)
@@ -179,6 +185,17 @@ class TokenizerInfo:
                 offsets.append((start, end))
             position = max(position, end)
         return ids, offsets
+
+
+# The shapes of control markers in real vocabularies: `<|im_start|>`, `<|fim_prefix|>`; `[INST]`, `[/INST]`,
+# `[TOOL_CALLS]`, `[REFERENCE_DOC_1]`. Text hardly ever holds them; templates write them.
+_MARKER_SHAPE = re.compile(r"<\|[^\s|]+\|>|\[/?[A-Z][A-Z0-9_]*\]")
+_REASONING_TAGS = frozenset(tag for pair in KNOWN_TAGS for tag in pair)
+
+
+def is_marker_shaped(token: str) -> bool:
+    """Whether an added token looks like markup by itself (`<|...|>`, `[UPPER_CASE]`), reasoning tags excepted."""
+    return token not in _REASONING_TAGS and _MARKER_SHAPE.fullmatch(token) is not None
 
 
 def _inside_any(start: int, end: int, spans: list[tuple[int, int]]) -> bool:

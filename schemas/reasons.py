@@ -9,7 +9,14 @@ from __future__ import annotations
 REJECT_REASONS: dict[str, str] = {
     "invalid_json": "the line is not valid JSON; fix or remove it",
     "invalid_utf8": "the line is not valid UTF-8; re-encode the file as UTF-8",
-    "unreadable": "the record could not be read from its file (truncated or corrupt data)",
+    "unreadable": "the record could not be read from its file (truncated or corrupt data; the detail gives the offset)",
+    "record_too_large": "the record is longer than max_record_bytes (--max-record-bytes); it was skipped without "
+    "being read whole: split it, or raise the limit",
+    "duplicate_key": "a JSON object has the same key twice, so which value is meant is ambiguous; keep one",
+    "invalid_text": 'a text field holds a lone UTF-16 surrogate (a JSON escape like "\\ud800" with no pair), which '
+    "is no Unicode character and cannot be encoded; fix the program that wrote the data",
+    "message_too_long": "a message (or a text, prompt or completion) is longer than max_message_chars; split it, or "
+    "raise the limit (tokenizing costs memory in proportion to the text)",
     "not_an_object": "a record must be a JSON object",
     "unknown_format": "no known format matches the record's fields (messages, conversations, instruction/output, "
     "prompt/completion, text; chosen/rejected or a boolean label for preference data); pass --format or map the "
@@ -25,6 +32,10 @@ REJECT_REASONS: dict[str, str] = {
     "special_token_in_tool_data": "tool definitions or tool-call arguments contain a control-token string; "
     "lossmask cannot escape those, so the record is rejected unless --special-tokens-in-content allow",
     "template_error": "the chat template raised an error on this conversation",
+    "template_timeout": "the chat template took longer than template_timeout seconds to render this conversation "
+    "(a loop that depends on the data?); fix the template, or raise the limit",
+    "template_output_too_large": "the chat template's rendering, or a value it built on the way, is longer than "
+    "template_max_chars; the record is too long for this limit, or the template builds text out of proportion to it",
     "template_rule": "the chat template refuses this conversation by a rule of its own (the detail quotes it); "
     "reshape the data to follow it, or use a template without that rule",
     "tool_call_id_format": "the chat template requires tool-call ids of a form the data does not have "
@@ -39,6 +50,8 @@ REJECT_REASONS: dict[str, str] = {
     "template_unfaithful": "the chat template renders an assistant turn differently in training than at "
     "inference and --unfaithful-turns is reject",
     "mask_verification_failed": "the tokenized mask did not verify against the rendered spans",
+    "internal_error": "lossmask itself failed on this record (the detail names the exception) and went on with "
+    "the rest; please report it with the record",
     # Preference data (pipeline/formats/preference.py)
     "preference_record": "a preference pair (chosen/rejected) is not SFT data and this job writes SFT rows; "
     "prepare it as pairs, or map one side to SFT with `fields: {prompt: ..., completion: ...}`",

@@ -15,14 +15,17 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass(frozen=True, slots=True)
 class SourceRef:
-    """Where a record came from. `line` is 1-based: a line of JSONL, an item of a JSON array, a row of Parquet."""
+    """Where a record came from. `line` is 1-based: a line of JSONL, the line a JSON array item starts on, a row of
+    Parquet. `item` is the 0-based position of a JSON array item, since one line may hold a whole array."""
 
     file: str
     line: int
     index: int = 0  # position of the record in the whole input (0-based, across files), for stable ordering
+    item: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        """`file:line`, or `file:line[item]` for an item of a JSON array (jq's `.[item]`)."""
+        return f"{self.file}:{self.line}" if self.item is None else f"{self.file}:{self.line}[{self.item}]"
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from ...errors import RecordError
 from ...schemas.preference import LAYOUT_KTO, LAYOUT_PAIRS
 from ...schemas.records import PreferenceRecord, Record, SourceRef
 from . import alpaca, openai, preference, prompt_completion, sharegpt, text
+from .checks import check_lengths, check_text
 from .options import FormatOptions
 
 PARSERS: dict[str, Callable[[dict[str, Any], SourceRef, FormatOptions], Record]] = {
@@ -64,18 +65,23 @@ def detect(value: Any, options: FormatOptions) -> str | None:
 
 
 def parse(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> Record:
-    """The record an SFT job trains on."""
-    return PARSERS[_format_of(value, fmt, options, PARSERS)](value, source, options)
+    """The record an SFT job trains on, checked (`checks`): valid Unicode text, messages within the length limit."""
+    record = PARSERS[_format_of(value, fmt, options, PARSERS)](value, source, options)
+    check_lengths(record, options.max_message_chars)
+    return record
 
 
 def parse_preference(value: Any, source: SourceRef, fmt: str | None, options: FormatOptions) -> PreferenceRecord:
-    """The record a preference job trains on: a `PreferencePair` or a `PreferenceExample`."""
-    return PREFERENCE_PARSERS[_format_of(value, fmt, options, PREFERENCE_PARSERS)](value, source, options)
+    """The record a preference job trains on: a `PreferencePair` or a `PreferenceExample`, checked the same way."""
+    record = PREFERENCE_PARSERS[_format_of(value, fmt, options, PREFERENCE_PARSERS)](value, source, options)
+    check_lengths(record, options.max_message_chars)
+    return record
 
 
 def _format_of(value: Any, fmt: str | None, options: FormatOptions, parsers: dict[str, Any]) -> str:
     if not isinstance(value, dict):
         raise RecordError("not_an_object", f"got {type(value).__name__}")
+    check_text(value)
     fmt = fmt or detect(value, options)
     if fmt not in parsers:
         fields = ", ".join(sorted(map(str, value))[:8]) or "(none)"

@@ -1,4 +1,5 @@
-"""How input fields and role names map onto lossmask's record; every name can be remapped in the config."""
+"""How input fields and role names map onto lossmask's record (every name can be remapped in the config), and
+the limits on what one record may hold, which reading and parsing enforce."""
 
 from __future__ import annotations
 
@@ -53,12 +54,20 @@ DEFAULT_ROLES: dict[str, str] = {
 
 TOOL_CALL_ROLES = frozenset({"function_call"})
 
+# A record longer than this is skipped while reading, never held whole (`record_too_large`).
+MAX_RECORD_BYTES = 64 << 20
+# One message, text, prompt or completion longer than this is rejected before it is rendered or tokenized
+# (`message_too_long`): tokenizing costs ~150 bytes of memory per character (measured: SmolLM2, 4M characters).
+MAX_MESSAGE_CHARS = 2 << 20
+
 
 @dataclass(frozen=True)
 class FormatOptions:
     fields: dict[str, str] = field(default_factory=dict)  # lossmask name -> input field name (overrides)
     roles: dict[str, str] = field(default_factory=dict)  # input role name -> lossmask role (overrides)
     alpaca_join: str = "\n\n"  # between an Alpaca instruction and its input
+    max_record_bytes: int = MAX_RECORD_BYTES
+    max_message_chars: int = MAX_MESSAGE_CHARS
 
     def field(self, name: str) -> str:
         return self.fields.get(name, DEFAULT_FIELDS[name])

@@ -14,6 +14,7 @@ from jinja2.runtime import new_context
 
 from ...errors import RecordError, SetupError
 from .environment import DEFAULT_TEMPLATE_DATE, TemplateRule, make_environment
+from .limits import Budget, LimitExceeded, RenderLimits, alarm
 
 BUILTIN_NAMES = ("chatml", "llama3", "mistral", "gemma", "phi3", "zephyr", "alpaca")
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -26,12 +27,16 @@ def builtin_source(name: str) -> str:
 
 @dataclass
 class ChatTemplate:
-    """A compiled chat template plus the variables a Hugging Face tokenizer passes to it (bos_token, ...)."""
+    """A compiled chat template plus the variables a Hugging Face tokenizer passes to it (bos_token, ...).
+
+    Every rendering has a budget (`limits`): it takes at most `limits.timeout` seconds and makes at most
+    `limits.max_chars` characters, or the record is refused (`template_timeout`, `template_output_too_large`)."""
 
     name: str
     source: str
     variables: dict[str, Any] = field(default_factory=dict)
     template_date: str = DEFAULT_TEMPLATE_DATE
+    limits: RenderLimits = field(default_factory=RenderLimits)
 
     def __post_init__(self) -> None:
         self._env = make_environment(self.template_date)
@@ -51,11 +56,66 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None = None,
         variables: dict[str, Any] | None = None,
     ) -> str:
-        """`variables`: the record's own template variables, over the job's.
+        """`variables`: the record's own template variables, over the job's."""
+        return self._generate(messages, add_generation_prompt, tools, variables, [])
 
-        What `jinja2.Template.render` does, with the template's globals merged into a plain dict once per template
-        instead of once per call (Jinja copies a ChainMap of them for every rendering: a few percent of a job)."""
-        context = new_context(
+    def render_tracked(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """The rendering and the character spans of its `{% generation %}` blocks."""
+        blocks: list[str] = []
+        spans: list[tuple[int, int]] = []
+        self._env.generation_state = (blocks, spans)  # type: ignore[attr-defined]
+        try:
+            text = self._generate(messages, add_generation_prompt, tools, variables, blocks)
+        finally:
+            self._env.generation_state = None  # type: ignore[attr-defined]
+        return text, spans
+
+    def _generate(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any] | None,
+        blocks: list[str],
+    ) -> str:
+        """Render into `blocks` (which the generation tracker reads as it goes) within the budget; the text."""
+        budget = Budget(self.limits)
+        size = 0
+        self._env.budget = budget
+        try:
+            with alarm(budget):
+                for block in self._compiled.root_render_func(
+                    self._context(messages, add_generation_prompt, tools, variables)
+                ):
+                    size += len(block)
+                    budget.check_size(size, "the rendering")
+                    blocks.append(block)
+        except LimitExceeded as exc:
+            raise RecordError(exc.reason, f"{self.name}: {exc.detail}") from None
+        except Exception as exc:  # a template can raise anything; to us it is one bad record
+            raise self._record_error(exc) from None
+        finally:
+            self._env.budget = None
+        return "".join(blocks)
+
+    def _context(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any] | None,
+    ) -> Any:
+        """What `jinja2.Template.generate` builds, with the template's globals merged into a plain dict once per
+        template instead of once per call (Jinja copies a ChainMap of them for every rendering: a few percent of a
+        job)."""
+        return new_context(
             self._env,
             self._compiled.name,
             self._compiled.blocks,
@@ -71,37 +131,6 @@ class ChatTemplate:
             shared=True,
             globals=self._compiled.globals,
         )
-        try:
-            return self._env.concat(self._compiled.root_render_func(context))  # type: ignore[attr-defined]
-        except Exception as exc:  # a template can raise anything; to us it is one bad record
-            raise self._record_error(exc) from None
-
-    def render_tracked(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        add_generation_prompt: bool = False,
-        tools: list[dict[str, Any]] | None = None,
-        variables: dict[str, Any] | None = None,
-    ) -> tuple[str, list[tuple[int, int]]]:
-        """The rendering and the character spans of its `{% generation %}` blocks."""
-        blocks: list[str] = []
-        spans: list[tuple[int, int]] = []
-        self._env.generation_state = (blocks, spans)  # type: ignore[attr-defined]
-        try:
-            for block in self._compiled.generate(
-                messages=messages,
-                tools=tools,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **{**self.variables, **(variables or {})},
-            ):
-                blocks.append(block)
-        except Exception as exc:
-            raise self._record_error(exc) from None
-        finally:
-            self._env.generation_state = None  # type: ignore[attr-defined]
-        return "".join(blocks), spans
 
     def _record_error(self, exc: Exception) -> RecordError:
         """What the template raised, as the reason a record is refused. A rule the template states itself

@@ -191,6 +191,12 @@ def duplicate_examples(tmp: Path) -> AuditReport:
     return audit_shards(prepare_shards(tmp / "s", [write_jsonl(tmp / "d.jsonl", records)]))
 
 
+def records_not_written(tmp: Path) -> AuditReport:
+    data = tmp / "d.jsonl"
+    data.write_text(json.dumps({"messages": LESSON}) + "\n{not json}\n" + json.dumps({"messages": [USER]}) + "\n")
+    return audit_shards(prepare_shards(tmp / "s", [str(data)]))
+
+
 CASES: dict[str, tuple[Callable[[Path], AuditReport], int, int, bool]] = {
     "no-counted-targets": (no_counted_targets, 0, 1, False),
     "double-bos": (double_bos, 1, 0, False),
@@ -207,6 +213,7 @@ CASES: dict[str, tuple[Callable[[Path], AuditReport], int, int, bool]] = {
     "context-mismatch": (context_mismatch, 2, 0, False),
     "message-dropped": (message_dropped, 1, 0, False),
     "duplicate-examples": (duplicate_examples, 2, 0, False),
+    "records-not-written": (records_not_written, 0, 2, False),
 }
 
 
@@ -231,6 +238,8 @@ def test_lint_fires_on_its_crafted_fixture(code: str, tmp_path: Path) -> None:
         assert example.source, "every example says where it came from (file:line)"
     # The crafted data is otherwise clean: at most the lint under test and ones it implies fire.
     implied = {
+        "no-counted-targets": {"records-not-written"},  # its record was dropped: not written
+        "eot-not-counted": {"records-not-written"},  # the text record in a messages file is rejected
         "template-not-prefix-stable": {"duplicate-examples"},
         "double-bos": {"special-token-as-control"},  # BOS strings in text become BOS ids only under allow
     }
