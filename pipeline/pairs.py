@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import RecordError
-from ..schemas.examples import CharSpan, RenderedExample, TokenizedExample
+from ..schemas.examples import RenderedExample, TokenizedExample
 from ..schemas.preference import (
     KTO_SHARD_SCHEMA,
     PAIR_SHARD_SCHEMA,
@@ -44,7 +44,7 @@ from .batch import JobContext, Parsed, make_rows
 from .faults import record_fault
 from .fit import fit_pair, keeping_answers
 from .shift import rows_to_batch
-from .tokenize import tokenize_batch
+from .tokenize import token_offsets, tokenize_batch
 
 
 def process_preference(records: Parsed, context: JobContext) -> tuple[list[Outcome], pa.RecordBatch]:
@@ -112,15 +112,16 @@ def pair_row(pair: PreferencePair, context: JobContext) -> PairRow:
                 "preference_prompt_rendering",
                 f"the {name} side's rendering leaves the prompt at char {at}: {side.text[max(0, at - 20) : at + 20]!r}",
             )
-    prompt_example = _prefix(sides[0], len(prompt_text))
-    tokenized = tokenize_batch(context.tokenizer, [prompt_example, *sides])
+    tokenized = tokenize_batch(context.tokenizer, sides)
     for item in tokenized:
         if isinstance(item, RecordError):
             raise item
-    prompt_tokens, *side_tokens = (t for t in tokenized if isinstance(t, TokenizedExample))
-    prompt_ids = prompt_tokens.ids
-    p = prompt_ids.size
-    stops = {i for i in (context.tokenizer._token_id(t) for t in context.tokenizer.stop_tokens) if i is not None}
+    side_tokens = [t for t in tokenized if isinstance(t, TokenizedExample)]
+    offsets = token_offsets(context.tokenizer, sides)
+    p = _prompt_tokens(side_tokens, offsets, len(prompt_text))
+    prompt_ids = side_tokens[0].ids[:p]
+    token_id = context.tokenizer.tokenizer.token_to_id
+    stops = {i for i in map(token_id, context.tokenizer.stop_tokens) if i is not None}
     for name, side in zip(("chosen", "rejected"), side_tokens, strict=True):
         _check_side(name, side, prompt_ids, stops)
     if np.array_equal(side_tokens[0].ids, side_tokens[1].ids):
@@ -134,21 +135,29 @@ def pair_row(pair: PreferencePair, context: JobContext) -> PairRow:
     return PairRow(chosen_side, rejected_side, kept, str(pair.source), pair.source.index, flags)
 
 
-def _prefix(example: RenderedExample, length: int) -> RenderedExample:
-    """The first `length` characters of a rendered side, labeled as the side labels them: the prompt, tokenized
-    the way the side is (special tokens, escaped control-token strings), with nothing appended."""
-    spans = [
-        CharSpan(s.start, min(s.end, length), s.cls, s.trainable, s.message) for s in example.spans if s.start < length
-    ]
-    return dataclasses.replace(
-        example,
-        text=example.text[:length],
-        spans=spans,
-        data_spans=[(a, min(b, length)) for a, b in example.data_spans if a < length],
-        turns=[(a, min(b, length)) for a, b in example.turns if a < length],
-        append_eos=False,
-        append_stop=None,
-    )
+def _prompt_tokens(sides: list[TokenizedExample], offsets: list[np.ndarray], length: int) -> int:
+    """How many tokens of each side are the prompt's `length` characters: the leading tokens that begin inside
+    them (a BOS the tokenizer adds included). The last of them must end there too, not run on into the completion,
+    and both sides must have the same ones; else the pair is rejected (`preference_prompt_boundary`)."""
+    counts = []
+    for name, starts_ends in zip(("chosen", "rejected"), offsets, strict=True):
+        begins_inside = starts_ends[:, 0] < length
+        count = int(np.argmin(begins_inside)) if not begins_inside.all() else int(begins_inside.size)
+        if count and starts_ends[count - 1, 1] > length:
+            a, b = (int(x) for x in starts_ends[count - 1])
+            raise RecordError(
+                "preference_prompt_boundary",
+                f"on the {name} side, token {count - 1} (chars {a}-{b}) joins the prompt's end (char {length}) to the "
+                "completion",
+            )
+        counts.append(count)
+    if counts[0] != counts[1] or not np.array_equal(sides[0].ids[: counts[0]], sides[1].ids[: counts[1]]):
+        raise RecordError(
+            "preference_prompt_boundary",
+            f"the prompt is {counts[0]} tokens before the chosen completion and {counts[1]} before the rejected one, "
+            "or other tokens: the completions change how the prompt's end is tokenized",
+        )
+    return counts[0]
 
 
 def _check_side(name: str, side: TokenizedExample, prompt_ids: np.ndarray, stops: set[int]) -> None:
