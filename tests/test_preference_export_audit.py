@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -98,3 +99,15 @@ def test_audit_shows_pairs_side_by_side_with_their_counted_tokens(pair_shards):
         for side in view.sides.values():
             assert side.counted == sum(t.counted for t in side.tokens)  # counted tokens lie after the prompt
     assert np.all([v.prompt_length > 0 for v in views.values()])
+
+
+def test_the_reference_trainer_runs_dpo_on_prepared_pairs(pair_shards, tmp_path):
+    """`lossmask train --objective dpo` on pairs `prepare` wrote: log 2 at step 1, then the pairs get ordered."""
+    from lossmask.trainer.train import METRICS_NAME, TrainConfig, train
+
+    config = TrainConfig(objective="dpo", beta=0.5, steps=40, batch_size=4, seq_len=64, layers=1, d_model=32)
+    train(pair_shards, tmp_path / "run", config)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / METRICS_NAME).read_text().splitlines()]
+    assert abs(metrics[0]["loss"] - math.log(2)) < 1e-6 and metrics[0]["margin"] == 0.0
+    assert np.mean([m["loss"] for m in metrics[-5:]]) < 0.5 * math.log(2)
+    assert np.mean([m["margin"] for m in metrics[-5:]]) > 0.5
