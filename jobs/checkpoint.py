@@ -37,17 +37,22 @@ class Checkpoint:
     shards: list[ShardInfo] = field(default_factory=list)
     next_record: int = 0
     rejects_bytes: int = 0
+    rejects_sha256: str = ""  # of those first `rejects_bytes` bytes: proves the file is this job's (`jobs.outdir`)
     accounting: dict[str, Any] = field(default_factory=dict)
     replay: dict[str, int] = field(default_factory=dict)  # the combiner's ResumeState.to_dict(); {} = from the start
     packing: dict[str, int] = field(default_factory=dict)
 
     def save(self, out: Path) -> None:
-        data = asdict(self)
+        self.write(out)
+        crash_point("checkpoint-saved")
+
+    def write(self, out: Path) -> None:
+        """Replace the checkpoint atomically. A job writes one before anything else, so that every file it makes
+        is proven its own (`jobs.outdir`) even when it is killed before its first shard."""
         path = out / CHECKPOINT_NAME
         temp = temp_path(path)
-        temp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+        temp.write_text(json.dumps(asdict(self), sort_keys=True), encoding="utf-8")
         temp.replace(path)
-        crash_point("checkpoint-saved")
 
     @classmethod
     def load(cls, out: Path, digest: str) -> Checkpoint | None:
@@ -62,6 +67,7 @@ class Checkpoint:
                 shards=[ShardInfo(**s) for s in data["shards"]],
                 next_record=int(data["next_record"]),
                 rejects_bytes=int(data["rejects_bytes"]),
+                rejects_sha256=str(data.get("rejects_sha256", "")),
                 accounting=data["accounting"],
                 replay={str(k): int(v) for k, v in data["replay"].items()},
                 packing={str(k): int(v) for k, v in data.get("packing", {}).items()},

@@ -1,6 +1,8 @@
 """`lossmask prepare`: the click command over `jobs.prepare.prepare`, and the summary it prints.
 
-Exit codes: 0 done; 1 `--strict` and some record was rejected; 2 the job could not run (see `errors`).
+Exit codes: 0 done (rejects reported); 1 done, `--strict` and some record was rejected; 2 the job could not run
+(see `errors`) or wrote nothing (the manifest is written, and the top reasons printed); 130 / 143 stopped by
+SIGINT / SIGTERM, resumable with the same command.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ..cli_options import choice, default, row_options
 from ..errors import fails_cleanly
 from ..pipeline.config import PrepareConfig, load_config_file
 from ..pipeline.encoders import ENCODER_NAMES
+from .signals import stops_cleanly
 
 
 @click.command()
@@ -33,6 +36,12 @@ from ..pipeline.encoders import ENCODER_NAMES
 @click.option("--config", "config_file", help="A YAML or TOML file with the same options; flags override it.")
 @click.option("--strict", is_flag=True, default=None, help="Exit 1 when any record is rejected.")
 @click.option("--resume/--fresh", default=None, help="Finish a killed run of the same job (default) or start over.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Replace another job's output in --out. Files lossmask cannot prove its own are never touched.",
+)
 @click.option(
     "--engine",
     type=choice("engine"),
@@ -64,12 +73,30 @@ def prepare(inputs: tuple[str, ...], config_file: str | None, quiet: bool, forma
     config = PrepareConfig.from_mapping(values)
     config.require_paths()
     started = time.perf_counter()
-    manifest = run_prepare(config)
+    with stops_cleanly():
+        manifest = run_prepare(config)
     elapsed = time.perf_counter() - started
     if not quiet:
         print_summary(manifest, config.out, elapsed)
-    if config.strict and manifest["records"]["rejected"]:
+    records = manifest["records"]
+    if not records["written"]:
+        print(f"lossmask: error: {nothing_written(records)}", file=sys.stderr)
+        sys.exit(2)
+    if config.strict and records["rejected"]:
         sys.exit(1)
+
+
+def nothing_written(records: dict[str, Any]) -> str:
+    """One line for a job that wrote no record: how many were read and the commonest reasons they were not."""
+    if not records["read"]:
+        return "the inputs hold no records; nothing was written"
+    reasons = [
+        (count, f"{status}: {reason}")
+        for status in ("rejected", "dropped")
+        for reason, count in records["by_reason"][status].items()
+    ]
+    top = ", ".join(f"{count} {what}" for count, what in sorted(reasons, key=lambda r: -r[0])[:3])
+    return f"none of the {records['read']} records was written ({top}); see _rejects.jsonl for each record"
 
 
 def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:

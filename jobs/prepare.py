@@ -8,6 +8,7 @@ into shards in order, and writes the manifest last.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import time
 from collections.abc import Callable
@@ -15,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, engines
-from ..errors import SetupError
-from ..files import file_sha256, is_temporary, write_json
+from ..files import file_sha256, write_json
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext
 from ..pipeline.combine import (
@@ -37,31 +37,12 @@ from ..pipeline.write import ShardWriter, record_ranges
 from ..schemas.arrays import values
 from ..schemas.layouts import LAYOUTS
 from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
-
-
-def clear_unfinished_output(out: Path, checkpoint: Checkpoint | None) -> None:
-    """Remove what an earlier run wrote here and a resumed run will not keep: shards past its checkpoint,
-    temporaries, the manifest, and (without a checkpoint) the rejects. Other files are left alone."""
-    if out.exists() and not out.is_dir():
-        raise SetupError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    kept = {s.file for s in checkpoint.shards} if checkpoint else set()
-    for path in out.iterdir():
-        name = path.name
-        temporary = is_temporary(name)
-        if (
-            temporary
-            or name == MANIFEST_NAME
-            or (is_shard(name) and name not in kept)
-            or (checkpoint is None and name in (REJECTS_NAME, CHECKPOINT_NAME))
-        ):
-            path.unlink()
-
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, job_digest
+from .outdir import claim, open_output, output_error
 
 # Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
 # output is byte-identical whatever they are.
-RUNTIME_FIELDS = ("out", "engine", "workers", "batch_size", "resume", "encoder")
+RUNTIME_FIELDS = ("out", "engine", "workers", "batch_size", "resume", "overwrite", "encoder")
 # Below this much input, `--encoder auto` keeps `tokenizers`: building and proving tiktoken's encoder costs more
 # than it saves. The choice never changes the output (the encoders give the same ids).
 FAST_ENCODER_MIN_BYTES = 4 << 20
@@ -92,16 +73,26 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     if config.encoder == "auto":
         large = sum(p.stat().st_size for p in paths) >= FAST_ENCODER_MIN_BYTES
         config = dataclasses.replace(config, encoder="tiktoken-if-proven" if large else "tokenizers")
+    out = Path(config.out)
+    lock = open_output(out)
     try:
-        return _run(config, paths, progress)
-    except EncoderMismatch as exc:
-        if config.encoder == "tokenizers":
+        try:
+            return _run(config, paths, progress)
+        except EncoderMismatch as exc:
+            if config.encoder == "tokenizers":
+                raise
+            print(f"lossmask: {exc}; starting over with --encoder tokenizers", file=sys.stderr)
+            manifest = _run(dataclasses.replace(config, encoder="tokenizers", resume=False), paths, progress)
+            manifest["encoder"]["fell_back"] = str(exc)
+            write_json(out / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
+            return manifest
+    except OSError as exc:
+        error = output_error(exc, out)
+        if error is None:
             raise
-        print(f"lossmask: {exc}; starting over with --encoder tokenizers", file=sys.stderr)
-        manifest = _run(dataclasses.replace(config, encoder="tokenizers", resume=False), paths, progress)
-        manifest["encoder"]["fell_back"] = str(exc)
-        write_json(Path(config.out) / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
-        return manifest
+        raise error from None
+    finally:
+        lock.release()
 
 
 def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int], None] | None) -> dict[str, Any]:
@@ -110,9 +101,10 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
     out = Path(config.out)
     prints = fingerprints(config, context, paths)
     digest = job_digest({"version": __version__, "config": output_config(config), "fingerprints": prints})
-    checkpoint = Checkpoint.load(out, digest) if config.resume and out.is_dir() else None
-    clear_unfinished_output(out, checkpoint)
-    checkpoint = checkpoint or Checkpoint(digest)
+    checkpoint = claim(out, digest, resume=config.resume, overwrite=config.overwrite)
+    if checkpoint is None:
+        checkpoint = Checkpoint(digest, rejects_sha256=hashlib.sha256().hexdigest())
+        checkpoint.write(out)  # before anything else: what this run writes is then provably its own
     accounting = Accounting.from_dict(checkpoint.accounting) if checkpoint.accounting else Accounting()
     packed = config.layout == LAYOUT_PACKED
     writer = ShardWriter(
@@ -130,7 +122,10 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
     run_engine = engines.get(config.engine)
     with open(out / REJECTS_NAME, "a+b") as rejects:
         rejects.truncate(checkpoint.rejects_bytes)
-        rejects.seek(checkpoint.rejects_bytes)
+        rejects_hash = hashlib.sha256()
+        rejects.seek(0)
+        for chunk in iter(lambda: rejects.read(1 << 20), b""):  # the part a resumed run keeps
+            rejects_hash.update(chunk)
 
         def write(outputs: list[Output]) -> None:
             for output in outputs:
@@ -139,6 +134,7 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
                     checkpoint.shards = list(writer.shards)
                     checkpoint.next_record = next_record
                     checkpoint.rejects_bytes = rejects.tell()
+                    checkpoint.rejects_sha256 = rejects_hash.hexdigest()
                     checkpoint.accounting = accounting.to_dict()
                     checkpoint.replay = output.resume.to_dict()
                     checkpoint.packing = output.counts
@@ -153,7 +149,9 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
                 index = outcome.source.index
                 if index >= counted_from:
                     if outcome.status != "written":
-                        rejects.write((outcome.to_reject_line() + "\n").encode("utf-8"))
+                        line = (outcome.to_reject_line() + "\n").encode("utf-8")
+                        rejects.write(line)
+                        rejects_hash.update(line)
                     accounting.add(outcome)
                     for row_flags in flags[position : position + outcome.rows]:
                         accounting.add_row_flags(int(row_flags))
@@ -163,9 +161,11 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
             if progress is not None:
                 progress(len(result.outcomes), sum(r.tokens for r in ranges))
         write(combiner.finish())
+        rejects_file = {"file": REJECTS_NAME, "bytes": rejects.tell(), "sha256": rejects_hash.hexdigest()}
     writer.close()
     accounting.check()
     manifest = build_manifest(config, context, prints, accounting, writer.shards, combiner.summary())
+    manifest["rejects"] = rejects_file
     manifest["encoder"] = {"name": context.tokenizer.encoder.name, "note": context.encoder_note}
     write_json(out / MANIFEST_NAME, manifest)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)

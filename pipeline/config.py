@@ -78,6 +78,7 @@ class PrepareConfig:
     encoder: str = "auto"  # auto: tiktoken where proven identical on inputs of 4 MB or more; tokenizers; tiktoken
     workers: int | None = None  # None = every core
     resume: bool = True  # finish a killed run of the same job from its checkpoint
+    overwrite: bool = False  # replace another job's output in --out (never files lossmask cannot prove its own)
     batch_size: int = 256
     shard_max_rows: int = 100_000
     shard_max_bytes: int = 256 << 20
