@@ -108,7 +108,10 @@ def _is_pairs(folder: str) -> bool:
     from ..loader.shards import ShardSet
     from ..schemas.preference import LAYOUT_PAIRS
 
-    return ShardSet(folder).layout == LAYOUT_PAIRS
+    try:
+        return ShardSet(folder).layout == LAYOUT_PAIRS
+    except SetupError:  # no manifest (shards alone), or an unreadable one: the SFT audit says what it can
+        return False
 
 
 def _audit_pairs(
