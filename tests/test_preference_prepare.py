@@ -342,3 +342,15 @@ def test_kit_kto_demo_is_written_with_its_labels(tmp_path, name):
         answer = values[row["record_index"]]["messages"][-1]["content"]
         counted = [t for t, m in zip(row["target_ids"], row["loss_mask"], strict=True) if m]
         assert tokenizer.decode(counted, skip_special_tokens=False).strip() == answer.strip() + stop
+
+
+def test_a_stop_the_data_writes_before_the_templates_is_no_double_eos(tmp_path):
+    """With control tokens allowed in content, an answer that ends with the stop gets a second one from the
+    template: refused, since log p of the side would count a token emitted after the model stopped."""
+    value = {"prompt": [user("Q?")], "chosen": [assistant("Yes.<|im_end|>")], "rejected": [assistant("No.")]}
+    path = write_jsonl(tmp_path / "pairs.jsonl", [value])
+    manifest, out = run_prepare(tmp_path, [path], special_tokens_in_content="allow")
+    assert accounted(manifest)["rejected"] == 1
+    assert [r["reason"] for r in read_rejects(out)] == ["preference_double_stop"]
+    manifest, out = run_prepare(tmp_path, [path], out_name="escaped")  # escaped (the default): plain text, one stop
+    assert accounted(manifest)["written"] == 1
