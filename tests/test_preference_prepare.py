@@ -354,3 +354,21 @@ def test_a_stop_the_data_writes_before_the_templates_is_no_double_eos(tmp_path):
     assert [r["reason"] for r in read_rejects(out)] == ["preference_double_stop"]
     manifest, out = run_prepare(tmp_path, [path], out_name="escaped")  # escaped (the default): plain text, one stop
     assert accounted(manifest)["written"] == 1
+
+
+@pytest.mark.parametrize("stage", ["parse", "render"])
+def test_a_fault_in_a_pair_rejects_only_its_record(stage, tmp_path, monkeypatch):
+    """Per-record isolation holds for pair jobs: the batch is rerun record by record, each in the pairs layout."""
+    from lossmask.pipeline import faults
+
+    values = [
+        {"prompt": f"Question {k}{' ' + faults.FAULT_MARKER if k == 2 else ''}:", "chosen": " yes", "rejected": " no"}
+        for k in range(5)
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", values)
+    _, clean = run_prepare(tmp_path, [path], out_name="clean", batch_size=4)
+    monkeypatch.setattr(faults, "_FAULT_STAGE", stage)
+    manifest, out = run_prepare(tmp_path, [path], out_name="faulty", batch_size=4)
+    assert accounted(manifest)["rejected"] == 1
+    assert [(r["reason"], r["source"].rsplit(":", 1)[1]) for r in read_rejects(out)] == [("internal_error", "3")]
+    assert read_rows(out) == [r for r in read_rows(clean) if r["record_index"] != 2]
