@@ -5,6 +5,9 @@ identical and uncounted on both sides; refusals with their reasons; lengths; KTO
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -372,3 +375,33 @@ def test_a_fault_in_a_pair_rejects_only_its_record(stage, tmp_path, monkeypatch)
     assert accounted(manifest)["rejected"] == 1
     assert [(r["reason"], r["source"].rsplit(":", 1)[1]) for r in read_rejects(out)] == [("internal_error", "3")]
     assert read_rows(out) == [r for r in read_rows(clean) if r["record_index"] != 2]
+
+
+RUN = """
+import json, sys
+from lossmask.jobs.prepare import prepare
+from lossmask.pipeline.config import PrepareConfig
+prepare(PrepareConfig.from_mapping(json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["shard-half-written:3", "checkpoint-saved:2"])
+def test_a_killed_pair_job_resumes_byte_identical(point, tmp_path):
+    values = [value for value, _ in SHAPES.values()] * 8 + [value for value, _ in REFUSED]
+    path = write_jsonl(tmp_path / "pairs.jsonl", values)
+    options = {"inputs": [str(path)], "tokenizer": str(FIXTURE_TOKENIZER), "shard_max_rows": 5, "batch_size": 4}
+
+    def run(out: Path, crash: str | None = None) -> int:
+        env = {**os.environ, **({"LOSSMASK_CRASH_AT": crash} if crash else {})}
+        args = [sys.executable, "-c", RUN, json.dumps({**options, "out": str(out), "workers": 1})]
+        return subprocess.run(args, env=env, capture_output=True, check=False).returncode
+
+    assert run(tmp_path / "reference") == 0
+    assert run(tmp_path / "out", point) != 0  # killed
+    assert run(tmp_path / "out") == 0  # the same job again: resumes
+    reference = sorted(p.name for p in (tmp_path / "reference").iterdir())
+    assert reference == sorted(p.name for p in (tmp_path / "out").iterdir())
+    for name in reference:
+        if name.endswith(".arrow") or name == "_rejects.jsonl":
+            assert (tmp_path / "reference" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
