@@ -5,7 +5,8 @@ The main process reads records in order and writes shards; worker processes run 
 order, so the output does not depend on the number of workers. Workers come from a `forkserver` (clean
 processes that do not inherit the parent's threads) and each keeps one `JobContext` (tokenizer, template,
 cached plans) for its whole life. Tokenizer threads are limited to one per worker, since the workers already
-use every core.
+use every core. Workers never outlive the job: when it stops for any reason they are killed without finishing
+their batches, and they end themselves when the main process dies, even by `kill -9` (`_die_with`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import select
+import signal
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -50,7 +54,10 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
     mp_context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":  # imported once in the server, so each worker starts with them
         mp_context.set_forkserver_preload(["lossmask.pipeline.batch"])
-    with ProcessPoolExecutor(workers, mp_context=mp_context, initializer=_start_worker, initargs=(config,)) as pool:
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp_context, initializer=_start_worker, initargs=(os.getpid(), config)
+    )
+    try:
         pending: deque[Future[BatchResult]] = deque()
         for batch in _chain(head, batches):
             pending.append(pool.submit(_work, batch))
@@ -58,6 +65,20 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except BaseException:  # stopped (a signal, an error, the consumer gone): the workers' work is not wanted
+        _stop_now(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """End the pool without waiting for the batches in flight (`shutdown(wait=True)` would finish them all)."""
+    processes = list((pool._processes or {}).values())  # the executor offers no kill
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(5)
 
 
 def _chain(head: list[list[RawRecord]], rest: Iterator[list[RawRecord]]) -> Iterator[list[RawRecord]]:
@@ -65,12 +86,34 @@ def _chain(head: list[list[RawRecord]], rest: Iterator[list[RawRecord]]) -> Iter
     yield from rest
 
 
-def _start_worker(config: PrepareConfig) -> None:
+def _start_worker(parent: int, config: PrepareConfig) -> None:
+    _die_with(parent)
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the main process stops the job and kills
+    # its workers (`_stop_now`), which must not die first with tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _CONTEXT
     _CONTEXT = JobContext.from_config(config)
     gc.freeze()  # the context lives as long as the worker: the cyclic collector need never scan it again
+
+
+def _die_with(parent: int) -> None:
+    """Never outlive the job, even after `kill -9` of its main process: a daemon thread waits on a pidfd of the
+    main process and ends the worker the moment it exits. (A parent-death signal would not do: a worker's parent
+    is the forkserver, which itself lives as long as any worker holds its copy of the forkserver's pipe.) Once
+    the workers are gone, the forkserver and the resource tracker see their pipes close and exit too."""
+    try:
+        watched = os.pidfd_open(parent)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    threading.Thread(target=_exit_when_done, args=(watched,), name="lossmask-watch-job", daemon=True).start()
+
+
+def _exit_when_done(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has exited
+    os._exit(1)
 
 
 def _work(batch: list[RawRecord]) -> BatchResult:

@@ -33,7 +33,11 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
     started_here = not ray.is_initialized()
     if started_here:
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except Exception as exc:  # Ray raises many kinds; each means the same to the user
+            ray.shutdown()  # what ray.init had started (GCS, raylet, agents) must not stay behind
+            raise SetupError(f"--engine ray could not start Ray: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True
     data_context.enable_progress_bars = False

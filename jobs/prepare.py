@@ -39,6 +39,7 @@ from ..schemas.layouts import LAYOUTS
 from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, job_digest
 from .outdir import claim, open_output, output_error
+from .signals import check_stop
 
 # Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
 # output is byte-identical whatever they are.
@@ -141,6 +142,7 @@ def _run(config: PrepareConfig, paths: list[Path], progress: Callable[[int, int]
                     checkpoint.save(out)
 
         for result in run_engine(config, context, batched(records, config.batch_size)):
+            check_stop()
             batch = result.batch
             flags = values(batch.column("flags"))
             ranges = record_ranges(batch, [outcome.rows for outcome in result.outcomes])

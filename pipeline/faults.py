@@ -1,5 +1,6 @@
 """Crash injection for the resume tests: `LOSSMASK_CRASH_AT=point:n` kills the process (SIGKILL, like kill -9)
-the n-th time it passes `point`. Unset, `crash_point` is one dictionary lookup.
+the n-th time it passes `point`; `point:n:enospc` raises the OSError of a full disk there instead (for machines
+where a test cannot mount a small tmpfs). Unset, `crash_point` is one dictionary lookup.
 
 Points: `shard-half-written` (a shard's temporary file holds part of its rows), `shard-renamed` (the shard is
 complete but no checkpoint names it yet), `checkpoint-saved`.
@@ -11,6 +12,7 @@ Record faults for the isolation tests: `LOSSMASK_FAULT_AT=stage` makes `record_f
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from typing import Any
@@ -24,11 +26,14 @@ _counts: dict[str, int] = {}
 def crash_point(name: str) -> None:
     if not _TARGET:
         return
-    point, _, count = _TARGET.partition(":")
+    point, _, rest = _TARGET.partition(":")
     if point != name:
         return
+    count, _, mode = rest.partition(":")
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == int(count or 1):
+        if mode == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.kill(os.getpid(), signal.SIGKILL)
 
 

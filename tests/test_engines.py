@@ -48,3 +48,29 @@ def test_ray_engine_packs_like_the_local_engine(tmp_path, ray_cluster):
     _, local = run_prepare(tmp_path, inputs, pack=256, out_name="local")
     _, ray = run_prepare(tmp_path, inputs, pack=256, engine="ray", out_name="ray")
     assert files(ray) == files(local)
+
+
+def test_ray_that_fails_to_start_is_shut_down_and_one_setup_error(tmp_path, monkeypatch):
+    """Whatever `ray.init` had started before failing is shut down (no agents left behind), and the user gets one
+    line. Ray itself is replaced: a real failed start takes minutes of connection retries."""
+    import sys
+    import types
+
+    from lossmask.errors import SetupError
+
+    calls: list[str] = []
+
+    def init(**kwargs):
+        calls.append("init")
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to.")
+
+    fake = types.ModuleType("ray")
+    fake.is_initialized = lambda: False
+    fake.init = init
+    fake.shutdown = lambda: calls.append("shutdown")
+    fake.data = types.ModuleType("ray.data")
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setitem(sys.modules, "ray.data", fake.data)
+    with pytest.raises(SetupError, match=r"^--engine ray could not start Ray: ConnectionError: Could not find"):
+        run_prepare(tmp_path, [DATA / "openai.jsonl"], engine="ray")
+    assert calls == ["init", "shutdown"]

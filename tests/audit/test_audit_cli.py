@@ -161,6 +161,7 @@ def test_audit_accepts_every_option_of_prepare_that_shapes_rows() -> None:
         "workers",
         "engine",
         "resume",
+        "overwrite",
         "encoder",
     }  # never shape rows
     combine_only = {"pack", "pack_window", "concat"}  # combine documents after the stages the audit runs
