@@ -59,7 +59,9 @@ def audit(
 
     selectors = [s.strip() for s in (fail_on or "").split(",") if s.strip()]
     try:
-        validate_selectors(selectors)
+        from .pairs import PAIR_CODES  # a pairs folder's own lints
+
+        validate_selectors([s for s in selectors if s not in PAIR_CODES])
     except ValueError as exc:
         raise SetupError(f"--fail-on: {exc}") from None
     if show < 0:
@@ -74,6 +76,9 @@ def audit(
     if folders:
         if given:
             raise SetupError(f"{', '.join(given)}: these apply to raw inputs only; {folders[0]} holds shards already")
+        if _is_pairs(folders[0]):
+            _audit_pairs(folders[0], tokenizer, show, list(rows), html_path, as_json, selectors, quiet)
+            return
         source = open_shards(folders[0], tokenizer)
     else:
         source = run_sample(_raw_config(list(target), tokenizer, pipeline), sample)
@@ -99,6 +104,48 @@ def audit(
     if failing:
         if not as_json:
             click.echo(f"lossmask audit: --fail-on: {', '.join(lint.code for lint in failing)} fired", err=True)
+        sys.exit(1)
+
+
+def _is_pairs(folder: str) -> bool:
+    from ..loader.shards import ShardSet
+    from ..schemas.preference import LAYOUT_PAIRS
+
+    try:
+        return ShardSet(folder).layout == LAYOUT_PAIRS
+    except SetupError:  # no manifest (shards alone), or an unreadable one: the SFT audit says what it can
+        return False
+
+
+def _audit_pairs(
+    folder: str,
+    tokenizer: str | None,
+    show: int,
+    rows: list[int],
+    html_path: str | None,
+    as_json: bool,
+    selectors: list[str],
+    quiet: bool,
+) -> None:
+    """A pairs folder: its own report (`audit.pairs`), in the terminal or as JSON; --fail-on as for rows."""
+    from .pairs import audit_pairs, print_pairs
+
+    if html_path:
+        raise SetupError(f"{folder} holds preference pairs: --html reports SFT rows only; use the terminal or --json")
+    report = audit_pairs(folder, tokenizer, show, rows or None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
+    elif not quiet:
+        print_pairs(report, Console(highlight=False, markup=False))
+    wanted = set(selectors)
+    failing = [
+        lint.code
+        for lint in report.lints
+        if lint.fired and ("all" in wanted or lint.code in wanted or lint.spec.severity in wanted)
+    ]
+    if failing:
+        if not as_json:
+            click.echo(f"lossmask audit: --fail-on: {', '.join(failing)} fired", err=True)
         sys.exit(1)
 
 

@@ -172,6 +172,11 @@ def run_sample(config: PrepareConfig, sample: int) -> AuditSource:
         raise SetupError("auditing raw inputs needs --tokenizer PATH (a tokenizer.json or a model folder)")
     if sample < 1:
         raise SetupError("--sample must be at least 1")
+    if config.preference:
+        raise SetupError(
+            f"--format {config.format}: the audit of raw inputs shows SFT rows; prepare the preference data, then "
+            "audit its shards folder (pairs side by side)"
+        )
     context = JobContext.from_config(config)
     accounting = Accounting()
     rows = []

@@ -7,6 +7,8 @@ parsers to OpenAI `messages` JSONL, repeated to at least N conversations (20k by
 
   limit    `tokenizers` `encode_batch` over the same rendered text, in-process, as many threads as cores: the
            encoding call alone (no reading, rendering, masks, verification or writing); its time is the call's;
+  encoder  the same texts through the tiktoken BPE that `--encoder auto` uses (ids only, like the limit), with
+           its ids compared to `tokenizers`' on every 50th text;
   trl      `datasets.map` + `apply_chat_template(tokenize=True, return_assistant_tokens_mask=True)` on a
            generation-tagged copy of SmolLM2's template, num_proc = cores, then labels (-100 where unmasked);
   prepare  `lossmask prepare` end to end as a user runs it (process start, read, parse, render, verify every row,
@@ -81,11 +83,22 @@ for record in iter_inputs([Path(sys.argv[1])]):
     for example in context.renderer.render(parse(record.value, record.source, None, context.format_options)):
         texts.append(example.text)
 tokenizer = context.tokenizer.tokenizer
+if sys.argv[3] == "tiktoken":  # the fast encoder's BPE alone, on the same texts; its ids checked against tokenizers
+    from lossmask.pipeline.encoders import fast_encoder
+    encoding = fast_encoder(tokenizer)[0].encoding
+    encode = lambda batch: encoding.encode_batch(batch, allowed_special="all")
+else:
+    encode = lambda batch: [e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
 started, cpu = time.perf_counter(), time.process_time()
 tokens = 0
 for i in range(0, len(texts), 1024):
-    tokens += sum(len(e.ids) for e in tokenizer.encode_batch(texts[i : i + 1024], add_special_tokens=False))
-print(json.dumps({"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "tokens": tokens}))
+    tokens += sum(len(ids) for ids in encode(texts[i : i + 1024]))
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+if sys.argv[3] == "tiktoken":
+    sample = texts[::50]
+    same = sum(a == e.ids for a, e in zip(encode(sample), tokenizer.encode_batch(sample, add_special_tokens=False)))
+    print(f"tiktoken ids equal to tokenizers' on {same} of {len(sample)} sampled rows", file=sys.stderr)
+print(json.dumps({"seconds": seconds, "cpu": cpu, "tokens": tokens}))
 """
 
 TRL = """
@@ -186,7 +199,15 @@ def main() -> int:
     count = build_corpus(corpus, args.conversations)
     print(f"corpus: {count:,} conversations ({corpus.stat().st_size / 1e6:.1f} MB), SmolLM2, {CORES} cores\n")
     paths: dict[str, list[str]] = {
-        "limit: encode_batch (in-process)": [sys.executable, "-c", RAW, str(corpus), str(TOKENIZER)]
+        "limit: encode_batch (in-process)": [sys.executable, "-c", RAW, str(corpus), str(TOKENIZER), "tokenizers"],
+        "encoder: tiktoken BPE alone (in-process)": [
+            sys.executable,
+            "-c",
+            RAW,
+            str(corpus),
+            str(TOKENIZER),
+            "tiktoken",
+        ],
     }
     if not args.skip_trl:
         paths["trl: datasets.map + apply_chat_template"] = [
@@ -204,9 +225,13 @@ def main() -> int:
         loads.append(os.getloadavg()[0])
         for name, command in paths.items():
             result = measure(command)
-            if name.startswith("limit"):
+            if name.startswith(("limit", "encoder")):
                 raw = json.loads(str(result["out"]))
-                result["wall"], result["cpu"], tokens = raw["seconds"], raw["cpu"], raw["tokens"]
+                result["wall"], result["cpu"] = raw["seconds"], raw["cpu"]
+                if name.startswith("limit"):
+                    tokens = raw["tokens"]
+                else:
+                    assert raw["tokens"] == tokens, (raw["tokens"], tokens)
             results[name].append(result)
         print(f"round {round_ + 1} done (load average at its start {loads[-1]:.2f})", file=sys.stderr)
     manifest = json.loads((work / "out" / "_manifest.json").read_text())
@@ -227,12 +252,12 @@ def main() -> int:
         per_cpu = [tokens / float(r["cpu"]) for r in runs]
         rss = statistics.median(float(r["rss"]) for r in runs) / 1024
         medians[name] = (statistics.median(rates), statistics.median(per_cpu))
-        rss_text = f"{rss:,.0f} MB" if not name.startswith("limit") else "-"
+        rss_text = f"{rss:,.0f} MB" if not name.startswith(("limit", "encoder")) else "-"
         print(f"{name:44} {statistics.median(walls):>7.2f} {stat(rates):>28} {stat(per_cpu):>30} {rss_text:>9}")
     limit_rate, limit_cpu = medians["limit: encode_batch (in-process)"]
     print()
     for name, (rate, per_cpu) in medians.items():
-        if name.startswith("prepare"):
+        if name.startswith(("prepare", "encoder")):
             line = f"{name:44} x limit: {rate / limit_rate:.2f} (wall), {per_cpu / limit_cpu:.2f} (per CPU-s)"
             trl = medians.get("trl: datasets.map + apply_chat_template")
             if trl:

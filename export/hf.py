@@ -25,9 +25,11 @@ from ..schemas.exports import (
     HF_COLUMN_DOCS,
     HF_FILE_PATTERN,
     HF_PACKED_SCHEMA,
+    HF_PAIRS_SCHEMA,
     HF_ROWS_SCHEMA,
     HF_SUFFIXES,
 )
+from ..schemas.preference import LAYOUT_KTO, LAYOUT_PAIRS, SIDES
 from ..schemas.shards import MANIFEST_NAME
 from .files import prepare_out
 from .unshift import Unshifted, unshift_batch
@@ -35,8 +37,42 @@ from .unshift import Unshifted, unshift_batch
 _OWNED = re.compile(r"train-\d{5}-of-\d{5}\.(parquet|arrow)")
 
 
-def hf_schema(packed: bool) -> pa.Schema:
+def hf_schema(packed: bool, layout: str | None = None) -> pa.Schema:
+    if layout == LAYOUT_PAIRS:
+        return HF_PAIRS_SCHEMA
     return HF_PACKED_SCHEMA if packed else HF_ROWS_SCHEMA
+
+
+def hf_pairs_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int, int]:
+    """TRL's preference columns of a batch of pair rows, with its tokens and counted tokens.
+
+    Each side unshifted (t = input_ids + its last target): `prompt_ids` = t[:prompt_length], and the side's
+    completion = t[prompt_length : its last counted token + 1]. TRL counts every completion token, so a side
+    whose counted tokens are not exactly that run (an uncounted token inside it) cannot be given to it as is, and
+    the export refuses it, naming the row; tokens after the last counted one (what a template writes after the
+    stop) are left out, as they never count."""
+    rows = batch.to_pydict()
+    out: dict[str, list[list[int]]] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    tokens = counted = 0
+    for k in range(batch.num_rows):
+        p = rows["prompt_length"][k]
+        for side in SIDES:
+            t = [*rows[f"{side}_input_ids"][k], rows[f"{side}_target_ids"][k][-1]]
+            mask = np.asarray(rows[f"{side}_loss_mask"][k], dtype=bool)
+            trained = np.flatnonzero(mask) + 1  # the token each counted target is
+            end = int(trained[-1]) + 1
+            if trained[0] != p or trained.size != end - p:
+                raise ValueError(
+                    f"row {rows['source'][k]}: the {side} side's counted tokens are not one run from the end of the "
+                    "prompt, which TRL's DPOTrainer (it counts every completion token) cannot be given"
+                )
+            if side == "chosen":
+                out["prompt_ids"].append(t[:p])
+            out[f"{side}_ids"].append(t[p:end])
+            tokens += end
+            counted += end - p
+    arrays = [pa.array(out[name], pa.list_(pa.int32())) for name in HF_PAIRS_SCHEMA.names]
+    return pa.RecordBatch.from_arrays(arrays, schema=HF_PAIRS_SCHEMA), tokens, counted
 
 
 def hf_batch(unshifted: Unshifted, packed: bool) -> pa.RecordBatch:
@@ -87,10 +123,13 @@ def export_hf(shards: ShardSet, out: str | Path, file_format: str = "parquet", v
     if file_format not in HF_SUFFIXES:
         raise SetupError(f"unknown file format {file_format!r}: use one of {sorted(HF_SUFFIXES)}")
     out = Path(out)
+    if shards.layout == LAYOUT_KTO:  # its rows would lose their label: no KTO columns yet
+        raise SetupError(f"{shards.directory} holds KTO rows; --to hf writes SFT rows and preference pairs only")
     if verify:
         shards.verify()
     prepare_out(out, shards.directory, lambda name: bool(_OWNED.fullmatch(name)) or name == EXPORT_INFO_NAME)
-    schema = hf_schema(shards.packed)
+    pairs = shards.layout == LAYOUT_PAIRS
+    schema = hf_schema(shards.packed, shards.layout)
     count = max(len(shards.files), 1)
     files: list[dict[str, Any]] = []
     # One file per shard; with no shard at all, one empty file so that `load_dataset` finds a (0-row) split.
@@ -100,13 +139,18 @@ def export_hf(shards: ShardSet, out: str | Path, file_format: str = "parquet", v
         rows = tokens = counted = 0
         for batch in shards.batches(index) if shards.files else []:
             try:
-                unshifted = unshift_batch(batch)
+                if pairs:
+                    out_batch, batch_tokens, batch_counted = hf_pairs_batch(batch)
+                else:
+                    unshifted = unshift_batch(batch)
+                    out_batch = hf_batch(unshifted, shards.packed)
+                    batch_tokens, batch_counted = int(unshifted.tokens.size), int(np.count_nonzero(unshifted.counted))
             except ValueError as exc:
                 raise SetupError(f"shard {shards.files[index].path}: {exc}") from None
-            writer.write(hf_batch(unshifted, shards.packed))
+            writer.write(out_batch)
             rows += batch.num_rows
-            tokens += int(unshifted.tokens.size)
-            counted += int(np.count_nonzero(unshifted.counted))
+            tokens += batch_tokens
+            counted += batch_counted
         writer.close()
         digest = file_sha256(out / name)
         files.append({"file": name, "rows": rows, "tokens": tokens, "counted": counted, "sha256": digest})

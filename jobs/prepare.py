@@ -32,17 +32,11 @@ from ..pipeline.combine import (
 from ..pipeline.config import PrepareConfig
 from ..pipeline.dedup import Deduplicator
 from ..pipeline.encoders import EncoderMismatch
-from ..pipeline.inputs import InputPlan, batched
+from ..pipeline.inputs import InputPlan, batched, job_format, resolve_inputs
 from ..pipeline.write import RecordRows, ShardWriter, record_ranges
 from ..schemas.arrays import values
-from ..schemas.shards import (
-    LAYOUT_PACKED,
-    MANIFEST_NAME,
-    PACKED_SHARD_SCHEMA,
-    REJECTS_NAME,
-    SCHEMA_VERSION,
-    SHARD_SCHEMA,
-)
+from ..schemas.layouts import LAYOUTS
+from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, job_digest
 from .outdir import claim, open_output, output_error
 from .signals import check_stop
@@ -74,6 +68,10 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     With the tiktoken encoder, a sampled row on which it disagrees with `tokenizers` stops the run, and the job
     starts over with `tokenizers` (the manifest says why)."""
     config.require_paths()
+    if config.format is None and not config.datasets:
+        paths = resolve_inputs(config.inputs)
+        if (fmt := job_format(paths, None, config.format_options())) is not None:
+            config = dataclasses.replace(config, format=fmt)  # a preference job: its layout is the format's
     plan = InputPlan.build(config)
     if config.encoder == "auto":
         large = sum(p.stat().st_size for p in plan.paths) >= FAST_ENCODER_MIN_BYTES
@@ -139,7 +137,12 @@ def _run(
     accounting = Accounting.from_dict(checkpoint.accounting) if checkpoint.accounting else Accounting()
     packed = config.layout == LAYOUT_PACKED
     writer = ShardWriter(
-        out, max_rows=config.shard_max_rows, max_bytes=config.shard_max_bytes, shards=checkpoint.shards, packed=packed
+        out,
+        max_rows=config.shard_max_rows,
+        max_bytes=config.shard_max_bytes,
+        shards=checkpoint.shards,
+        packed=packed,
+        schema=LAYOUTS[config.layout][0],
     )
     combiner = make_combiner(config, checkpoint.replay, checkpoint.packing)
     counted_from = checkpoint.next_record  # records before it are only replayed: counted by the run that died
@@ -200,7 +203,8 @@ def _run(
                     next_record = index + 1
                 write(combiner.add(index, record_rows))
             if progress is not None:
-                progress(len(result.outcomes), int(values(batch.column("num_tokens")).sum()))
+                progress(len(result.outcomes), sum(r.tokens for r in ranges))
+        check_stop()  # a stop that came with the last batch still stops the job before its manifest
         write(combiner.finish())
         rejects_file = {"file": REJECTS_NAME, "bytes": rejects.tell(), "sha256": rejects_hash.hexdigest()}
     writer.close()
@@ -241,10 +245,10 @@ def build_manifest(
 ) -> dict[str, Any]:
     template = context.template
     profile = context.renderer.profile
-    schema = PACKED_SHARD_SCHEMA if config.layout == LAYOUT_PACKED else SHARD_SCHEMA
+    schema, version = LAYOUTS[config.layout]
     manifest = {
         "lossmask_version": __version__,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": version,
         "layout": config.layout,
         "schema": {f.name: {"type": str(f.type), "doc": f.metadata[b"doc"].decode()} for f in schema},
         "config": output_config(config),

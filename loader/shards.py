@@ -22,24 +22,10 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import SetupError
-from ..schemas import preference
-from ..schemas.shards import (
-    LAYOUT_PACKED,
-    LAYOUT_ROWS,
-    MANIFEST_NAME,
-    PACKED_SHARD_SCHEMA,
-    SCHEMA_VERSION,
-    SHARD_SCHEMA,
-    SHARD_SUFFIX,
-)
+from ..schemas.layouts import LAYOUTS
+from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SUFFIX
 
-# Every layout a shard folder may have: its schema, and the schema version this code reads for it.
-LAYOUTS: dict[str, tuple[pa.Schema, int]] = {
-    LAYOUT_ROWS: (SHARD_SCHEMA, SCHEMA_VERSION),
-    LAYOUT_PACKED: (PACKED_SHARD_SCHEMA, SCHEMA_VERSION),
-    preference.LAYOUT_PAIRS: (preference.PAIR_SHARD_SCHEMA, preference.SCHEMA_VERSION),
-    preference.LAYOUT_KTO: (preference.KTO_SHARD_SCHEMA, preference.SCHEMA_VERSION),
-}
+__all__ = ["LAYOUTS", "ShardFile", "ShardSet", "read_manifest"]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """The per-record pipeline as one plain function: parse -> render -> tokenize -> fit -> shift.
 
 `process_batch` takes a batch of raw records and a `JobContext` and returns rows plus one `Outcome` per record.
-It knows nothing of files, processes or clusters: the engines (`lossmask.engines`) decide where it runs.
+It knows nothing of files, processes or clusters: the engines (`lossmask.engines`) decide where it runs. It is
+also the one place where a preference job turns off to `pairs`, which makes pair and KTO rows from the same
+stages, so every engine runs those too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -15,6 +18,7 @@ import pyarrow as pa
 
 from ..errors import RecordError, SetupError
 from ..schemas.examples import TokenizedExample
+from ..schemas.layouts import LAYOUTS
 from ..schemas.records import Conversation, RawRecord, Record
 from .accounting import Outcome
 from .config import PrepareConfig
@@ -22,7 +26,7 @@ from .dedup import record_digest
 from .encoders import EncoderMismatch, fast_encoder
 from .faults import record_fault
 from .fit import LengthPolicy, fit
-from .formats import parse
+from .formats import parse, parse_preference
 from .formats.options import FormatOptions
 from .read import decode
 from .render import Renderer
@@ -112,23 +116,25 @@ def load_job_template(config: PrepareConfig, tokenizer: TokenizerInfo) -> ChatTe
 
 @dataclass
 class BatchResult:
-    """One batch's outcome per record, and every row written, in record order, as one Arrow record batch of
-    `SHARD_SCHEMA` (what crosses from a worker to the writer: buffers, not millions of Python objects)."""
+    """One batch's outcome per record, and every row written, in record order, as one Arrow record batch of the
+    job's layout (`SHARD_SCHEMA`, or a preference layout: what crosses from a worker to the writer, buffers, not
+    millions of Python objects)."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     batch: pa.RecordBatch = field(default_factory=lambda: rows_to_batch([]))
 
     @property
     def rows(self) -> list[Row]:
-        """The rows as `Row`s, for the combiners that pack documents and for the audit."""
+        """The rows as `Row`s, for the combiners that pack documents and for the audit (SFT rows only)."""
         return rows_from_batch(self.batch)
 
 
 def fit_record(
-    record: Record, examples: list[TokenizedExample], context: JobContext
+    record: Record, examples: list[TokenizedExample], context: JobContext, policy: LengthPolicy | None = None
 ) -> list[TokenizedExample | RecordError]:
-    """The length policy over one record's examples: by whole turns for a conversation (`turns`), else by tokens."""
-    policy = context.length_policy
+    """The length policy (the job's, unless given) over one record's examples: by whole turns for a conversation
+    (`turns`), else by tokens."""
+    policy = policy or context.length_policy
     if isinstance(record, Conversation):
         return fit_conversation(record, examples, policy, context.renderer.options.mask, context.encode)
     return [row for example in examples for row in fit(example, policy)]
@@ -169,7 +175,8 @@ def _guarded(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
     except Exception as exc:
         if len(raw_records) == 1:
             error = RecordError("internal_error", f"{type(exc).__name__}: {exc}"[:500])
-            return BatchResult(outcomes=[Outcome.failed(raw_records[0].source, error)])
+            batch = pa.RecordBatch.from_pylist([], schema=LAYOUTS[context.config.layout][0])  # the job's layout
+            return BatchResult(outcomes=[Outcome.failed(raw_records[0].source, error)], batch=batch)
         parts = [_guarded([raw], context) for raw in raw_records]
         return BatchResult(
             outcomes=[outcome for part in parts for outcome in part.outcomes],
@@ -178,7 +185,28 @@ def _guarded(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
 
 
 def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchResult:
-    records: list[tuple[RawRecord, Record | RecordError]] = []
+    """The stages, for SFT rows or (a preference job, `PrepareConfig.preference`) pair or KTO rows (`pairs`)."""
+    if context.config.preference:
+        from .pairs import process_preference  # pairs builds on this module
+
+        outcomes, batch = process_preference(parse_records(raw_records, context, parse_preference), context)
+        return BatchResult(outcomes, batch)
+    records = parse_records(raw_records, context)
+    outcomes, rows = make_rows(records, context)
+    if context.config.dedup is not None:  # each parsed record's digest, for the job to compare in order (`dedup`)
+        for (_, record), outcome in zip(records, outcomes, strict=True):
+            if not isinstance(record, RecordError):
+                outcome.digest = record_digest(record)
+    return BatchResult(outcomes, rows_to_batch(rows))
+
+
+Parsed = list[tuple[RawRecord, Any]]  # each raw record with what its parser made of it, or the RecordError
+
+
+def parse_records(raw_records: list[RawRecord], context: JobContext, parser: Callable[..., Any] = parse) -> Parsed:
+    """Stage 2 over a batch: each record decoded and parsed (`parse` for SFT jobs, `parse_preference` for
+    preference jobs), or the error that says why not."""
+    records: Parsed = []
     for raw in map(decode, raw_records):
         record_fault("read", raw)
         if raw.error is not None:
@@ -186,10 +214,16 @@ def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRe
             continue
         try:
             record_fault("parse", raw)
-            records.append((raw, parse(raw.value, raw.source, raw.extra.get("format"), context.format_options)))
+            records.append((raw, parser(raw.value, raw.source, raw.extra.get("format"), context.format_options)))
         except RecordError as exc:
             records.append((raw, exc))
+    return records
 
+
+def make_rows(
+    records: Parsed, context: JobContext, policy: LengthPolicy | None = None
+) -> tuple[list[Outcome], list[Row]]:
+    """render -> tokenize -> fit -> shift for parsed records, in order: one Outcome per record, and the rows."""
     rendered: list[list[Any] | RecordError] = []
     for raw, record in records:
         if isinstance(record, RecordError):
@@ -207,11 +241,11 @@ def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRe
     flat = [example for item in rendered if not isinstance(item, RecordError) for example in item]
     tokenized = iter(tokenize_batch(context.tokenizer, flat))
 
-    result = BatchResult()
+    outcomes: list[Outcome] = []
     written: list[Row] = []
     for (raw, record), item in zip(records, rendered, strict=True):
         if isinstance(item, RecordError):
-            result.outcomes.append(Outcome.failed(raw.source, item))
+            outcomes.append(Outcome.failed(raw.source, item))
             continue
         examples = [next(tokenized) for _ in item]
         failure = next((e for e in examples if isinstance(e, RecordError)), None)
@@ -220,7 +254,7 @@ def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRe
         if failure is None:
             assert not isinstance(record, RecordError)
             record_fault("fit", raw)
-            fitted = fit_record(record, [e for e in examples if isinstance(e, TokenizedExample)], context)
+            fitted = fit_record(record, [e for e in examples if isinstance(e, TokenizedExample)], context, policy)
             for row in fitted:
                 if isinstance(row, RecordError):
                     drops.append(row)
@@ -228,17 +262,12 @@ def _process_batch(raw_records: list[RawRecord], context: JobContext) -> BatchRe
                     record_fault("shift", raw)
                     rows.append(shift(row))
         if failure is not None:
-            result.outcomes.append(Outcome.failed(raw.source, failure))
+            outcomes.append(Outcome.failed(raw.source, failure))
         elif not rows:
             nothing = RecordError("no_trainable_tokens", "the length policy left no row")
-            result.outcomes.append(Outcome.failed(raw.source, drops[0] if drops else nothing))
+            outcomes.append(Outcome.failed(raw.source, drops[0] if drops else nothing))
         else:
             dropped = tuple(d.reason for d in drops)
-            result.outcomes.append(Outcome(raw.source, "written", rows=len(rows), rows_dropped=dropped))
+            outcomes.append(Outcome(raw.source, "written", rows=len(rows), rows_dropped=dropped))
             written.extend(rows)
-    result.batch = rows_to_batch(written)
-    if context.config.dedup is not None:
-        for (_, record), outcome in zip(records, result.outcomes, strict=True):
-            if not isinstance(record, RecordError):
-                outcome.digest = record_digest(record)
-    return result
+    return outcomes, written

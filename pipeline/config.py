@@ -18,7 +18,7 @@ from ..schemas.records import ROLES
 from ..schemas.shards import LAYOUT_PACKED, LAYOUT_ROWS
 from .encoders import ENCODER_NAMES
 from .fit import OVERFLOW_POLICIES, TRUNCATE_SIDES, LengthPolicy
-from .formats import FORMAT_NAMES
+from .formats import FORMAT_NAMES, PREFERENCE_LAYOUTS
 from .formats.options import DEFAULT_FIELDS, MAX_MESSAGE_CHARS, MAX_RECORD_BYTES, FormatOptions
 from .mask import MASK_MODES, UNFAITHFUL_POLICIES, MaskPolicy
 from .reasoning import ReasoningTags
@@ -187,6 +187,14 @@ class PrepareConfig:
             self.eval = normalize_eval(self.eval)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise SetupError(f"seed must be a whole number, not {self.seed!r}")
+        for entry in (*self.datasets, *(self.eval or {}).get("datasets", [])):
+            if entry.get("format", self.format) in PREFERENCE_LAYOUTS:
+                raise SetupError(
+                    f"dataset {entry['name']!r}: preference and KTO data are prepared from inputs (one dataset, "
+                    "docs/preference.md); datasets entries hold SFT data"
+                )
+        if self.dedup is not None and self.format in PREFERENCE_LAYOUTS:
+            raise SetupError(f"dedup compares conversations; {self.format} data is not deduplicated")
         for index in range(len(self.datasets)):
             self.for_dataset(index)  # each entry's options make a valid job too
 
@@ -213,6 +221,8 @@ class PrepareConfig:
         if self.max_length is not None and self.max_length < 1:
             raise SetupError("max_length must be at least 1")
         self._validate_packing()
+        if self.preference:
+            self._validate_preference()
         if self.workers is not None and self.workers < 1:
             raise SetupError("workers must be at least 1")
         if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1:
@@ -239,8 +249,32 @@ class PrepareConfig:
         if self.concat is not None and not self.text_append_eos:
             raise SetupError("--concat joins documents with the end-of-text token: it needs text_append_eos")
 
+    def _validate_preference(self) -> None:
+        """Preference data makes one unpacked row per record whose prompt never trains (docs/preference.md)."""
+        made = "pairs" if self.format == "preference" else "KTO rows"
+        if self.pack is not None or self.concat is not None:
+            raise SetupError(
+                f"--pack and --concat put several documents in a row; {self.format} data makes {made}, "
+                "one per record, unpacked"
+            )
+        if self.overflow == "split":
+            raise SetupError(
+                f"--overflow split would cut an answer into windows; {self.format} data never cuts "
+                "its answers: use --overflow truncate (the prompt is cut from the left) or drop"
+            )
+        if self.mask == "all":
+            raise SetupError(f"--mask all trains the prompt; {self.format} data trains its answers only")
+
+    @property
+    def preference(self) -> bool:
+        """Whether the job reads preference data (`--format preference|kto`, or detected by `inputs.job_format`)."""
+        return self.format in PREFERENCE_LAYOUTS
+
     @property
     def layout(self) -> str:
+        """The layout the job writes: the preference format's, else SFT rows, packed with --pack or --concat."""
+        if self.format in PREFERENCE_LAYOUTS:
+            return PREFERENCE_LAYOUTS[self.format]
         return LAYOUT_ROWS if self.pack is None and self.concat is None else LAYOUT_PACKED
 
     def require_paths(self) -> None:

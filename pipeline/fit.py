@@ -15,10 +15,16 @@ again, and come here only for what must still be cut inside a turn.
   `part` numbers the windows.
 
 A result with no counted target is dropped (`no_trainable_tokens`), with its reason, never written.
+
+Preference data (`keeping_answers`): an answer that is compared (a pair) or judged (KTO) is never cut, since the
+cut answer would be scored as if it were whole. The prompt is cut from its left end instead (a KTO conversation
+first loses its earliest whole turns, in `turns`), and a record whose answer would still be cut is dropped
+(`too_long`). `fit_pair` says how much of a pair's prompt is kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +42,7 @@ class LengthPolicy:
     max_length: int | None = None  # positions per row at most; None = no limit
     overflow: str = "truncate"
     truncate_side: str = "right"  # which end is cut: right keeps the beginning, left keeps the end
+    keep_answers: bool = False  # a cut that loses a counted target drops the example (preference data)
 
     def too_long(self, example: TokenizedExample) -> bool:
         return self.max_length is not None and positions(example) > self.max_length
@@ -53,7 +60,38 @@ def fit(example: TokenizedExample, policy: LengthPolicy) -> list[TokenizedExampl
         return [RecordError("too_long", f"{positions(example)} positions > --max-length {policy.max_length}")]
     if policy.overflow == "split":
         return [_checked(window) for window in windows(example, policy)]
-    return [_checked(cut(example, policy))]
+    shortened = cut(example, policy)
+    if policy.keep_answers and shortened.flags & RowFlag.ANSWER_TRUNCATED:
+        return [RecordError("too_long", f"the answer does not fit --max-length {policy.max_length}")]
+    return [_checked(shortened)]
+
+
+def keeping_answers(policy: LengthPolicy) -> LengthPolicy:
+    """The length policy of preference data: the same limit, the prompt cut from the left, answers never cut."""
+    return dataclasses.replace(policy, truncate_side="left", keep_answers=True)
+
+
+def fit_pair(prompt: int, chosen: int, rejected: int, policy: LengthPolicy) -> int | RecordError:
+    """How many of a pair's `prompt` tokens to keep (its last ones) so that each side, those prompt tokens and its
+    `chosen` or `rejected` completion tokens, fits `--max-length` positions; or why the pair is dropped.
+
+    Both sides keep the same prompt tokens, so they still share their first `prompt_length` ids. `--overflow
+    drop` drops an over-long pair whole; `truncate` cuts the prompt from the left, and drops the pair when not
+    even one prompt token leaves room for the longer completion.
+    """
+    if policy.max_length is None:
+        return prompt
+    room = policy.max_length + 1  # tokens per side
+    longest = max(chosen, rejected)
+    if prompt + longest <= room:
+        return prompt
+    if policy.overflow == "drop":
+        return RecordError("too_long", f"{prompt + longest - 1} positions > --max-length {policy.max_length}")
+    if room - longest < 1:
+        return RecordError(
+            "too_long", f"a completion of {longest} tokens does not fit --max-length {policy.max_length} after a prompt"
+        )
+    return room - longest
 
 
 def _checked(example: TokenizedExample) -> TokenizedExample | RecordError:

@@ -18,6 +18,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow as pa
 from ..errors import SetupError
 from ..schemas.records import RawRecord
 from .config import PrepareConfig
-from .formats import detect
+from .formats import PREFERENCE_LAYOUTS, detect
 from .formats.options import FormatOptions
 from .hub import resolve_hub_dataset
 from .read import (
@@ -127,6 +128,42 @@ def iter_raw_records(
             raw.extra["format"] = file_format
             if raw.source.index >= skip:
                 yield raw
+
+
+def first_format(path: Path, options: FormatOptions) -> str | None:
+    """The format of a file, as `iter_raw_records` finds it: that of its first record that decodes and is known."""
+    with closing(iter_file(path, str(path), 0, options.max_record_bytes)) as records:
+        for raw in records:
+            if raw.error is None:
+                probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
+                found = None if probe.error else detect(probe.value, options)
+                if found is not None:
+                    return found
+    return None
+
+
+def job_format(paths: list[Path], forced: str | None, options: FormatOptions) -> str | None:
+    """The format the whole job reads: `forced`, else the preference format of its files, else None (each file
+    keeps its own format).
+
+    Preference data makes rows of a layout of its own (`formats.PREFERENCE_LAYOUTS`), so a job is a preference
+    job when its files hold preference data, and they must all hold the same kind: a job that mixes pairs, KTO
+    examples and SFT data has no one layout to write, and is refused before anything is read.
+    """
+    if forced is not None:
+        return forced
+    found = {path: first_format(path, options) for path in paths}
+    kinds = sorted({fmt for fmt in found.values() if fmt in PREFERENCE_LAYOUTS})
+    if not kinds:
+        return None
+    others = {path: fmt for path, fmt in found.items() if fmt is not None and fmt != kinds[0]}
+    if others:
+        first = next(path for path, fmt in found.items() if fmt == kinds[0])
+        other, fmt = next(iter(others.items()))
+        raise SetupError(
+            f"{first} holds {kinds[0]} data and {other} {fmt} data: a job writes one layout; prepare them apart"
+        )
+    return kinds[0]
 
 
 # A batch closes at this many bytes of records too, so that batches of large records (each up to

@@ -147,7 +147,21 @@ class Renderer:
 
     # conversations
 
-    def _render_chat(self, conversation: Conversation, inherited: list[bool] | None) -> list[RenderedExample]:
+    def generation_prompt(self, conversation: Conversation, count: int) -> str:
+        """What the model reads at inference before it writes message `count` of the conversation: its first
+        `count` messages, exactly as `render` hands them to the template, rendered with the generation prompt (so
+        the assistant's header ends it). A preference pair's prompt is this text (`pairs`)."""
+        conversation, messages = self._template_messages(conversation)
+        assert self.template is not None and self.profile is not None
+        data = [m.data for m in messages[:count]]
+        if self.profile.content_format == "parts":
+            data = to_parts(data)
+        inputs = TemplateInputs(conversation.tools, conversation.template_kwargs)
+        return inputs.render(self.template, data, add_generation_prompt=True)
+
+    def _template_messages(self, conversation: Conversation) -> tuple[Conversation, list[TemplateMessage]]:
+        """The conversation as its rows render it (generated tool-call ids, if asked), and its messages as the
+        template receives them."""
         if self.template is None or self.builder is None or self.profile is None:
             # A job setting, not this record's fault: every chat record would be rejected the same way.
             raise SetupError(
@@ -156,8 +170,6 @@ class Renderer:
             )
         if self.profile.requires_tools and not conversation.tools:
             raise RecordError("template_error", f"{self.template.name} renders only conversations that have `tools`")
-        policy = self.options.mask
-        intent = message_intent(conversation, policy, inherited)
         if self.options.tool_call_ids == "generate" and any(m.tool_calls for m in conversation.messages):
             conversation = generate_call_ids(conversation)
         inline = self.options.reasoning_fallback == "inline"
@@ -168,6 +180,13 @@ class Renderer:
             inline,
             self.profile.tool_arguments,
         )
+        return conversation, messages
+
+    def _render_chat(self, conversation: Conversation, inherited: list[bool] | None) -> list[RenderedExample]:
+        policy = self.options.mask
+        conversation, messages = self._template_messages(conversation)
+        assert self.template is not None and self.profile is not None
+        intent = message_intent(conversation, policy, inherited)
         flags, escape = self._check_special(*(text for m in messages for text in (m.answer, m.reasoning)))
         if any(m.converted for m in messages):
             flags |= RowFlag.TOOL_ARGUMENTS_CONVERTED

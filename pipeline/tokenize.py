@@ -109,6 +109,12 @@ def tokenize_batch(info: TokenizerInfo, examples: list[RenderedExample]) -> list
     return results
 
 
+def token_offsets(info: TokenizerInfo, examples: list[RenderedExample]) -> list[np.ndarray]:
+    """The character [start, end) of each token `tokenize_batch` encodes for each example (before an appended EOS
+    or stop), for checks that need to know where tokens begin (a preference pair's prompt boundary, `pairs`)."""
+    return [encoded.offsets for encoded in _encode(info, examples)[0]]
+
+
 def _encode(info: TokenizerInfo, examples: list[RenderedExample]) -> tuple[list[Encoded], list[int]]:
     """(ids and offsets, flags) per example, from the tokenizer's encoder (see `encoders`); escaped examples are
     re-encoded piecewise (see `encode_pieces`). A deterministic sample of rows encoded by a fast encoder is

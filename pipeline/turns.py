@@ -95,7 +95,7 @@ def fit_conversation(
         return [row for example in examples for row in fit(example, policy)]
     parts = exchanges(conversation)
     if not parts.starts:  # only system messages (--mask all): no turn to drop or regroup, so cut
-        cut = LengthPolicy(policy.max_length, "truncate", policy.truncate_side)
+        cut = dataclasses.replace(policy, overflow="truncate")
         return [row for example in examples for row in fit(example, cut)]
     intent = message_intent(conversation, mask)
     tries = _Tries(conversation, parts, intent, encode, policy)
@@ -155,13 +155,13 @@ def _truncate(tries: _Tries, policy: LengthPolicy) -> Result:
             shortest = tries.rows(droppable, count)  # the system prompt and the last exchange: cut inside below
         if not isinstance(shortest, RecordError):
             chosen = [_flagged(row, _DROPPED) for row in shortest]
-    cut = LengthPolicy(policy.max_length, "truncate", policy.truncate_side)
+    cut = dataclasses.replace(policy, overflow="truncate")
     return [row for example in chosen for row in fit(example, cut)]
 
 
 def _split(tries: _Tries, policy: LengthPolicy) -> Result:
     count = len(tries.parts.starts)
-    cut = LengthPolicy(policy.max_length, "truncate", policy.truncate_side)
+    cut = dataclasses.replace(policy, overflow="truncate")
     out: Result = []
     first = 0
     while first < count:

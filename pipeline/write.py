@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ..files import file_sha256, temp_path
 from ..schemas.arrays import utf8_lengths, values
+from ..schemas.preference import SIDES
 from ..schemas.shards import PACKED_SHARD_SCHEMA, SHARD_SCHEMA, SHARD_SUFFIX
 from .faults import crash_point
 from .packed import PackedRow, packed_rows_to_batch
@@ -56,12 +57,22 @@ class RecordRows:
         return self.batch.slice(self.start, self.count)
 
 
+def row_sizes(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, counted targets, estimated bytes) of each row of a batch of rows (SFT or KTO) or pairs. A pair
+    counts both sides' positions and counted targets, and 9 bytes (ids, targets, mask) per position of each."""
+    source_bytes = utf8_lengths(batch.column("source"))
+    if "num_tokens" in batch.schema.names:
+        tokens = values(batch.column("num_tokens")).astype(np.int64)
+        loss = values(batch.column("num_loss_tokens")).astype(np.int64)
+        return tokens, loss, 14 * tokens + source_bytes + 32
+    tokens = sum(np.diff(values(batch.column(f"{side}_input_ids").offsets)).astype(np.int64) for side in SIDES)
+    loss = sum(values(batch.column(f"{side}_num_loss_tokens")).astype(np.int64) for side in SIDES)
+    return tokens, loss, 9 * tokens + source_bytes + 32
+
+
 def record_ranges(batch: pa.RecordBatch, counts: list[int]) -> list[RecordRows]:
     """The rows of each record of a batch (`counts[k]` rows for record k, in order)."""
-    tokens = values(batch.column("num_tokens")).astype(np.int64)
-    loss = values(batch.column("num_loss_tokens")).astype(np.int64)
-    source_bytes = utf8_lengths(batch.column("source"))
-    size = 14 * tokens + source_bytes + 32
+    tokens, loss, size = row_sizes(batch)
     ends = np.cumsum(counts, dtype=np.int64)
     cumulative = [np.concatenate([[0], np.cumsum(column)]) for column in (tokens, loss, size)]
     out, start = [], 0
@@ -87,7 +98,8 @@ class ShardWriter:
     so memory holds one record batch, not a shard. A shard ends only after a whole record, so that a record's
     rows (several when turns are split) are never spread over two shards and a checkpoint can say "every record
     before this one is done"; then it is closed, synced and renamed. With `packed`, the rows are `PackedRow`s
-    (`PACKED_SHARD_SCHEMA`), each added on its own.
+    (`PACKED_SHARD_SCHEMA`), each added on its own. `schema` is the layout's (`schemas.layouts`) when it is
+    another: preference pairs or KTO rows, which arrive as ranges of a worker's batch of that schema.
     """
 
     def __init__(
@@ -98,9 +110,11 @@ class ShardWriter:
         batch_rows: int = 1024,
         shards: list[ShardInfo] | None = None,
         packed: bool = False,
+        schema: pa.Schema | None = None,
     ):
         self.out_dir = out_dir
         self.packed = packed
+        self.schema = schema or (PACKED_SHARD_SCHEMA if packed else SHARD_SCHEMA)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.batch_rows = batch_rows
@@ -113,7 +127,8 @@ class ShardWriter:
         if (rows.count if isinstance(rows, RecordRows) else len(rows)) == 0:
             return None
         if self._open is None:
-            self._open = _OpenShard(self.out_dir / shard_name(len(self.shards)), self.batch_rows, self.packed)
+            path = self.out_dir / shard_name(len(self.shards))
+            self._open = _OpenShard(path, self.batch_rows, self.packed, self.schema)
         self._open.add(rows)
         if self._open.rows >= self.max_rows or self._open.bytes >= self.max_bytes:
             return self._finish()
@@ -132,11 +147,11 @@ class ShardWriter:
 class _OpenShard:
     """A shard being written: its temporary file, the rows not yet in a record batch, and running totals."""
 
-    def __init__(self, path: Path, batch_rows: int, packed: bool = False):
+    def __init__(self, path: Path, batch_rows: int, packed: bool = False, schema: pa.Schema | None = None):
         self.path = path
         self.batch_rows = batch_rows
         self.temp = temp_path(path)
-        schema = PACKED_SHARD_SCHEMA if packed else SHARD_SCHEMA
+        schema = schema or (PACKED_SHARD_SCHEMA if packed else SHARD_SCHEMA)
         self.sink = pa.OSFile(str(self.temp), "wb")
         self.writer = pa.ipc.new_file(self.sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
         self.packed = packed

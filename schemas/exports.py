@@ -32,6 +32,10 @@ HF_COLUMN_DOCS: dict[str, str] = {
     "attention_mask": "1 for every token (rows layout only; a collator pads it with 0)",
     "position_ids": "position of each token in its document, from 0 (restarts per document in packed rows)",
     "seq_lengths": "packed rows: token count of each document, in order; sums to len(input_ids)",
+    # pairs (TRL's DPOTrainer columns, trl 1.16: prompt + completion, completions wholly counted)
+    "prompt_ids": "pairs: the prompt's token ids (shard prompt_length tokens), the same for both completions",
+    "chosen_ids": "pairs: the chosen completion's token ids after the prompt, every one counted (answer and stop)",
+    "rejected_ids": "pairs: the rejected completion's token ids after the prompt, every one counted (answer and stop)",
 }
 
 
@@ -57,6 +61,13 @@ HF_PACKED_SCHEMA = pa.schema(
         _hf_field("seq_lengths", pa.int32()),
     ],
     metadata={"lossmask.export": "hf", "lossmask.layout": "packed"},
+)
+
+# Pair shards as TRL's DPOTrainer tokenizes preference data (trl 1.16 `DPOTrainer._prepare_dataset`): the prompt,
+# and each completion after it; its collator counts every completion token (completion_mask), none of the prompt.
+HF_PAIRS_SCHEMA = pa.schema(
+    [_hf_field("prompt_ids", pa.int32()), _hf_field("chosen_ids", pa.int32()), _hf_field("rejected_ids", pa.int32())],
+    metadata={"lossmask.export": "hf", "lossmask.layout": "pairs"},
 )
 
 HF_FILE_PATTERN = "train-{index:05d}-of-{count:05d}.{suffix}"  # the Hub's split naming: `train-*` is the train split

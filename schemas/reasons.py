@@ -64,10 +64,25 @@ REJECT_REASONS: dict[str, str] = {
     "the other's prefix), or a KTO example has no final assistant answer",
     "preference_identical_sides": "chosen and rejected are the same answer: the pair teaches nothing (its DPO loss "
     "stays log 2 and its gradient is 0)",
+    # Preference data, rendered (pipeline/pairs.py)
+    "preference_prompt_rendering": "the chat template renders the prompt differently once an answer follows it (or "
+    "trains a character of it), so a side does not begin with the prompt the model reads at inference; use a "
+    "template that renders earlier turns the same whatever follows",
+    "preference_prompt_boundary": "a side's tokens do not begin with the prompt's own tokens: the prompt's last "
+    "characters merge with the completion's first ones into other tokens (e.g. 'you' + 'I' -> 'youI'), so the model "
+    "would learn the answer after a context it never reads at inference; end the prompt on a separator (a space or "
+    "a newline) or use message lists",
+    "preference_double_stop": "a side counts two stop tokens in a row (the data writes one, then the template or the "
+    "tokenizer another): log p of the side would include a token the model emits after it has stopped; remove the "
+    "stop string from the data",
+    "preference_side_rows": "a side would need several rows (the template renders one of its assistant turns unlike "
+    "inference, see --unfaithful-turns), and a pair compares one sequence per side; keep one assistant turn per "
+    "completion, or use a prefix-stable template",
 }
 
 DROP_REASONS: dict[str, str] = {
-    "too_long": "longer than --max-length and --overflow drop",
+    "too_long": "longer than --max-length and --overflow drop; for preference data, also an answer that would be cut "
+    "(a pair's completions, or a KTO answer, do not fit --max-length with at least one prompt token)",
     "no_trainable_tokens": "no target is counted after masking (and truncation)",
     "blank": "the record has nothing to train on",
     "duplicate": "its normalized messages equal an earlier record's (dedup: exact); the earlier one is kept",

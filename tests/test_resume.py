@@ -94,12 +94,14 @@ def test_killed_from_outside_after_some_shards_then_rerun_is_byte_identical(big_
     assert outputs(out) == reference
 
 
-def test_a_changed_job_starts_over_instead_of_resuming(big_input, reference, tmp_path):
+def test_a_changed_job_starts_over_with_overwrite_instead_of_resuming(big_input, reference, tmp_path):
     out = tmp_path / "out"
     subprocess.run(command(big_input, out, 1), env={**os.environ, "LOSSMASK_CRASH_AT": "checkpoint-saved:3"})
     assert (out / "_checkpoint.json").exists()
     changed = [*command(big_input, out, 1), "--mask", "last-assistant"]
-    subprocess.run(changed, check=True)
+    refused = subprocess.run(changed, capture_output=True, text=True)  # another job's output: not without asking
+    assert refused.returncode == 2 and "another job's output" in refused.stderr, refused.stderr
+    subprocess.run([*changed, "--overwrite"], check=True)
     fresh = tmp_path / "fresh"
     subprocess.run([*command(big_input, fresh, 1), "--mask", "last-assistant"], check=True)
     assert outputs(out) == outputs(fresh)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import RecordError
+from ...schemas.preference import LAYOUT_KTO, LAYOUT_PAIRS
 from ...schemas.records import Conversation, Message, PreferenceRecord, Record, SourceRef
 from . import alpaca, openai, preference, prompt_completion, sharegpt, text
 from .checks import check_lengths, check_text
@@ -33,6 +34,9 @@ PREFERENCE_PARSERS: dict[str, Callable[[dict[str, Any], SourceRef, FormatOptions
     "kto": preference.parse_kto,
 }
 FORMAT_NAMES = tuple(PARSERS)
+# The formats a job reads as preference data, and the layout each makes (a job of one of them is a preference job:
+# `PrepareConfig.layout`, resolved from the inputs by `inputs.job_format`).
+PREFERENCE_LAYOUTS: dict[str, str] = {"preference": LAYOUT_PAIRS, "kto": LAYOUT_KTO}
 
 
 def detect(value: Any, options: FormatOptions) -> str | None:
