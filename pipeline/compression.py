@@ -39,8 +39,14 @@ class ZstdFrames:
         self._state = "magic"
         self._skip = 0  # content bytes to pass over before the next header
         self._checksum = False  # whether the current frame ends with a 4-byte checksum
+        # Where bytes that are no zstd stopped the stream (`error_at`, a compressed offset), and why.
+        self.error: CorruptArchive | None = None
+        self.error_at = 0
 
     def feed(self, data: bytes) -> None:
+        """Follow `data`; bytes that are no zstd set `error` (and `error_at`), and nothing after them is read."""
+        if self.error is not None:
+            return
         position, end = 0, len(data)
         while position < end:
             if self._skip:
@@ -53,11 +59,20 @@ class ZstdFrames:
             position += taken
             if len(self._header) == self._need:
                 header, self._header = self._header, b""
-                self._parse(header, self.offset + position - len(header))
+                at = self.offset + position - len(header)
+                try:
+                    self._parse(header, at)
+                except CorruptArchive as exc:
+                    self.error, self.error_at = exc, at
+                    self.offset = at
+                    return
         self.offset += end
 
     def finish(self) -> None:
-        """Raise CorruptArchive when the stream stopped anywhere but between two frames."""
+        """Raise CorruptArchive when the stream stopped at bytes that are no zstd, or anywhere but between two
+        frames."""
+        if self.error is not None:
+            raise self.error
         if self._state != "magic" or self._header or self._skip:
             raise CorruptArchive("the zstd data ends inside a frame (the file is cut off)")
 
@@ -94,15 +109,22 @@ class ZstdFrames:
 
 
 class _TrackedSource:
-    """A file object that shows every byte it hands the zstd decompressor to a `ZstdFrames`."""
+    """A file object that shows every byte it hands the zstd decompressor to a `ZstdFrames`, and ends where
+    bytes stop being zstd: the decompressor then hands out everything before them (the records of the frames
+    before trailing garbage) before `DecompressedStream.read` raises the error."""
 
     def __init__(self, raw: IO[bytes], frames: ZstdFrames):
         self._raw = raw
         self._frames = frames
 
     def read(self, size: int = -1) -> bytes:
+        if self._frames.error is not None:
+            return b""
+        start = self._frames.offset
         data = self._raw.read(size)
         self._frames.feed(data)
+        if self._frames.error is not None:
+            return data[: self._frames.error_at - start]
         return data
 
 

@@ -224,3 +224,29 @@ def test_rejects_from_a_one_line_json_array_say_which_item(tmp_path):
     path.write_text(text)
     run = prepare_capped(tmp_path, [path])
     assert run.rejected() == {f"{path}:1[1]": "duplicate_key", f"{path}:1[3]": "not_an_object"}
+
+
+@pytest.mark.parametrize("name", ["garbage.jsonl.zst", "garbage.jsonl.gz", "garbage.json.zst"])
+def test_bytes_after_the_archive_are_unreadable_after_its_records(tmp_path, name):
+    """Bytes after the last frame that are no frame (zstd) or member (gzip): every record before them is written,
+    then one `unreadable` with the offset."""
+    whole = _records(50)
+    if ".json." in name:
+        whole = b"[" + b",\n".join(whole.splitlines()) + b"]"
+    path = tmp_path / name
+    path.write_bytes(compress(tmp_path / f"full-{name}", whole).read_bytes() + b"this is not compressed data" * 10)
+    run = prepare_capped(tmp_path, [path])
+    assert run.counts["written"] == 50
+    (reject,) = run.rejects
+    assert reject["reason"] == "unreadable"
+    assert re.search(r"compressed byte \d+", reject["detail"]), reject["detail"]
+
+
+def test_a_truncated_parquet_file_is_unreadable_not_a_crash(tmp_path):
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.Table.from_pylist([conversation(f"q{k}") for k in range(100)]), whole)
+    path = tmp_path / "cut.parquet"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    run = prepare_capped(tmp_path, [path])
+    (reject,) = run.rejects
+    assert (reject["source"], reject["reason"]) == (f"{path}:1", "unreadable")
