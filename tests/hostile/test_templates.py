@@ -32,6 +32,11 @@ CHATML = json.loads((FIXTURE_TOKENIZER / "tokenizer_config.json").read_text())["
 ENDLESS = "{%- for i in range(100000) %}{%- for j in range(100000) %}{%- endfor %}{%- endfor %}"
 TRAPS = {
     "nested_range_loops": (ENDLESS, "template_timeout"),
+    # No call inside the loops: only the deadline check at each loop step stops it off the main thread.
+    "loop_without_calls": (
+        "{%- set xs = range(100000) %}{%- for i in xs %}{%- for j in xs %}{%- endfor %}{%- endfor %}",
+        "template_timeout",
+    ),
     "repeat_by_star": ("{{- 'a' * 10**10 }}", "template_output_too_large"),
     "doubling_by_plus": (
         "{%- set ns = namespace(s='ab') %}{%- for i in range(64) %}{%- set ns.s = ns.s + ns.s %}{%- endfor %}"
@@ -178,3 +183,23 @@ def test_the_budget_holds_off_the_main_thread(name):
     assert outcome["reason"] == (reason or "template_output_too_large")
     fine = [{"role": "user", "content": "fine"}]
     assert outcome["after"] == ChatTemplate("plain", CHATML).render(fine)  # the template still works
+
+
+def test_each_check_of_the_budget_holds_on_its_own():
+    """The checks back each other up in a template (a loop's start is a call, which checks the deadline too), so
+    each is held to its job here alone: loop steps, outputs and calls past the deadline, sizes before building."""
+    from lossmask.pipeline.templates.limits import Budget, LimitExceeded, RenderLimits
+
+    expired = Budget(RenderLimits(timeout=1e-9))
+    time.sleep(0.001)
+    for attempt in (lambda: next(expired.guard(iter(range(3)))), lambda: expired.produce("x"), expired.check_time):
+        with pytest.raises(LimitExceeded) as raised:
+            attempt()
+        assert raised.value.reason == "template_timeout"
+    small = Budget(RenderLimits(max_chars=10))
+    small.check_size(10, "a value")
+    with pytest.raises(LimitExceeded, match="would be 11 long; template_max_chars is 10"):
+        small.check_size(11, "a value")
+    with pytest.raises(LimitExceeded, match="produced over 40 characters"):
+        for _ in range(5):
+            small.produce("x" * 9)
