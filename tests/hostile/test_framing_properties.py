@@ -88,7 +88,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     items=st.lists(_JSON, max_size=8),
     indent=st.sampled_from([None, 1, 2]),
@@ -110,7 +110,7 @@ def test_array_items_are_what_json_loads_gives(items, indent, ascii_only, bom, s
         assert [p.line for p in pieces] == [3 + sum(heights[:k]) for k in range(len(items))]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(items=st.lists(_JSON, min_size=1, max_size=8), sizes=_SIZES, max_bytes=st.integers(1, 60))
 def test_array_items_one_per_line_have_their_line_and_size(items, sizes, max_bytes):
     """Laid out one per line, item k starts on line k + 2 and is its own bytes long (the last one with the
