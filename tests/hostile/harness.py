@@ -82,11 +82,14 @@ def run_capped(args: list[str], *, timeout: float = TIME_CAP, cap: int = MEMORY_
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def prepare_capped(tmp_path: Path, inputs: list[Path | str], *options: str, out_name: str = "out", **kw: Any) -> Run:
-    """`lossmask prepare` on INPUTS with the fixture tokenizer (one process: the cap is on all of it); checks the
-    job finished and accounted for every record, and returns it with its manifest and rejects."""
+def prepare_capped(
+    tmp_path: Path, inputs: list[Path | str], *options: str, out_name: str = "out", workers: int = 1, **kw: Any
+) -> Run:
+    """`lossmask prepare` on INPUTS with the fixture tokenizer (one process by default: the cap is on all of it;
+    workers inherit it, each); checks the job finished and accounted for every record, and returns it with its
+    manifest and rejects."""
     out = tmp_path / out_name
-    args = ["prepare", *map(str, inputs), "--out", str(out), "--workers", "1", "-q"]
+    args = ["prepare", *map(str, inputs), "--out", str(out), "--workers", str(workers), "-q"]
     if "--tokenizer" not in options:
         args += ["--tokenizer", str(FIXTURE_TOKENIZER)]
     run = run_capped([*args, *options], **kw)

@@ -13,9 +13,12 @@ import sys
 import time
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
+from ..support import FIXTURE_TOKENIZER
 from .bombs import MIB, around_message, compress, write_bomb
 from .harness import MEMORY_CAP, cap_memory, child_env, conversation, jsonl, prepare_capped, run_capped, setup_error
 
@@ -73,6 +76,38 @@ def test_a_bomb_costs_one_record(tmp_path, name, mebibytes):
     assert reject["reason"] == "record_too_large"
     assert _size(reject["detail"]) == len(before) + mebibytes * MIB + len(after)  # the whole message, counted
     assert last_at not in run.rejected()
+
+
+def test_a_gigabyte_of_blank_lines_is_skipped_and_counted(tmp_path):
+    """1.1 GiB of newlines between two records (more than the cap, were it held): the second record is written,
+    and has the line number the file gives it."""
+    path = tmp_path / "blank.jsonl.zst"
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    newlines = b"\n" * MIB
+    with open(path, "wb") as file:
+        file.write(compressor.compress(GOOD))
+        for _ in range(1100):
+            file.write(compressor.compress(newlines))
+        file.write(compressor.compress(LAST) + compressor.flush())
+    run = prepare_capped(tmp_path, [path])
+    assert (run.counts["read"], run.counts["written"]) == (2, 2)
+    sources = [
+        row["source"] for row in ds.dataset(str(run.out), format="arrow").to_table(columns=["source"]).to_pylist()
+    ]
+    assert sources == [f"{path}:1", f"{path}:{1100 * MIB + 2}"]
+
+
+def test_audit_samples_a_bomb_in_bounded_memory(tmp_path):
+    """`audit` on raw inputs reads them as prepare does: the bomb is a record-not-written, not a crash."""
+    before, after = around_message()
+    path = tmp_path / "bomb.jsonl.zst"
+    write_bomb(path, GOOD + before, BOMB, after + b"\n" + LAST)
+    run = run_capped(["audit", str(path), "--tokenizer", str(FIXTURE_TOKENIZER), "--json"])
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["records"]["by_reason"]["rejected"] == {"record_too_large": 1}
+    assert summary["records"]["written"] == 2
+    assert "records-not-written" in summary["fired"]
 
 
 def test_a_message_under_the_record_limit_is_refused_before_tokenizing(tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow.dataset as ds
 import pytest
 from lossmask.pipeline.templates import ChatTemplate
 
@@ -114,6 +115,21 @@ def test_template_max_chars_is_the_users_to_set(tmp_path):
     assert tight.rejected() == {f"{data}:1": "template_output_too_large"}
     assert "template_max_chars is 4,000" in tight.rejects[0]["detail"]
     assert prepare_capped(tmp_path, [data], out_name="default").counts["written"] == 2
+
+
+@pytest.mark.slow
+def test_a_worker_stuck_in_a_rendering_costs_one_record(tmp_path):
+    """With worker processes (forkserver; the alarm runs in each worker's main thread): the endless record is
+    template_timeout, every other record is written once, in order."""
+    template = tmp_path / "endless.jinja"
+    template.write_text(trapped(ENDLESS))
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(jsonl(*(conversation("say BOOM" if k == 5 else f"question {k}") for k in range(12))))
+    run = prepare_capped(tmp_path, [data], "--chat-template", str(template), "--batch-size", "1", workers=2)
+    assert (run.counts["read"], run.counts["written"]) == (12, 11)
+    assert run.rejected() == {f"{data}:6": "template_timeout"}
+    table = ds.dataset(str(run.out), format="arrow").to_table(columns=["record_index"])
+    assert table.column("record_index").to_pylist() == [k for k in range(12) if k != 5]
 
 
 @pytest.mark.parametrize("name", _slow_if_timeout(["nested_range_loops", "repeat_by_star", "doubling_by_plus"]))
