@@ -68,6 +68,13 @@ class ZstdFrames:
                     return
         self.offset += end
 
+    def vouched(self) -> int:
+        """Compressed bytes known to be zstd so far: all fed, but a frame header being read after a frame's end
+        (it may turn out to be no frame) or anything from where bytes stopped being zstd."""
+        if self.error is not None:
+            return self.error_at
+        return self.offset - (len(self._header) if self._state == "magic" else 0)
+
     def finish(self) -> None:
         """Raise CorruptArchive when the stream stopped at bytes that are no zstd, or anywhere but between two
         frames."""
@@ -109,23 +116,30 @@ class ZstdFrames:
 
 
 class _TrackedSource:
-    """A file object that shows every byte it hands the zstd decompressor to a `ZstdFrames`, and ends where
-    bytes stop being zstd: the decompressor then hands out everything before them (the records of the frames
-    before trailing garbage) before `DecompressedStream.read` raises the error."""
+    """A file object that shows every byte it hands the zstd decompressor to a `ZstdFrames`, and hands it only
+    bytes the frames vouch for: never the start of a header not yet known to be one (which may begin in one
+    read and end in the next), and nothing from where bytes stop being zstd. Given one stray byte, the
+    decompressor raises and drops the records it decompressed in the same call; given none, it hands out
+    everything before them, and `DecompressedStream.read` raises the error after."""
 
     def __init__(self, raw: IO[bytes], frames: ZstdFrames):
         self._raw = raw
         self._frames = frames
+        self._pending = b""  # read and fed, not yet handed out
+        self._given = 0  # compressed bytes handed out
+        self._eof = False
 
     def read(self, size: int = -1) -> bytes:
-        if self._frames.error is not None:
-            return b""
-        start = self._frames.offset
-        data = self._raw.read(size)
-        self._frames.feed(data)
-        if self._frames.error is not None:
-            return data[: self._frames.error_at - start]
-        return data
+        frames = self._frames
+        while frames.vouched() <= self._given and frames.error is None and not self._eof:
+            data = self._raw.read(size)
+            self._eof = not data
+            frames.feed(data)
+            self._pending += data
+        take = max(0, frames.vouched() - self._given)
+        out, self._pending = self._pending[:take], self._pending[take:]
+        self._given += len(out)
+        return out
 
 
 class DecompressedStream:
