@@ -219,3 +219,48 @@ def test_each_check_of_the_budget_holds_on_its_own():
     with pytest.raises(LimitExceeded, match="produced over 40 characters"):
         for _ in range(5):
             small.produce("x" * 9)
+
+
+_COMPILE = """
+import json, resource, sys
+from lossmask.errors import RecordError
+from lossmask.pipeline.templates import ChatTemplate
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+template = ChatTemplate("constant", sys.stdin.read())
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+try:
+    template.render([{"role": "user", "content": "q"}])
+    reason = None
+except RecordError as exc:
+    reason = exc.reason
+print(json.dumps({"grown_kib": grown, "reason": reason}))
+"""
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "'%300000000s' | format('x')",
+        "'x' | center(300000000)",
+        "'x\\nx' | indent(300000000)",
+    ],
+)
+def test_a_filter_of_constants_is_not_run_when_the_template_compiles(expression):
+    """Jinja folds filters of constants while it compiles, outside any rendering's budget: uncapped, a 10 GB
+    `format` width filled the machine's memory at job setup. The filters that can make more than they are given
+    are never folded: the rendering refuses them. (300 MB here, which the cap allows, so that a fold shows as
+    memory instead of failing quietly under the cap and falling back to the rendering.)"""
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE],
+        input="{{ " + expression + " }}",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIME_CAP,
+        preexec_fn=lambda: cap_memory(MEMORY_CAP),
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["grown_kib"] < 100_000, outcome  # no 300 MB value built at compile time
+    assert outcome["reason"] == "template_output_too_large"
