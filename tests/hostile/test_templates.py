@@ -86,15 +86,7 @@ def test_a_trap_in_a_template_costs_the_record_that_springs_it(tmp_path, name):
         assert "template_max_chars is" in reject["detail"] or "template_max_chars)" in reject["detail"]
 
 
-NOT_WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/batch.py load_job_template builds ChatTemplate without limits=config.template_limits(), so "
-    "--template-timeout and --template-max-chars are validated but never used (batch.py is another engineer's now)",
-)
-
-
 @pytest.mark.slow
-@NOT_WIRED
 def test_template_timeout_is_the_users_to_set(tmp_path):
     template = tmp_path / "endless.jinja"
     template.write_text(trapped(ENDLESS))
@@ -106,7 +98,6 @@ def test_template_timeout_is_the_users_to_set(tmp_path):
     assert "longer than 0.5 s" in run.reject_at(f"{data}:1")["detail"]
 
 
-@NOT_WIRED
 def test_template_max_chars_is_the_users_to_set(tmp_path):
     """A legitimate rendering over a small --template-max-chars is refused with that limit; the default takes it."""
     data = tmp_path / "data.jsonl"
