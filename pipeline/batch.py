@@ -111,7 +111,13 @@ def load_job_template(config: PrepareConfig, tokenizer: TokenizerInfo) -> ChatTe
         return None
     name, source = resolve_template_source(config.chat_template, tokenizer.chat_template, config.tokenizer)
     variables = {**tokenizer.special_tokens, **config.template_kwargs}
-    return ChatTemplate(name=name, source=source, variables=variables, template_date=config.template_date)
+    return ChatTemplate(
+        name=name,
+        source=source,
+        variables=variables,
+        template_date=config.template_date,
+        limits=config.template_limits(),
+    )
 
 
 @dataclass

@@ -39,8 +39,14 @@ class ZstdFrames:
         self._state = "magic"
         self._skip = 0  # content bytes to pass over before the next header
         self._checksum = False  # whether the current frame ends with a 4-byte checksum
+        # Where bytes that are no zstd stopped the stream (`error_at`, a compressed offset), and why.
+        self.error: CorruptArchive | None = None
+        self.error_at = 0
 
     def feed(self, data: bytes) -> None:
+        """Follow `data`; bytes that are no zstd set `error` (and `error_at`), and nothing after them is read."""
+        if self.error is not None:
+            return
         position, end = 0, len(data)
         while position < end:
             if self._skip:
@@ -53,11 +59,27 @@ class ZstdFrames:
             position += taken
             if len(self._header) == self._need:
                 header, self._header = self._header, b""
-                self._parse(header, self.offset + position - len(header))
+                at = self.offset + position - len(header)
+                try:
+                    self._parse(header, at)
+                except CorruptArchive as exc:
+                    self.error, self.error_at = exc, at
+                    self.offset = at
+                    return
         self.offset += end
 
+    def vouched(self) -> int:
+        """Compressed bytes known to be zstd so far: all fed, but a frame header being read after a frame's end
+        (it may turn out to be no frame) or anything from where bytes stopped being zstd."""
+        if self.error is not None:
+            return self.error_at
+        return self.offset - (len(self._header) if self._state == "magic" else 0)
+
     def finish(self) -> None:
-        """Raise CorruptArchive when the stream stopped anywhere but between two frames."""
+        """Raise CorruptArchive when the stream stopped at bytes that are no zstd, or anywhere but between two
+        frames."""
+        if self.error is not None:
+            raise self.error
         if self._state != "magic" or self._header or self._skip:
             raise CorruptArchive("the zstd data ends inside a frame (the file is cut off)")
 
@@ -94,16 +116,30 @@ class ZstdFrames:
 
 
 class _TrackedSource:
-    """A file object that shows every byte it hands the zstd decompressor to a `ZstdFrames`."""
+    """A file object that shows every byte it hands the zstd decompressor to a `ZstdFrames`, and hands it only
+    bytes the frames vouch for: never the start of a header not yet known to be one (which may begin in one
+    read and end in the next), and nothing from where bytes stop being zstd. Given one stray byte, the
+    decompressor raises and drops the records it decompressed in the same call; given none, it hands out
+    everything before them, and `DecompressedStream.read` raises the error after."""
 
     def __init__(self, raw: IO[bytes], frames: ZstdFrames):
         self._raw = raw
         self._frames = frames
+        self._pending = b""  # read and fed, not yet handed out
+        self._given = 0  # compressed bytes handed out
+        self._eof = False
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._frames.feed(data)
-        return data
+        frames = self._frames
+        while frames.vouched() <= self._given and frames.error is None and not self._eof:
+            data = self._raw.read(size)
+            self._eof = not data
+            frames.feed(data)
+            self._pending += data
+        take = max(0, frames.vouched() - self._given)
+        out, self._pending = self._pending[:take], self._pending[take:]
+        self._given += len(out)
+        return out
 
 
 class DecompressedStream:

@@ -19,6 +19,7 @@ BOM = b"\xef\xbb\xbf"
 # Scanning is done by regular expressions and bytes methods, which run in C: a Python step per byte would
 # take minutes per gigabyte, and bombs are gigabytes of newlines or brackets.
 _SPACE_RUN = re.compile(rb"[ \t\r\n\f\v]+")  # blank lines, skipped in one step up to their last newline
+_NOT_BLANK = re.compile(rb"[^ \t\r\n\f\v]")  # what makes a line a record (bytes.strip's blanks are these)
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")  # what JSON allows between values
 _OUTSIDE_STRINGS = re.compile(rb'[^"]*')  # inside an item, up to the next string
 _STRUCTURE = re.compile(rb'["\[\]{},]')  # outside strings: what can open, close or separate a value
@@ -50,12 +51,20 @@ def split_records(read: Read, max_bytes: int, arrays: bool) -> Iterator[Piece]:
     the lines. A read that fails ends the stream with an `unreadable` piece where it broke."""
     stream = chunks(read)
     line = 1
+    # The blanks after the last newline before the first record: the start of its line (it counts them; and
+    # what a chunk boundary falls between must not change a record's bytes).
+    lead = _Collector(max_bytes)
     try:
         for chunk in stream:
             first = chunk.lstrip(b" \t\r\n")[:1]
             if first:
                 break
-            line += chunk.count(b"\n")
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                line += chunk.count(b"\n")
+                lead.take(line)
+                chunk = chunk[newline + 1 :]
+            lead.add(chunk)
         else:
             return  # empty, or only blank lines
     except ReadFailed as exc:
@@ -65,7 +74,7 @@ def split_records(read: Read, max_bytes: int, arrays: bool) -> Iterator[Piece]:
     if arrays and first == b"[":
         yield from _array_items(rest, max_bytes, line)
     else:
-        yield from _lines(rest, max_bytes, line)
+        yield from _lines(rest, lead, line)
 
 
 def chunks(read: Read) -> Iterator[bytes]:
@@ -92,9 +101,12 @@ class _Collector:
         self.max_bytes = max_bytes
         self.parts: list[bytes] = []
         self.size = 0
+        self.blank = True  # nothing but blanks yet: a blank line is no record, however long
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
+        if self.blank and _NOT_BLANK.search(data):
+            self.blank = False
         if self.size <= self.max_bytes:
             self.parts.append(data)
         else:
@@ -103,13 +115,13 @@ class _Collector:
     def take(self, line: int, item: int | None = None) -> Piece:
         data = b"".join(self.parts) if self.size <= self.max_bytes else None
         piece = Piece(line, data, self.size, item)
-        self.parts, self.size = [], 0
+        self.parts, self.size, self.blank = [], 0, True
         return piece
 
 
-def _lines(stream: Iterator[bytes], max_bytes: int, line: int) -> Iterator[Piece]:
-    """The non-blank lines (without their newline), each with its 1-based line number."""
-    record = _Collector(max_bytes)
+def _lines(stream: Iterator[bytes], record: _Collector, line: int) -> Iterator[Piece]:
+    """The non-blank lines (without their newline), each with its 1-based line number; `record` holds the start
+    of the first."""
     try:
         for chunk in stream:
             position, end = 0, len(chunk)
@@ -125,18 +137,17 @@ def _lines(stream: Iterator[bytes], max_bytes: int, line: int) -> Iterator[Piece
                     record.add(chunk[position:])
                     break
                 record.add(chunk[position:newline])
+                blank = record.blank
                 piece = record.take(line)
-                if piece.data is None or piece.data.strip():
+                if not blank:
                     yield piece
                 line += 1
                 position = newline + 1
     except ReadFailed as exc:
         yield Piece(line, None, record.size, error="unreadable", detail=str(exc))
         return
-    if record.size:
-        piece = record.take(line)
-        if piece.data is None or piece.data.strip():
-            yield piece
+    if not record.blank:
+        yield record.take(line)
 
 
 class _ArrayScanner:
@@ -182,9 +193,9 @@ class _ArrayScanner:
                     self.state, self.item_line, start = "item", self.line, position
                 continue
             if self.in_string:
-                body = _STRING_BODY.match(chunk, position)
-                self.line += chunk.count(b"\n", position, body.end())
-                position = body.end()
+                found = _string_stop(chunk, position, end)
+                self.line += chunk.count(b"\n", position, found)
+                position = found
                 if position < end and chunk[position] == ord('"'):
                     self.in_string = False
                     position += 1
@@ -243,6 +254,18 @@ class _ArrayScanner:
         piece = self.item.take(self.item_line if self.state == "item" else self.line, self.items)
         self.state = "broken"
         return Piece(piece.line, None, piece.size, piece.item, error=error, detail=detail)
+
+
+def _string_stop(chunk: bytes, position: int, end: int) -> int:
+    """Inside a string from `position`: the index of its closing quote, `end` when the chunk ends first, or that
+    of a backslash that is the chunk's last byte. A string without escapes (a bomb's gigabyte of one letter) is
+    crossed by `find`, at memory speed; from its first backslash on, by the regular expression."""
+    quote = chunk.find(b'"', position)
+    stop = end if quote < 0 else quote
+    backslash = chunk.find(b"\\", position, stop)
+    if backslash < 0:
+        return stop
+    return _STRING_BODY.match(chunk, backslash).end()
 
 
 def _array_items(stream: Iterator[bytes], max_bytes: int, line: int) -> Iterator[Piece]:

@@ -59,13 +59,20 @@ def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
         yield where, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            here = f"{where}.{key}" if where else str(key)
+            name = _printable(str(key))
+            here = f"{where}.{name}" if where else name
             if isinstance(key, str):
                 yield here, key
             yield from _strings(item, here)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             yield from _strings(item, f"{where}[{i}]")
+
+
+def _printable(key: str) -> str:
+    """A key as a field path may show it: a lone surrogate in the key itself spelled as its escape (`\\ud801`), so
+    that the reject's detail and field can be written as UTF-8 like every other."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(key) else key
 
 
 def check_lengths(record: Record | PreferenceRecord, max_chars: int) -> None:

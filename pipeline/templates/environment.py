@@ -178,6 +178,11 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         def limited(*args: Any, **kwargs: Any) -> Any:
             budget = self.budget
             if budget is None:
+                if signature is not None:
+                    # Outside a rendering: Jinja folding a filter of constants while it compiles the template
+                    # (`'%10000000000s' | format('x')`), with no budget to refuse it. Not folded, it runs when
+                    # the template renders, in budget.
+                    raise jinja2.nodes.Impossible()
                 return function(*args, **kwargs)
             budget.check_time()
             if signature is not None:

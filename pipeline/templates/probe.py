@@ -54,11 +54,35 @@ def to_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "probe", "parameters": {}}}
 
 
+# A rendering out of its budget on the probe's small conversations is the template's fault, not a record's.
+_BUDGET_REASONS = frozenset({"template_timeout", "template_output_too_large"})
+
+
+def _reraise_budget(exc: RecordError) -> None:
+    """A probe that may fail (tools, a generation prompt, reasoning) may not run out of budget."""
+    if exc.reason in _BUDGET_REASONS:
+        raise exc
+
+
 def profile_template(
     template: ChatTemplate, control_re: re.Pattern[str] | None, stop_tokens: tuple[str, ...] = ()
 ) -> TemplateProfile:
-    """Probe the template with sentinel conversations. Raises SetupError when it renders none of them.
+    """Probe the template with sentinel conversations. Raises SetupError when it renders none of them, or when
+    any probe rendering runs out of its time or size budget (at once: each try would take the whole timeout).
     `stop_tokens`: the tokens the model stops generating on (see `TokenizerInfo.stop_tokens`)."""
+    try:
+        return _profile(template, control_re, stop_tokens)
+    except RecordError as exc:  # a rendering after the first that the template refuses (or a budget)
+        raise SetupError(
+            f"chat template {template.name} fails its probe ({exc.reason}): {exc.detail}"
+            if exc.reason in _BUDGET_REASONS
+            else f"chat template {template.name} fails to render a probe conversation ({exc.reason}): {exc.detail}"
+        ) from None
+
+
+def _profile(
+    template: ChatTemplate, control_re: re.Pattern[str] | None, stop_tokens: tuple[str, ...]
+) -> TemplateProfile:
     probe = [{"role": role, "content": sentinel(CONTENT, i)} for i, role in enumerate(_ROLES)]
     chosen: tuple[str, list[dict[str, Any]] | None] | None = None
     error = None
@@ -69,6 +93,8 @@ def profile_template(
         try:
             text = template.render(messages, tools=tools)
         except RecordError as exc:
+            if exc.reason in _BUDGET_REASONS:
+                raise
             error = error or exc.detail
             continue
         occurrences, _ = find_occurrences(text)
@@ -94,7 +120,8 @@ def profile_template(
             probe[:1] if content_format == "string" else to_parts(probe[:1]), add_generation_prompt=True, tools=tools
         )
         markers |= _text_markers(with_header[len(prompt) :] if with_header.startswith(prompt) else "", control_re)
-    except RecordError:
+    except RecordError as exc:
+        _reraise_budget(exc)
         pass
     footers = _markers_after(full, {0, 2}, control_re)
     eot: set[str] = set()
@@ -142,7 +169,8 @@ def _render_tool_call(template: ChatTemplate, content_format: str, arguments: di
     ]
     try:
         return template.render(messages if content_format == "string" else to_parts(messages), tools=[_PROBE_TOOL])
-    except RecordError:
+    except RecordError as exc:
+        _reraise_budget(exc)
         return None
 
 
@@ -249,7 +277,8 @@ def _renders_reasoning(template: ChatTemplate, content_format: str, tools: list[
         messages = to_parts(messages)
     try:
         text = template.render(messages, tools=tools)
-    except RecordError:
+    except RecordError as exc:
+        _reraise_budget(exc)
         return False
     occurrences, _ = find_occurrences(text)
     return any(o.kind == REASONING for o in occurrences)
