@@ -5,13 +5,14 @@ not the job.
 A `Budget` is one rendering's allowance. Time is enforced twice, so that it holds wherever rendering runs:
 `SIGALRM` (`setitimer`) interrupts any Python code when the rendering runs in a process's main thread (the
 local engine's workers, a job with one worker, the audit), and the budget's deadline is checked at every loop
-step, call and output of the template (`environment`), which needs no signal. The alarm is set only when no
-other timer is running, and is always disarmed, and the previous handler put back, before the rendering
-returns or raises. Size is enforced before a value is built (`guards`), so `'a' * 10**10` never allocates.
+step, call and output of the template (`environment`), which needs no signal. The alarm is used only when no
+one else handles SIGALRM, and never raises outside a rendering. Size is enforced
+before a value is built (`guards`), so `'a' * 10**10` never allocates.
 """
 
 from __future__ import annotations
 
+import _signal
 import signal
 import threading
 import time
@@ -90,28 +91,57 @@ class Budget:
             yield item
 
 
+# The alarm is set at most once per `timeout` seconds, not twice per rendering (two `setitimer` calls per
+# rendering cost ~3% of a job): a rendering that starts while the timer runs keeps it; when it rings, the handler
+# raises if the rendering in progress is past its deadline, re-arms for the rest of that rendering's time if one
+# is in progress, and otherwise lets the timer stop.
+_ringing: list[Budget] = []  # the budget of the rendering in progress, if any
+_timer = {"rings_at": 0.0}  # when the armed timer rings (monotonic); 0 = not armed
+
+
+def _ring(signum: int, frame: Any) -> None:
+    _timer["rings_at"] = 0.0
+    if not _ringing:
+        return
+    left = _ringing[0].deadline - time.monotonic()
+    if left <= 0:
+        raise _ringing[0].timeout()
+    _arm(left)
+
+
+def _arm(seconds: float) -> None:
+    seconds = max(seconds, 1e-6)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    _timer["rings_at"] = time.monotonic() + seconds
+
+
+def _alarm_usable() -> bool:
+    """Whether SIGALRM is ours to use here: in the main thread, with our handler in place, or installed now when
+    nobody else has a handler or a timer. Installed once per process and left in place; a program that installs
+    its own handler later gets no alarms from us."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = _signal.getsignal(signal.SIGALRM)  # the raw handler: `signal.getsignal` converts it to an enum
+    if handler is _ring:
+        return True
+    if handler == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0):
+        signal.signal(signal.SIGALRM, _ring)
+        _timer["rings_at"] = 0.0
+        return True
+    return False
+
+
 @contextmanager
 def alarm(budget: Budget) -> Iterator[None]:
-    """SIGALRM at the budget's deadline, in the main thread when no other interval timer is running; else
-    nothing (the deadline checks in the template's loops, calls and outputs still hold)."""
-    if (
-        not hasattr(signal, "setitimer")
-        or threading.current_thread() is not threading.main_thread()
-        or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0)
-    ):
+    """SIGALRM by the budget's deadline when `_alarm_usable`; else nothing (the deadline checks in the template's
+    loops, calls and outputs still hold). A signal after the rendering ended raises nothing."""
+    if not hasattr(signal, "setitimer") or not _alarm_usable():
         yield
         return
-    armed = True
-
-    def ring(signum: int, frame: Any) -> None:
-        if armed:  # a signal handled after the rendering ended is no timeout of it
-            raise budget.timeout()
-
-    previous = signal.signal(signal.SIGALRM, ring)
+    _ringing.append(budget)
     try:
-        signal.setitimer(signal.ITIMER_REAL, max(budget.deadline - time.monotonic(), 1e-6))
+        if not _timer["rings_at"] or _timer["rings_at"] > budget.deadline:  # else it rings in time for this one
+            _arm(budget.deadline - time.monotonic())
         yield
     finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        _ringing.clear()
