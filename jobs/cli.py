@@ -117,6 +117,20 @@ def print_summary(manifest: dict[str, Any], out: str, elapsed: float) -> None:
     for status in ("rejected", "dropped"):
         for reason, count in records["by_reason"][status].items():
             click.echo(f"          {count:>6} {status}: {reason}")
+    datasets = manifest.get("datasets") or []
+    if len(datasets) > 1:
+        for dataset in datasets:
+            click.echo(
+                f"          {dataset['name']}: {dataset['sampled']} sampled, {dataset['written']} written, "
+                f"{dataset['rejected']} rejected, {dataset['dropped']} dropped"
+            )
+    evaluation = manifest.get("eval")
+    if evaluation:
+        held = evaluation["records"]
+        click.echo(
+            f"eval:     {out}/eval/ ({held['written']} records written, {evaluation['totals']['rows']} rows; "
+            "its own manifest)"
+        )
     if records["rejected"] or records["dropped"]:
         click.echo(f"rejects:  {out}/_rejects.jsonl (file:line and reason for each)")
     click.echo(f"manifest: {out}/_manifest.json")

@@ -336,3 +336,17 @@ def test_eval_and_dedup_on_plain_inputs(tmp_path):
     dropped += manifest["records"]["by_reason"]["dropped"].get("duplicate", 0)
     assert dropped == 3  # the three repeated lines, wherever the split put them
     assert all("dataset" not in r for r in read_rejects(out))
+
+
+def test_the_cli_summary_names_each_dataset_and_the_eval_part(tmp_path):
+    chats = sharegpt_renamed(tmp_path)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(mixture(chats)))
+    out = tmp_path / "o"
+    args = ["prepare", "--config", str(config), "--tokenizer", str(FIXTURE_TOKENIZER), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "oai: 181 sampled, 181 written, 0 rejected, 0 dropped" in result.output
+    assert "sg: 80 sampled, 80 written, 0 rejected, 0 dropped" in result.output
+    evaluation = json.loads((out / "eval" / "_manifest.json").read_text())
+    assert f"eval:     {out}/eval/ (44 records written, {evaluation['totals']['rows']} rows" in result.output
