@@ -312,3 +312,32 @@ def test_mistral_tool_call_ids_are_generated_on_request(tmp_path):
     generated, _ = run_prepare(tmp_path, data, tokenizer=tokenizer, tool_call_ids="generate", out_name="generate")
     assert "tool_call_id_format" not in generated["records"]["by_reason"]["rejected"]
     assert generated["records"]["written"] == manifest["records"]["written"] + 153
+
+
+@pytest.mark.parametrize(
+    ("policy", "channels"),
+    [
+        (DEFAULT_POLICY, {"analysis", "commentary", "final"}),
+        (MaskPolicy(train_reasoning=False), {"commentary", "final"}),
+        (MaskPolicy(train_tool_calls=False), {"analysis", "final"}),
+        (MaskPolicy(train_reasoning=False, train_tool_calls=False), {"final"}),
+    ],
+)
+def test_gpt_oss_channels_train_by_their_class(styles, policy, channels):
+    """Which gpt-oss harmony channels train is chosen by class (docs/prepare.md, "gpt-oss channels"): the
+    analysis channel is reasoning (`--no-train-reasoning`), a commentary tool call is a tool call
+    (`--no-train-tool-calls`), the final channel is the answer; every assistant channel trains by default."""
+    rows, _ = render_record(
+        styles, "gpt-oss", "trl/gptoss.jinja", RECORDS["tool chain with reasoning, string arguments"], policy
+    )
+    assert not isinstance(rows, RecordError), rows
+    counted = "".join(text for text, _, _ in rows)
+    evidence = {
+        "analysis": "The user wants the weather." in counted and "The tool answered." in counted,
+        "commentary": "get_weather" in counted and '{"city": "Paris"}' in counted,
+        "final": "It is sunny in Paris." in counted,
+    }
+    assert {channel for channel, trained in evidence.items() if trained} == channels, counted
+    if "analysis" not in channels:  # a channel left out counts none of its text, not only part of it
+        assert "The user wants" not in counted and "The tool answered" not in counted, counted
+    assert counted.rstrip().endswith("<|return|>"), counted
