@@ -1,0 +1,205 @@
+"""Where bytes live: local paths, or objects behind a URL (`s3://bucket/key`, `gs://bucket/key`) read and written
+through `pyarrow.fs`.
+
+An input given as a URL becomes a `RemoteFile`: it has a `name` and `suffix` like a `Path` (so a file's kind is
+told by its name alike), `str()` gives its URL (what records, rejects and the manifest call it), and it opens as
+a stream (JSON, compressed or not) or as a random-access file (Parquet, Arrow). Globs (`*`, `?`, `[...]`, `**`)
+are matched against the keys listed under the pattern's longest prefix without magic; a URL naming no object but
+a prefix is a folder (every input file under it, sorted by key).
+
+Configuration is the standard one of the AWS SDK that pyarrow embeds: `AWS_ENDPOINT_URL` (or
+`AWS_ENDPOINT_URL_S3`) for an S3-compatible server, `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+`AWS_SESSION_TOKEN`, `AWS_PROFILE` and the credentials files, `AWS_REGION` / `AWS_DEFAULT_REGION`. Google Cloud
+Storage uses its own default credentials (`gs://`, where pyarrow was built with it).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache, cached_property
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .errors import SetupError
+
+# Schemes handled here. `hf://` is not one of them: a Hub dataset is downloaded (pipeline/hub.py).
+URL_SCHEMES = ("s3://", "gs://", "gcs://")
+_CHUNK = 8 << 20
+
+
+def is_url(text: str | object) -> bool:
+    """Whether an input or `--out` names an object store (a URL of a scheme `pyarrow.fs` handles here)."""
+    return isinstance(text, str | RemoteFile) and str(text).startswith(URL_SCHEMES)
+
+
+@cache
+def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of a URL's scheme and bucket (one per bucket and process), and the URL's path in it."""
+    scheme, _, rest = url.partition("://")
+    bucket = rest.split("/", 1)[0]
+    try:
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise SetupError(f"cannot reach {scheme}://{bucket}: {exc}") from None
+    return fs, bucket
+
+
+def split(url: str) -> tuple[pafs.FileSystem, str]:
+    """A URL's filesystem and its path there ("bucket/key")."""
+    fs, bucket = filesystem(url)
+    key = url.partition("://")[2].split("/", 1)[1] if "/" in url.partition("://")[2] else ""
+    return fs, f"{bucket}/{key}".rstrip("/")
+
+
+def join(url: str, *names: str) -> str:
+    return "/".join([url.rstrip("/"), *names])
+
+
+@dataclass(frozen=True, order=True)
+class RemoteFile:
+    """One object of an object store, used as reading uses a `Path`."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:  # pragma: no cover - guards against handing it to open(): it is no local path
+        raise TypeError(f"{self.url} is an object-store URL, not a local path")
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        name = self.name
+        return name[name.rfind(".") :] if "." in name else ""
+
+    @cached_property
+    def size(self) -> int:
+        fs, path = split(self.url)
+        return fs.get_file_info(path).size
+
+    def open_stream(self) -> Any:
+        """A sequential reader (a pyarrow NativeFile: `read(n)`, `tell()`, `close()`)."""
+        fs, path = split(self.url)
+        return fs.open_input_stream(path, compression=None)
+
+    def open_random(self) -> Any:
+        """A random-access reader, for Parquet footers and Arrow IPC files."""
+        fs, path = split(self.url)
+        return fs.open_input_file(path)
+
+
+def sha256(file: RemoteFile) -> str:
+    """The sha256 of an object's bytes, streamed (never its ETag, which for a multipart upload is no digest of
+    the content): so an input's fingerprint is the same for an object and for a local copy of it."""
+    digest = hashlib.sha256()
+    with file.open_stream() as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expand(pattern: str, wanted: Any) -> list[RemoteFile]:
+    """The objects a URL names: itself, the matches of its glob, or the objects under it as a folder, sorted by
+    key; `wanted(file)` says which a folder or glob keeps (inputs of a known kind). Empty when none."""
+    fs, path = split(pattern)
+    scheme = pattern.partition("://")[0]
+    if glob.has_magic(path):
+        fixed = re.split(r"[*?\[]", path, maxsplit=1)[0]
+        base = fixed.rsplit("/", 1)[0]
+        infos = _listing(fs, base)
+        regex = glob_regex(path)
+        return [RemoteFile(f"{scheme}://{i.path}") for i in infos if regex.fullmatch(i.path)]
+    try:
+        info = fs.get_file_info(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise SetupError(f"cannot read {pattern}: {exc}") from None
+    if info.type == pafs.FileType.File:
+        return [RemoteFile(pattern)]
+    files = [RemoteFile(f"{scheme}://{i.path}") for i in _listing(fs, path)]
+    return [f for f in files if wanted(f)]
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as `glob.glob(recursive=True)` reads it, over keys: `*` and `?` stay within one '/'-separated part,
+    `**` crosses parts (and `**/` matches no part at all), `[...]` is a set."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) > 0:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _listing(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
+    """The objects under `base`, sorted by key, hidden names (`.x`, temporaries) left out."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except (pa.ArrowException, OSError) as exc:
+        raise SetupError(f"cannot list {base}: {exc}") from None
+    relative = len(base) + 1
+
+    def visible(info: pafs.FileInfo) -> bool:
+        return info.type == pafs.FileType.File and not any(p.startswith(".") for p in info.path[relative:].split("/"))
+
+    return sorted(filter(visible, infos), key=lambda i: i.path)
+
+
+def listing(url: str) -> dict[str, int]:
+    """Every object under a URL (hidden ones too), as its key relative to the URL -> its size."""
+    fs, path = split(url)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    except (pa.ArrowException, OSError) as exc:
+        raise SetupError(f"cannot list {url}: {exc}") from None
+    return {i.path[len(path) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = split(url)
+    with fs.open_input_stream(path, compression=None) as stream:
+        return stream.read()
+
+
+def put(local: Any, url: str) -> None:
+    """Upload a local file as one object. The object appears under `url` only when the upload completes (a
+    single PUT, or a multipart upload that S3 makes visible at its completion): never half-written."""
+    fs, path = split(url)
+    with open(local, "rb") as source, fs.open_output_stream(path, compression=None) as sink:
+        while chunk := source.read(_CHUNK):
+            sink.write(chunk)
+
+
+def put_bytes(data: bytes, url: str) -> None:
+    fs, path = split(url)
+    with fs.open_output_stream(path, compression=None) as sink:
+        sink.write(data)
+
+
+def delete(url: str) -> None:
+    fs, path = split(url)
+    fs.delete_file(path)
