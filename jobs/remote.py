@@ -83,15 +83,23 @@ class RemoteOut:
                 f"--out {url} holds another job's output ({sum(map(is_shard, others))} shard(s); a different config, "
                 "input, tokenizer or lossmask version): pass --overwrite to replace it, or choose another --out"
             )
-        for name in sorted(others, key=lambda n: n == MANIFEST_NAME):  # its manifest last: proof to the end
-            storage.delete(storage.join(url, name))
+        try:
+            for name in sorted(others, key=lambda n: n == MANIFEST_NAME):  # its manifest last: proof to the end
+                storage.delete(storage.join(url, name))
+        except OSError as exc:
+            raise SetupError(f"cannot delete another job's output in {url}: {exc}") from None
 
     def publish(self) -> None:
         """Upload the finished job in the staging folder (eval part first), then delete the staging folder."""
         for part in ("eval", "train"):
             local = self.staging if part == "train" else self.staging / "eval"
             if (local / MANIFEST_NAME).is_file():
-                publish_folder(local, self.folder(part))
+                try:
+                    publish_folder(local, self.folder(part))
+                except OSError as exc:  # pyarrow's errors (network, permissions, quota) are OSErrors
+                    raise SetupError(
+                        f"cannot write {self.folder(part)}: {exc}; rerun the same command to publish again"
+                    ) from None
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
