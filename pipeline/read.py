@@ -25,7 +25,7 @@ from ..errors import SetupError
 from ..schemas.records import RawRecord, SourceRef
 from .compression import READ_ERRORS, DecompressedStream
 from .formats.options import MAX_RECORD_BYTES
-from .framing import BOM, ReadFailed, split_records
+from .framing import BOM, Piece, ReadFailed, split_records
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIXES = (".json",)
@@ -159,14 +159,19 @@ def _iter_json(path: InputFile, name: str, start_index: int, arrays: bool, max_b
             except READ_ERRORS as exc:
                 raise ReadFailed(f"{type(exc).__name__}: {exc}, {stream.where()}") from None
 
-        for index, piece in enumerate(split_records(read, max_bytes, arrays), start_index):
-            source = SourceRef(name, piece.line, index, piece.item)
-            if piece.error is not None:
-                yield RawRecord(source, error=piece.error, detail=piece.detail)
-            elif piece.data is None:
-                yield RawRecord(source, error="record_too_large", detail=_too_large(piece.size, max_bytes))
-            else:
-                yield RawRecord(source, line=piece.data)
+        yield from json_records(split_records(read, max_bytes, arrays), name, start_index, max_bytes)
+
+
+def json_records(pieces: Iterator[Piece], name: str, start_index: int, max_bytes: int) -> Iterator[RawRecord]:
+    """The framed pieces of a JSON stream as records numbered from `start_index`."""
+    for index, piece in enumerate(pieces, start_index):
+        source = SourceRef(name, piece.line, index, piece.item)
+        if piece.error is not None:
+            yield RawRecord(source, error=piece.error, detail=piece.detail)
+        elif piece.data is None:
+            yield RawRecord(source, error="record_too_large", detail=_too_large(piece.size, max_bytes))
+        else:
+            yield RawRecord(source, line=piece.data)
 
 
 def _too_large(size: int, max_bytes: int) -> str:
@@ -222,13 +227,22 @@ def _json_error(exc: Exception) -> str:
 TABLE_SLICE_BYTES = 8 << 20
 
 
-def _parquet_batches(path: InputFile) -> Iterator[pa.RecordBatch]:
-    """Batches of at most 1024 rows, fewer when the file's rows are large (from its row groups' sizes)."""
-    file = pq.ParquetFile(path.open_random() if isinstance(path, storage.RemoteFile) else path)
+def parquet_file(path: InputFile) -> pq.ParquetFile:
+    return pq.ParquetFile(path.open_random() if isinstance(path, storage.RemoteFile) else path)
+
+
+def _parquet_batches(path: InputFile, row_groups: range | None = None) -> Iterator[pa.RecordBatch]:
+    """Batches of at most 1024 rows, fewer when the file's rows are large (from its row groups' sizes); of the
+    row groups `row_groups` only, when given (a work unit)."""
+    file = parquet_file(path)
     metadata = file.metadata
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
     row_bytes = max((g.total_byte_size / g.num_rows for g in groups if g.num_rows), default=1.0)
-    yield from file.iter_batches(batch_size=max(1, min(1024, int(TABLE_SLICE_BYTES // max(row_bytes, 1.0)))))
+    size = max(1, min(1024, int(TABLE_SLICE_BYTES // max(row_bytes, 1.0))))
+    if row_groups is None:
+        yield from file.iter_batches(batch_size=size)
+    elif len(row_groups):
+        yield from file.iter_batches(batch_size=size, row_groups=list(row_groups))
 
 
 def _arrow_batches(path: InputFile) -> Iterator[pa.RecordBatch]:
@@ -250,10 +264,11 @@ def _arrow_batches(path: InputFile) -> Iterator[pa.RecordBatch]:
 
 
 def _iter_table_rows(
-    batches: Iterator[pa.RecordBatch], name: str, start_index: int, max_bytes: int
+    batches: Iterator[pa.RecordBatch], name: str, start_index: int, max_bytes: int, first_row: int = 0
 ) -> Iterator[RawRecord]:
+    """Rows as records numbered from `start_index`, their rows (1-based) counted after `first_row` rows."""
     index = start_index
-    row = 0
+    row = first_row
     try:
         for batch in batches:
             for value, size in _batch_values(batch, max_bytes):
