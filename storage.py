@@ -15,9 +15,11 @@ Storage uses its own default credentials (`gs://`, where pyarrow was built with 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
@@ -95,6 +97,16 @@ class RemoteFile:
         """A random-access reader, for Parquet footers and Arrow IPC files."""
         fs, path = split(self.url)
         return fs.open_input_file(path)
+
+
+@contextlib.contextmanager
+def reading(file: RemoteFile) -> Iterator[None]:
+    """An object that cannot be read (gone since it was listed, no permission, the server unreachable) stops the
+    job in one line, as a local input that cannot be opened does."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        raise SetupError(f"cannot read input {file.url}: {exc}") from None
 
 
 def sha256(file: RemoteFile) -> str:

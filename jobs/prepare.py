@@ -56,12 +56,18 @@ def output_config(config: PrepareConfig) -> dict[str, Any]:
 
 
 def input_size(path: InputFile) -> int:
-    return path.size if isinstance(path, storage.RemoteFile) else path.stat().st_size
+    if isinstance(path, storage.RemoteFile):
+        with storage.reading(path):
+            return path.size
+    return path.stat().st_size
 
 
 def input_sha256(path: InputFile) -> str:
     """An input's sha256: of the file's bytes, or of an object's bytes as streamed (`storage.sha256`)."""
-    return storage.sha256(path) if isinstance(path, storage.RemoteFile) else file_sha256(path)
+    if isinstance(path, storage.RemoteFile):
+        with storage.reading(path):
+            return storage.sha256(path)
+    return file_sha256(path)
 
 
 def fingerprints(config: PrepareConfig, context: JobContext, paths: list[InputFile]) -> dict[str, Any]:

@@ -164,6 +164,17 @@ def test_s3_inputs_and_output_equal_the_local_run_on_local_copies(s3, local_refe
     assert objects(fs, "out-1") == remote
 
 
+@pytest.mark.ray
+def test_the_ray_engine_reads_and_writes_s3_like_the_local_engine(s3, local_reference):
+    """`--engine ray` (a local Ray instance started by the run) on s3 inputs and output: the same output. Its
+    driver still reads the inputs and writes the shards (docs/scale.md); only the stages run on Ray."""
+    pytest.importorskip("ray")
+    fs, _ = s3
+    reference, local = local_reference
+    subprocess.run(prepare_command(S3_INPUTS, f"s3://{BUCKET}/out-ray", "--engine", "ray"), check=True)
+    assert_same_output(objects(fs, "out-ray"), reference, local)
+
+
 @pytest.mark.parametrize("crash_at", ["object-uploaded:2", "shard-half-written:2", "checkpoint-saved:3"])
 def test_a_killed_run_leaves_no_partial_object_and_reruns_to_the_same_output(s3, local_reference, crash_at):
     fs, _ = s3
@@ -258,3 +269,12 @@ def test_work_units_of_objects_read_as_the_whole_objects_do(s3):
     for path in paths:
         whole.extend((r.source, r.line, r.error, r.value) for r in iter_file(path, str(path), len(whole)))
     assert by_units == whole
+
+
+def test_an_unreachable_endpoint_is_one_line_exit_2(s3, tmp_path):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}  # nothing listens on port 1
+    result = subprocess.run(
+        prepare_command(S3_INPUTS[:1], str(tmp_path / "out")), env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot list" in result.stderr and "Could not connect" in result.stderr
