@@ -14,11 +14,11 @@ the same for a large input as for a small one, wherever it lives. Units depend o
 alone, never on the engine or the worker count.
 
 What a unit cannot know by itself is what precedes it: the line a byte range starts on, and the global index of
-its first record. Both are integers that the units before it give: `line_counts` (the newlines of each byte
-range, a pass that runs per unit, wherever its unit is read) then `number_lines` (a running sum, on whoever
-plans); a unit's record count comes out of reading it. `unit_records` then yields exactly the records, sources
-and errors that reading the whole file gives (`read.iter_file`), for that unit's part: concatenated in unit
-order they are the file's records (`tests/pipeline/test_units.py`, for arbitrary unit sizes).
+its first record. Both are integers that the units before it give: `count_unit` (its newlines and records, a
+pass that runs per unit, wherever its unit is read) then `number_units` (running sums, on whoever plans).
+`unit_records` then yields exactly the records, sources and errors that reading the whole file gives
+(`read.iter_file`), for that unit's part: concatenated in unit order they are the file's records
+(`tests/pipeline/test_units.py`, for arbitrary unit sizes).
 """
 
 from __future__ import annotations
@@ -179,6 +179,33 @@ def number_lines(units: list[Unit], counts: list[int]) -> list[Unit]:
         else:
             out.append(unit)
     return out
+
+
+@dataclass(frozen=True)
+class UnitCount:
+    """What the units after one need of it: its newlines (a byte range's; 0 otherwise) and its records."""
+
+    lines: int
+    records: int
+
+
+def count_unit(unit: Unit, max_record_bytes: int = MAX_RECORD_BYTES) -> UnitCount:
+    """A unit's newlines and records, by reading it (wherever it is read: a pass per unit, no Python value made
+    of a record). A byte range is counted before its first line is known: its records do not depend on it."""
+    placeholder = unit if unit.first_line is not None else dataclasses.replace(unit, first_line=1)
+    records = sum(1 for _ in unit_records(placeholder, 0, max_record_bytes))
+    return UnitCount(line_counts(unit), records)
+
+
+def number_units(units: list[Unit], counts: list[UnitCount]) -> list[tuple[Unit, int]]:
+    """Each unit with its first line (`number_lines`) and the global index of its first record: the running sum
+    of the records of the units before it. Integers only: the planner needs no input bytes."""
+    numbered = number_lines(units, [c.lines for c in counts])
+    starts, total = [], 0
+    for count in counts:
+        starts.append(total)
+        total += count.records
+    return list(zip(numbered, starts, strict=True))
 
 
 def unit_records(unit: Unit, start_index: int = 0, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RawRecord]:

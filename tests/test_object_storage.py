@@ -255,16 +255,15 @@ def test_work_units_of_objects_read_as_the_whole_objects_do(s3):
     """Byte ranges of a JSONL object and row-group ranges of a Parquet object (`pipeline/units.py`), read with
     ranged GETs, give the records of the whole objects."""
     from lossmask.pipeline.read import iter_file
-    from lossmask.pipeline.units import line_counts, number_lines, plan_units, unit_records
+    from lossmask.pipeline.units import count_unit, number_units, plan_units, unit_records
     from lossmask.storage import RemoteFile
 
     paths = [RemoteFile(f"s3://{BUCKET}/in/openai.jsonl"), RemoteFile(f"s3://{BUCKET}/in/tables/text.parquet")]
     units = plan_units(paths, 4096)
     assert {u.kind for u in units} == {"bytes", "row_groups"} and len(units) > 20
-    units = number_lines(units, [line_counts(u) for u in units])
     by_units = []
-    for unit in units:
-        by_units.extend((r.source, r.line, r.error, r.value) for r in unit_records(unit, len(by_units)))
+    for unit, first in number_units(units, [count_unit(u) for u in units]):
+        by_units.extend((r.source, r.line, r.error, r.value) for r in unit_records(unit, first))
     whole = []
     for path in paths:
         whole.extend((r.source, r.line, r.error, r.value) for r in iter_file(path, str(path), len(whole)))

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lossmask.pipeline.read import iter_file
-from lossmask.pipeline.units import line_counts, number_lines, plan_units, unit_records
+from lossmask.pipeline.units import count_unit, number_units, plan_units, unit_records
 
 MAX_RECORD = 48  # small, so some lines are too large and must be skipped to their end inside a unit
 
@@ -31,11 +31,11 @@ def as_tuples(records) -> list[tuple]:
 
 
 def read_by_units(paths, unit_bytes: int) -> list[tuple]:
+    """Each unit read apart, numbered from the counts alone (as a planner would: no unit sees another's records)."""
     units = plan_units(paths, unit_bytes)
-    units = number_lines(units, [line_counts(u) for u in units])
     out: list[tuple] = []
-    for unit in units:
-        out.extend(as_tuples(unit_records(unit, len(out), MAX_RECORD)))
+    for unit, first_index in number_units(units, [count_unit(u, MAX_RECORD) for u in units]):
+        out.extend(as_tuples(unit_records(unit, first_index, MAX_RECORD)))
     return out
 
 
