@@ -95,6 +95,7 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
         config = dataclasses.replace(config, encoder="tiktoken-if-proven" if large else "tokenizers")
     remote = RemoteOut(config.out, config.overwrite) if storage.is_url(config.out) else None
     if remote is not None:  # the job runs into a local staging folder, then publishes it (jobs/remote.py)
+        remote.check()
         config = dataclasses.replace(config, out=str(remote.staging))
     out = Path(config.out)
     lock = open_output(out)
@@ -120,6 +121,8 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
         raise error from None
     finally:
         lock.release()
+        if remote is not None:
+            remote.tidy()
 
 
 def _run_parts(

@@ -33,6 +33,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+
 from .. import storage
 from ..errors import SetupError
 from ..pipeline.faults import crash_point
@@ -57,6 +60,22 @@ class RemoteOut:
         self.url = url.rstrip("/")
         self.overwrite = overwrite
         self.staging = staging_folder(self.url)
+
+    def check(self) -> None:
+        """Refuse, before any work, an `--out` whose bucket does not exist or that names an object."""
+        fs, path = storage.split(self.url)
+        bucket = path.split("/", 1)[0]
+        try:
+            found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+            is_object = path != bucket and fs.get_file_info(path).type == pafs.FileType.File
+        except (pa.ArrowException, OSError) as exc:
+            raise SetupError(f"cannot reach --out {self.url}: {exc}") from None
+        if not found:
+            raise SetupError(
+                f"--out {self.url}: the bucket {bucket} does not exist (or these credentials cannot see it)"
+            )
+        if is_object:
+            raise SetupError(f"--out {self.url} is an object, not a prefix: choose another --out")
 
     def folder(self, part: str) -> str:
         return self.url if part == "train" else storage.join(self.url, "eval")
@@ -101,6 +120,13 @@ class RemoteOut:
                         f"cannot write {self.folder(part)}: {exc}; rerun the same command to publish again"
                     ) from None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def tidy(self) -> None:
+        """Remove the staging folder when a refused or failed run left it empty (never a checkpoint, shards or
+        rejects a rerun resumes from)."""
+        for folder in (self.staging / "eval", self.staging):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def publish_folder(local: Path, url: str) -> None:

@@ -277,3 +277,17 @@ def test_an_unreachable_endpoint_is_one_line_exit_2(s3, tmp_path):
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot list" in result.stderr and "Could not connect" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("out", "says"),
+    [
+        ("s3://no-such-bucket/out", "the bucket no-such-bucket does not exist"),
+        (f"s3://{BUCKET}/in/openai.jsonl", "is an object, not a prefix"),
+    ],
+)
+def test_an_s3_out_that_cannot_be_one_is_refused_before_any_work(s3, out, says):
+    result = run_cli(*prepare_command(S3_INPUTS[:1], out))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert says in result.stderr
+    assert not os.listdir(os.environ["LOSSMASK_STAGING"]), "refused before the job ran"
