@@ -136,7 +136,7 @@ def expand(pattern: str, wanted: Any) -> list[RemoteFile]:
         raise SetupError(f"cannot read {pattern}: {exc}") from None
     if info.type == pafs.FileType.File:
         return [RemoteFile(pattern)]
-    files = [RemoteFile(f"{scheme}://{i.path}") for i in _listing(fs, path)]
+    files = [RemoteFile(f"{scheme}://{i.path}") for i in _listing(fs, path, hidden=True)]
     return [f for f in files if wanted(f)]
 
 
@@ -167,8 +167,9 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def _listing(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
-    """The objects under `base`, sorted by key, hidden names (`.x`, temporaries) left out."""
+def _listing(fs: pafs.FileSystem, base: str, hidden: bool = False) -> list[pafs.FileInfo]:
+    """The objects under `base`, sorted by key; names in a hidden part (`.x`) only with `hidden`. As for local
+    inputs: a glob's `*` does not match hidden names (`glob.glob`), a folder gives every file (`rglob`)."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     except (pa.ArrowException, OSError) as exc:
@@ -176,7 +177,9 @@ def _listing(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
     relative = len(base) + 1
 
     def visible(info: pafs.FileInfo) -> bool:
-        return info.type == pafs.FileType.File and not any(p.startswith(".") for p in info.path[relative:].split("/"))
+        if info.type != pafs.FileType.File:
+            return False
+        return hidden or not any(p.startswith(".") for p in info.path[relative:].split("/"))
 
     return sorted(filter(visible, infos), key=lambda i: i.path)
 

@@ -291,3 +291,23 @@ def test_an_s3_out_that_cannot_be_one_is_refused_before_any_work(s3, out, says):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert says in result.stderr
     assert not os.listdir(os.environ["LOSSMASK_STAGING"]), "refused before the job ran"
+
+
+def test_globs_and_prefixes_name_objects_as_glob_and_folders_name_files(s3):
+    """`*` within one part, `**` across parts, hidden names only by folder, sorted by key: as `read.expand_inputs`
+    does for local paths."""
+    from lossmask.pipeline.read import expand_inputs
+
+    fs, _ = s3
+    for key in ["g/a.jsonl", "g/b.json", "g/x/c.jsonl", "g/.hidden.jsonl", "g/x/.d/e.jsonl", "g/notes.txt"]:
+        with fs.open_output_stream(f"{BUCKET}/{key}", compression=None) as sink:
+            sink.write(b"{}\n")
+
+    def keys(pattern: str) -> list[str]:
+        return [str(f).removeprefix(f"s3://{BUCKET}/g/") for f in expand_inputs([f"s3://{BUCKET}/g/{pattern}"])]
+
+    assert keys("*.jsonl") == ["a.jsonl"]
+    assert keys("**/*.jsonl") == ["a.jsonl", "x/c.jsonl"]
+    assert keys("[ab].json*") == ["a.jsonl", "b.json"]
+    assert keys("") == [".hidden.jsonl", "a.jsonl", "b.json", "x/.d/e.jsonl", "x/c.jsonl"]
+    assert keys("x") == ["x/.d/e.jsonl", "x/c.jsonl"]
