@@ -311,3 +311,25 @@ def test_globs_and_prefixes_name_objects_as_glob_and_folders_name_files(s3):
     assert keys("[ab].json*") == ["a.jsonl", "b.json"]
     assert keys("") == [".hidden.jsonl", "a.jsonl", "b.json", "x/.d/e.jsonl", "x/c.jsonl"]
     assert keys("x") == ["x/.d/e.jsonl", "x/c.jsonl"]
+
+
+def test_datasets_sampling_eval_dedup_and_packing_from_and_to_s3(s3, tmp_path):
+    """`datasets:` of s3 globs, a sample, an eval fraction (published under OUT/eval/), dedup and --pack: the same
+    records and totals as on the local copies."""
+    from lossmask.jobs.prepare import prepare
+    from lossmask.pipeline.config import PrepareConfig
+
+    fs, local = s3
+
+    def run(first: str, second: str, out: str) -> dict:
+        datasets = [{"path": first, "sample": 50, "name": "a"}, {"path": second, "name": "b"}]
+        options = {"eval": {"fraction": 0.1}, "dedup": "exact", "pack": 256, "tokenizer": str(FIXTURE_TOKENIZER)}
+        return prepare(PrepareConfig.from_mapping({"datasets": datasets, "out": out, **options}))
+
+    remote = run(f"s3://{BUCKET}/in/openai.jsonl", f"s3://{BUCKET}/in/*.json", f"s3://{BUCKET}/out-datasets")
+    here = run(str(local / "openai.jsonl"), str(local / "*.json"), str(tmp_path / "out"))
+    assert remote["records"] == here["records"] and remote["totals"] == here["totals"]
+    assert remote["eval"]["records"] == here["eval"]["records"]
+    published = objects(fs, "out-datasets")
+    assert {"eval/_manifest.json", "eval/shard-00000.arrow", "_manifest.json"} <= set(published)
+    assert sorted(published) == sorted(local_files(tmp_path / "out"))
