@@ -200,19 +200,32 @@ def read_bytes(url: str) -> bytes:
         return stream.read()
 
 
+def temp_key(path: str) -> str:
+    """The hidden temporary key an object is uploaded under before it gets its name (`files.temp_path`'s)."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/.{name}.tmp"
+
+
 def put(local: Any, url: str) -> None:
-    """Upload a local file as one object. The object appears under `url` only when the upload completes (a
-    single PUT, or a multipart upload that S3 makes visible at its completion): never half-written."""
-    fs, path = split(url)
-    with open(local, "rb") as source, fs.open_output_stream(path, compression=None) as sink:
-        while chunk := source.read(_CHUNK):
-            sink.write(chunk)
+    """Upload a local file as one object that appears under `url` only whole: uploaded under its temporary key,
+    then moved (a server-side copy, atomic per object, and a delete). A failed upload can leave the temporary,
+    never a partial object under `url`: a stream that fails midway is still closed by pyarrow, and closing an S3
+    stream completes its upload with what it had."""
+    with open(local, "rb") as source:
+        _upload(url, iter(lambda: source.read(_CHUNK), b""))
 
 
 def put_bytes(data: bytes, url: str) -> None:
+    _upload(url, iter([data]))
+
+
+def _upload(url: str, chunks: Iterator[bytes]) -> None:
     fs, path = split(url)
-    with fs.open_output_stream(path, compression=None) as sink:
-        sink.write(data)
+    temp = temp_key(path)
+    with fs.open_output_stream(temp, compression=None) as sink:
+        for chunk in chunks:
+            sink.write(chunk)
+    fs.move(temp, path)
 
 
 def delete(url: str) -> None:

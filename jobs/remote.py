@@ -7,9 +7,10 @@ store only ever receives finished files. The staging folder is `$LOSSMASK_STAGIN
 on the same machine, and it is deleted once everything is published. It must hold the whole output.
 
 Publishing, per part folder (OUT/eval first, then OUT): `_publishing.json` (the job's digest and the sha256 of
-each file it is about to upload), then each shard and `_rejects.jsonl`, each uploaded whole under its final key
-(an object appears only when its upload completes: a killed upload leaves no object, at most an incomplete
-multipart upload that the bucket's lifecycle rule aborts), then `_manifest.json` last, then `_publishing.json` is
+each file it is about to upload), then each shard and `_rejects.jsonl`, each uploaded under a hidden temporary
+key (`.shard-00000.arrow.tmp`) and moved to its final key (a server-side copy, atomic per object: a failed or
+killed upload leaves at most the temporary, or an incomplete multipart upload that the bucket's lifecycle rule
+aborts, never a partial object under a final name), then `_manifest.json` last, then `_publishing.json` is
 deleted. So a prefix with a `_manifest.json` and no `_publishing.json` is complete.
 
 Ownership, as `jobs/outdir.py` has it for folders, proven the same way: objects listed by a `_manifest.json` (its
@@ -163,6 +164,9 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
             digest = str(marker["digest"])
             owned[PUBLISHING_NAME] = digest
             owned.update(_proven(url, dict(marker["files"]), names, digest))
+    for name in list(owned):  # a failed upload's temporary (`storage.put`) is its job's too
+        owned.setdefault(f".{name}.tmp", owned[name])
+    owned = {n: d for n, d in owned.items() if n in names}
     return owned, [n for n in names if n not in owned] + nested
 
 

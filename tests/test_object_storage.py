@@ -333,3 +333,22 @@ def test_datasets_sampling_eval_dedup_and_packing_from_and_to_s3(s3, tmp_path):
     published = objects(fs, "out-datasets")
     assert {"eval/_manifest.json", "eval/shard-00000.arrow", "_manifest.json"} <= set(published)
     assert sorted(published) == sorted(local_files(tmp_path / "out"))
+
+
+def test_an_upload_that_fails_midway_leaves_no_object_under_its_final_name(s3):
+    """pyarrow completes an S3 upload when its stream is closed, even after an error: so `storage` uploads under
+    the hidden temporary key and moves it; the failure leaves at most that temporary."""
+    from lossmask import storage
+
+    fs, _ = s3
+
+    def chunks():
+        yield b"the first part of a shard"
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="the disk went away"):
+        storage._upload(f"s3://{BUCKET}/midway/shard-00000.arrow", chunks())
+    assert "shard-00000.arrow" not in objects(fs, "midway")
+    assert set(objects(fs, "midway")) <= {".shard-00000.arrow.tmp"}
+    storage.put_bytes(b"whole", f"s3://{BUCKET}/midway/shard-00000.arrow")
+    assert objects(fs, "midway") == {"shard-00000.arrow": b"whole"}
