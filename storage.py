@@ -39,16 +39,20 @@ def is_url(text: str | object) -> bool:
     return isinstance(text, str | RemoteFile) and str(text).startswith(URL_SCHEMES)
 
 
-@cache
 def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of a URL's scheme and bucket (one per bucket and process), and the URL's path in it."""
+    """The filesystem of a URL's scheme and bucket (one per bucket and process), and the bucket."""
     scheme, _, rest = url.partition("://")
     bucket = rest.split("/", 1)[0]
+    return _bucket_filesystem(scheme, bucket), bucket
+
+
+@cache
+def _bucket_filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
     try:
         fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise SetupError(f"cannot reach {scheme}://{bucket}: {exc}") from None
-    return fs, bucket
+    return fs
 
 
 def split(url: str) -> tuple[pafs.FileSystem, str]:
