@@ -26,7 +26,11 @@ from .signals import stops_cleanly
     "--tokenizer",
     help="A tokenizer.json, a model folder (tokenizer.json + tokenizer_config.json), or a Hub id org/name[@revision].",
 )
-@click.option("--out", help="Output folder for the shards, _manifest.json and _rejects.jsonl.")
+@click.option(
+    "--out",
+    help="Output folder for the shards, _manifest.json and _rejects.jsonl, or an object-store prefix "
+    "(s3://bucket/prefix, docs/scale.md).",
+)
 @row_options
 @click.option("--pack", type=int, help="Pack whole documents into rows of at most N positions (best-fit decreasing).")
 @click.option("--concat", type=int, help="Join documents and cut rows of exactly N positions (pretraining text).")

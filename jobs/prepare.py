@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, engines
+from .. import __version__, engines, storage
 from ..files import file_sha256, write_json
 from ..pipeline.accounting import Accounting, Outcome
 from ..pipeline.batch import JobContext
@@ -33,12 +33,14 @@ from ..pipeline.config import PrepareConfig
 from ..pipeline.dedup import Deduplicator
 from ..pipeline.encoders import EncoderMismatch
 from ..pipeline.inputs import InputPlan, batched, job_format, resolve_inputs
+from ..pipeline.read import InputFile
 from ..pipeline.write import RecordRows, ShardWriter, record_ranges
 from ..schemas.arrays import values
 from ..schemas.layouts import LAYOUTS
 from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, job_digest
 from .outdir import claim, open_output, output_error
+from .remote import RemoteOut
 from .signals import check_stop
 
 # Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
@@ -53,10 +55,25 @@ def output_config(config: PrepareConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
-def fingerprints(config: PrepareConfig, context: JobContext, paths: list[Path]) -> dict[str, Any]:
+def input_size(path: InputFile) -> int:
+    if isinstance(path, storage.RemoteFile):
+        with storage.reading(path):
+            return path.size
+    return path.stat().st_size
+
+
+def input_sha256(path: InputFile) -> str:
+    """An input's sha256: of the file's bytes, or of an object's bytes as streamed (`storage.sha256`)."""
+    if isinstance(path, storage.RemoteFile):
+        with storage.reading(path):
+            return storage.sha256(path)
+    return file_sha256(path)
+
+
+def fingerprints(config: PrepareConfig, context: JobContext, paths: list[InputFile]) -> dict[str, Any]:
     template = context.template
     return {
-        "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
+        "inputs": [{"path": str(p), "bytes": input_size(p), "sha256": input_sha256(p)} for p in paths],
         "tokenizer": {"path": config.tokenizer, "sha256": context.tokenizer.fingerprint},
         "template": None if template is None else {"name": template.name, "sha256": template.sha256},
     }
@@ -74,21 +91,29 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
             config = dataclasses.replace(config, format=fmt)  # a preference job: its layout is the format's
     plan = InputPlan.build(config)
     if config.encoder == "auto":
-        large = sum(p.stat().st_size for p in plan.paths) >= FAST_ENCODER_MIN_BYTES
+        large = sum(input_size(p) for p in plan.paths) >= FAST_ENCODER_MIN_BYTES
         config = dataclasses.replace(config, encoder="tiktoken-if-proven" if large else "tokenizers")
+    remote = RemoteOut(config.out, config.overwrite) if storage.is_url(config.out) else None
+    if remote is not None:  # the job runs into a local staging folder, then publishes it (jobs/remote.py)
+        remote.check()
+        config = dataclasses.replace(config, out=str(remote.staging))
     out = Path(config.out)
     lock = open_output(out)
     try:
         try:
-            return _run_parts(config, plan, progress)
+            manifest = _run_parts(config, plan, progress, remote)
         except EncoderMismatch as exc:
             if config.encoder == "tokenizers":
                 raise
             print(f"lossmask: {exc}; starting over with --encoder tokenizers", file=sys.stderr)
-            manifest = _run_parts(dataclasses.replace(config, encoder="tokenizers", resume=False), plan, progress)
+            manifest = _run_parts(
+                dataclasses.replace(config, encoder="tokenizers", resume=False), plan, progress, remote
+            )
             manifest["encoder"]["fell_back"] = str(exc)
             write_json(out / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
-            return manifest
+        if remote is not None:
+            remote.publish()
+        return manifest
     except OSError as exc:
         error = output_error(exc, out)
         if error is None:
@@ -96,9 +121,16 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
         raise error from None
     finally:
         lock.release()
+        if remote is not None:
+            remote.tidy()
 
 
-def _run_parts(config: PrepareConfig, plan: InputPlan, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _run_parts(
+    config: PrepareConfig,
+    plan: InputPlan,
+    progress: Callable[[int, int], None] | None,
+    remote: RemoteOut | None = None,
+) -> dict[str, Any]:
     """The eval part first (OUT/eval/, its own manifest), then the train part; with dedup, one set of digests
     for both, so that no train record repeats an eval record."""
     dedup = Deduplicator() if config.dedup is not None else None
@@ -107,10 +139,10 @@ def _run_parts(config: PrepareConfig, plan: InputPlan, progress: Callable[[int, 
         eval_config = plan.eval_config(config)
         lock = open_output(Path(eval_config.out))  # OUT/eval is claimed as any --out is (jobs/outdir.py)
         try:
-            evaluation = _run(eval_config, plan, progress, "eval", dedup)
+            evaluation = _run(eval_config, plan, progress, "eval", dedup, remote)
         finally:
             lock.release()
-    manifest = _run(config, plan, progress, "train", dedup)
+    manifest = _run(config, plan, progress, "train", dedup, remote)
     if evaluation is not None:
         manifest["eval"] = {"out": "eval", "records": evaluation["records"], "totals": evaluation["totals"]}
         write_json(Path(config.out) / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
@@ -123,6 +155,7 @@ def _run(
     progress: Callable[[int, int], None] | None,
     part: str = "train",
     dedup: Deduplicator | None = None,
+    remote: RemoteOut | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     context = JobContext.from_config(config)
@@ -130,6 +163,8 @@ def _run(
     prints = fingerprints(config, context, plan.paths)
     datasets = plan.part_datasets(part)  # what records are read is the config's (seed, datasets, eval) and files'
     digest = job_digest({"version": __version__, "config": output_config(config), "fingerprints": prints})
+    if remote is not None:  # refused before any work, as a local --out is
+        remote.claim(part, digest)
     checkpoint = claim(out, digest, resume=config.resume, overwrite=config.overwrite)
     if checkpoint is None:
         checkpoint = Checkpoint(digest, rejects_sha256=hashlib.sha256().hexdigest())

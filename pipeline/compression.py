@@ -16,6 +16,8 @@ from typing import IO
 
 import zstandard
 
+from ..storage import RemoteFile
+
 
 class CorruptArchive(OSError):
     """A compressed file that is cut off or is not what its suffix says."""
@@ -145,9 +147,10 @@ class _TrackedSource:
 class DecompressedStream:
     """`read(n)` of a file's decompressed bytes; `where()` says where the reading is, for an error's detail."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | RemoteFile):
         name = path.name.lower()
-        self._raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by `close`
+        # An object-store input is a pyarrow stream (read, tell, close), as a local file is a file object.
+        self._raw: IO[bytes] = path.open_stream() if isinstance(path, RemoteFile) else open(path, "rb")  # noqa: SIM115
         self._frames: ZstdFrames | None = None
         self._stream: IO[bytes] | zstandard.ZstdDecompressionReader
         self.position = 0  # decompressed bytes handed out

@@ -46,11 +46,15 @@ class ReadFailed(Exception):
     """The stream could not give more bytes (a truncated or corrupt archive); the message says why and where."""
 
 
-def split_records(read: Read, max_bytes: int, arrays: bool) -> Iterator[Piece]:
+def split_records(
+    read: Read, max_bytes: int, arrays: bool, first_line: int = 1, strip_bom: bool = True
+) -> Iterator[Piece]:
     """The records of a JSON stream: the items of an array when `arrays` and the first character is '[', else
-    the lines. A read that fails ends the stream with an `unreadable` piece where it broke."""
-    stream = chunks(read)
-    line = 1
+    the lines. A read that fails ends the stream with an `unreadable` piece where it broke. A stream that starts
+    at a line inside a file (a work unit, `pipeline/units.py`) says which (`first_line`), and keeps a byte order
+    mark there (`strip_bom=False`: only a file's first bytes can be one)."""
+    stream = chunks(read, strip_bom)
+    line = first_line
     # The blanks after the last newline before the first record: the start of its line (it counts them; and
     # what a chunk boundary falls between must not change a record's bytes).
     lead = _Collector(max_bytes)
@@ -77,16 +81,16 @@ def split_records(read: Read, max_bytes: int, arrays: bool) -> Iterator[Piece]:
         yield from _lines(rest, lead, line)
 
 
-def chunks(read: Read) -> Iterator[bytes]:
+def chunks(read: Read, strip_bom: bool = True) -> Iterator[bytes]:
     """The stream in chunks of at most CHUNK bytes, without a leading UTF-8 byte order mark (Windows tools
     write one; it is no part of the JSON)."""
     first = read(CHUNK)
-    while first and len(first) < len(BOM) and BOM.startswith(first):
+    while strip_bom and first and len(first) < len(BOM) and BOM.startswith(first):
         more = read(CHUNK)
         if not more:
             break
         first += more
-    if first.startswith(BOM):
+    if strip_bom and first.startswith(BOM):
         first = first[len(BOM) :]
     if first:
         yield first

@@ -20,11 +20,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import storage
 from ..errors import SetupError
 from ..schemas.records import RawRecord, SourceRef
 from .compression import READ_ERRORS, DecompressedStream
 from .formats.options import MAX_RECORD_BYTES
-from .framing import BOM, ReadFailed, split_records
+from .framing import BOM, Piece, ReadFailed, split_records
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIXES = (".json",)
@@ -33,11 +34,30 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files named by paths, globs or folders, in a stable order (sorted within each pattern, patterns in order)."""
-    paths: list[Path] = []
-    seen: set[Path] = set()
+# An input file: a local path, or an object behind a URL (`storage.RemoteFile`), which reading opens alike.
+InputFile = Path | storage.RemoteFile
+
+
+def expand_inputs(patterns: list[str]) -> list[InputFile]:
+    """Files named by paths, globs or folders, in a stable order (sorted within each pattern, patterns in order).
+    A URL (`s3://bucket/prefix/*.jsonl`, a folder `s3://bucket/prefix/`) names objects (`storage.expand`)."""
+    paths: list[InputFile] = []
+    seen: set[InputFile] = set()
     for pattern in patterns:
+        if storage.is_url(pattern):
+            objects = storage.expand(pattern, lambda f: input_kind(f) is not None)
+            if not objects:
+                raise SetupError(f"input {pattern!r} matches no object")
+            for obj in objects:
+                if input_kind(obj) is None:
+                    raise SetupError(
+                        f"input {obj.url!r}: unknown file type; use .jsonl, .json, .parquet or .arrow "
+                        "(optionally .gz or .zst compressed)"
+                    )
+                if obj not in seen:
+                    seen.add(obj)
+                    paths.append(obj)
+            continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise SetupError(f"input {pattern!r} matches no file")
@@ -85,7 +105,7 @@ def _file_kind(path: Path) -> str:
     return "not a regular file"
 
 
-def input_kind(path: Path) -> str | None:
+def input_kind(path: InputFile) -> str | None:
     """'jsonl' (always one record per line), 'json' (a JSON array, or JSONL when it does not start with '['),
     'parquet' or 'arrow', each possibly compressed; None when unknown."""
     name = path.name.lower()
@@ -105,7 +125,7 @@ def input_kind(path: Path) -> str | None:
 
 
 def iter_file(
-    path: Path, display_name: str, start_index: int = 0, max_record_bytes: int = MAX_RECORD_BYTES
+    path: InputFile, display_name: str, start_index: int = 0, max_record_bytes: int = MAX_RECORD_BYTES
 ) -> Iterator[RawRecord]:
     """All records of one file, in order. `start_index` is the global index of its first record. A record longer
     than `max_record_bytes` is skipped to its end without being held, and comes out as `record_too_large`."""
@@ -120,7 +140,7 @@ def iter_file(
         raise SetupError(f"unknown input type: {path}")
 
 
-def iter_inputs(paths: list[Path], max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RawRecord]:
+def iter_inputs(paths: list[InputFile], max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RawRecord]:
     """Every record of every file, decoded, in order."""
     index = 0
     for path in paths:
@@ -129,7 +149,7 @@ def iter_inputs(paths: list[Path], max_record_bytes: int = MAX_RECORD_BYTES) -> 
             yield decode(record)
 
 
-def _iter_json(path: Path, name: str, start_index: int, arrays: bool, max_bytes: int) -> Iterator[RawRecord]:
+def _iter_json(path: InputFile, name: str, start_index: int, arrays: bool, max_bytes: int) -> Iterator[RawRecord]:
     """JSONL, or a JSON array when the first non-blank character is '['. Line numbers are the file's real lines."""
     with DecompressedStream(path) as stream:
 
@@ -139,14 +159,19 @@ def _iter_json(path: Path, name: str, start_index: int, arrays: bool, max_bytes:
             except READ_ERRORS as exc:
                 raise ReadFailed(f"{type(exc).__name__}: {exc}, {stream.where()}") from None
 
-        for index, piece in enumerate(split_records(read, max_bytes, arrays), start_index):
-            source = SourceRef(name, piece.line, index, piece.item)
-            if piece.error is not None:
-                yield RawRecord(source, error=piece.error, detail=piece.detail)
-            elif piece.data is None:
-                yield RawRecord(source, error="record_too_large", detail=_too_large(piece.size, max_bytes))
-            else:
-                yield RawRecord(source, line=piece.data)
+        yield from json_records(split_records(read, max_bytes, arrays), name, start_index, max_bytes)
+
+
+def json_records(pieces: Iterator[Piece], name: str, start_index: int, max_bytes: int) -> Iterator[RawRecord]:
+    """The framed pieces of a JSON stream as records numbered from `start_index`."""
+    for index, piece in enumerate(pieces, start_index):
+        source = SourceRef(name, piece.line, index, piece.item)
+        if piece.error is not None:
+            yield RawRecord(source, error=piece.error, detail=piece.detail)
+        elif piece.data is None:
+            yield RawRecord(source, error="record_too_large", detail=_too_large(piece.size, max_bytes))
+        else:
+            yield RawRecord(source, line=piece.data)
 
 
 def _too_large(size: int, max_bytes: int) -> str:
@@ -202,34 +227,48 @@ def _json_error(exc: Exception) -> str:
 TABLE_SLICE_BYTES = 8 << 20
 
 
-def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """Batches of at most 1024 rows, fewer when the file's rows are large (from its row groups' sizes)."""
-    file = pq.ParquetFile(path)
+def parquet_file(path: InputFile) -> pq.ParquetFile:
+    return pq.ParquetFile(path.open_random() if isinstance(path, storage.RemoteFile) else path)
+
+
+def _parquet_batches(path: InputFile, row_groups: range | None = None) -> Iterator[pa.RecordBatch]:
+    """Batches of at most 1024 rows, fewer when the file's rows are large (from its row groups' sizes); of the
+    row groups `row_groups` only, when given (a work unit)."""
+    file = parquet_file(path)
     metadata = file.metadata
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
     row_bytes = max((g.total_byte_size / g.num_rows for g in groups if g.num_rows), default=1.0)
-    yield from file.iter_batches(batch_size=max(1, min(1024, int(TABLE_SLICE_BYTES // max(row_bytes, 1.0)))))
+    size = max(1, min(1024, int(TABLE_SLICE_BYTES // max(row_bytes, 1.0))))
+    if row_groups is None:
+        yield from file.iter_batches(batch_size=size)
+    elif len(row_groups):
+        yield from file.iter_batches(batch_size=size, row_groups=list(row_groups))
 
 
-def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
+def _arrow_batches(path: InputFile) -> Iterator[pa.RecordBatch]:
     """Arrow IPC, file or stream format (Hugging Face `datasets` caches are streams)."""
-    with pa.memory_map(str(path)) as source:
+
+    def source() -> Any:
+        return path.open_random() if isinstance(path, storage.RemoteFile) else pa.memory_map(str(path))
+
+    with source() as opened:
         try:
-            reader = pa.ipc.open_file(source)
+            reader = pa.ipc.open_file(opened)
             for i in range(reader.num_record_batches):
                 yield reader.get_batch(i)
             return
         except pa.ArrowInvalid:
             pass
-    with pa.memory_map(str(path)) as source:
-        yield from pa.ipc.open_stream(source)
+    with source() as opened:
+        yield from pa.ipc.open_stream(opened)
 
 
 def _iter_table_rows(
-    batches: Iterator[pa.RecordBatch], name: str, start_index: int, max_bytes: int
+    batches: Iterator[pa.RecordBatch], name: str, start_index: int, max_bytes: int, first_row: int = 0
 ) -> Iterator[RawRecord]:
+    """Rows as records numbered from `start_index`, their rows (1-based) counted after `first_row` rows."""
     index = start_index
-    row = 0
+    row = first_row
     try:
         for batch in batches:
             for value, size in _batch_values(batch, max_bytes):

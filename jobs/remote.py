@@ -1,0 +1,188 @@
+"""`--out s3://bucket/prefix`: the job runs into a local staging folder, then publishes it to the object store.
+
+Why a staging folder: every guarantee of a local `--out` (the lock, the checkpoint after each shard, resume,
+byte-identical output, `jobs/outdir.py`'s ownership rules) then holds unchanged for the run itself, and the object
+store only ever receives finished files. The staging folder is `$LOSSMASK_STAGING/<digest of the URL>` (default
+`$XDG_CACHE_HOME/lossmask/staging`, else `~/.cache/lossmask/staging`); a killed run resumes from it when rerun
+on the same machine, and it is deleted once everything is published. It must hold the whole output.
+
+Publishing, per part folder (OUT/eval first, then OUT): `_publishing.json` (the job's digest and the sha256 of
+each file it is about to upload), then each shard and `_rejects.jsonl`, each uploaded under a hidden temporary
+key (`.shard-00000.arrow.tmp`) and moved to its final key (a server-side copy, atomic per object: a failed or
+killed upload leaves at most the temporary, or an incomplete multipart upload that the bucket's lifecycle rule
+aborts, never a partial object under a final name), then `_manifest.json` last, then `_publishing.json` is
+deleted. So a prefix with a `_manifest.json` and no `_publishing.json` is complete.
+
+Ownership, as `jobs/outdir.py` has it for folders, proven the same way: objects listed by a `_manifest.json` (its
+digest recomputed) or a `_publishing.json`, each whose sha256 (streamed) is the listed one, are that job's;
+anything else is unknown. Unknown objects refuse the job (exit 2) unless `--overwrite` (they are then left alone),
+and always when one has a name the job would write; another job's objects refuse it unless `--overwrite`, which
+deletes them. The same job's objects are replaced by rerunning.
+
+There is no lock on an object store: two runs into the same prefix from different machines are not prevented
+(pyarrow's S3 client offers no conditional put). Runs on one machine share the staging folder, whose flock
+makes the second one exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .. import storage
+from ..errors import SetupError
+from ..pipeline.faults import crash_point
+from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
+from .checkpoint import is_shard
+from .outdir import PART_FOLDERS, manifest_digest, writes_name
+
+PUBLISHING_NAME = "_publishing.json"
+
+
+def staging_folder(url: str) -> Path:
+    base = os.environ.get("LOSSMASK_STAGING") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lossmask", "staging"
+    )
+    return Path(base) / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+class RemoteOut:
+    """An object-store `--out`: its staging folder, what it holds, and the publishing of a finished job."""
+
+    def __init__(self, url: str, overwrite: bool):
+        self.url = url.rstrip("/")
+        self.overwrite = overwrite
+        self.staging = staging_folder(self.url)
+
+    def check(self) -> None:
+        """Refuse, before any work, an `--out` whose bucket does not exist or that names an object."""
+        fs, path = storage.split(self.url)
+        bucket = path.split("/", 1)[0]
+        try:
+            found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+            is_object = path != bucket and fs.get_file_info(path).type == pafs.FileType.File
+        except (pa.ArrowException, OSError) as exc:
+            raise SetupError(f"cannot reach --out {self.url}: {exc}") from None
+        if not found:
+            raise SetupError(
+                f"--out {self.url}: the bucket {bucket} does not exist (or these credentials cannot see it)"
+            )
+        if is_object:
+            raise SetupError(f"--out {self.url} is an object, not a prefix: choose another --out")
+
+    def folder(self, part: str) -> str:
+        return self.url if part == "train" else storage.join(self.url, "eval")
+
+    def claim(self, part: str, digest: str) -> None:
+        """Refuse or clear the part's folder for the job `digest`, by the rules of the module docstring."""
+        url = self.folder(part)
+        owned, unknown = inventory(url, top=part == "train")
+        blocking = [n for n in unknown if writes_name(n) or n == PUBLISHING_NAME]
+        if blocking:
+            raise SetupError(
+                f"--out {url} holds {blocking[0]}, which lossmask did not write (no manifest there proves it) and "
+                "which this job would write: move it away, or choose another --out"
+            )
+        if unknown and not self.overwrite:
+            shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+            raise SetupError(
+                f"--out {url} holds objects lossmask did not write ({shown}): choose an empty prefix, or pass "
+                "--overwrite to write beside them (they are left alone)"
+            )
+        others = [name for name, owner in owned.items() if owner != digest]
+        if others and not self.overwrite:
+            raise SetupError(
+                f"--out {url} holds another job's output ({sum(map(is_shard, others))} shard(s); a different config, "
+                "input, tokenizer or lossmask version): pass --overwrite to replace it, or choose another --out"
+            )
+        try:
+            for name in sorted(others, key=lambda n: n == MANIFEST_NAME):  # its manifest last: proof to the end
+                storage.delete(storage.join(url, name))
+        except OSError as exc:
+            raise SetupError(f"cannot delete another job's output in {url}: {exc}") from None
+
+    def publish(self) -> None:
+        """Upload the finished job in the staging folder (eval part first), then delete the staging folder."""
+        for part in ("eval", "train"):
+            local = self.staging if part == "train" else self.staging / "eval"
+            if (local / MANIFEST_NAME).is_file():
+                try:
+                    publish_folder(local, self.folder(part))
+                except OSError as exc:  # pyarrow's errors (network, permissions, quota) are OSErrors
+                    raise SetupError(
+                        f"cannot write {self.folder(part)}: {exc}; rerun the same command to publish again"
+                    ) from None
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def tidy(self) -> None:
+        """Remove the staging folder when a refused or failed run left it empty (never a checkpoint, shards or
+        rejects a rerun resumes from)."""
+        for folder in (self.staging / "eval", self.staging):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def publish_folder(local: Path, url: str) -> None:
+    manifest = json.loads((local / MANIFEST_NAME).read_text(encoding="utf-8"))
+    files = {shard["file"]: shard["sha256"] for shard in manifest["shards"]}
+    files[REJECTS_NAME] = manifest["rejects"]["sha256"]
+    marker = {"digest": manifest_digest(manifest), "files": files}
+    storage.put_bytes(json.dumps(marker, sort_keys=True).encode(), storage.join(url, PUBLISHING_NAME))
+    for name in files:
+        storage.put(local / name, storage.join(url, name))
+        crash_point("object-uploaded")
+    storage.put(local / MANIFEST_NAME, storage.join(url, MANIFEST_NAME))
+    storage.delete(storage.join(url, PUBLISHING_NAME))
+
+
+def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
+    """The objects directly under `url`: lossmask's (name -> the digest of their job) and the unknown names. With
+    `top`, a part folder (`eval/`) is left to its own inventory."""
+    objects = storage.listing(url)
+    names = sorted(n for n in objects if "/" not in n)
+    nested = sorted(n for n in objects if "/" in n and not (top and n.split("/", 1)[0] in PART_FOLDERS))
+    owned: dict[str, str] = {}
+    manifest = _read_json(url, MANIFEST_NAME, names)
+    if manifest is not None:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            digest = manifest_digest(manifest)
+            owned[MANIFEST_NAME] = digest
+            listed = {s["file"]: s["sha256"] for s in manifest["shards"]}
+            listed[REJECTS_NAME] = manifest["rejects"]["sha256"]
+            owned.update(_proven(url, listed, names, digest))
+    marker = _read_json(url, PUBLISHING_NAME, names)
+    if marker is not None:
+        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+            digest = str(marker["digest"])
+            owned[PUBLISHING_NAME] = digest
+            owned.update(_proven(url, dict(marker["files"]), names, digest))
+    for name in list(owned):  # a failed upload's temporary (`storage.put`) is its job's too
+        owned.setdefault(f".{name}.tmp", owned[name])
+    owned = {n: d for n, d in owned.items() if n in names}
+    return owned, [n for n in names if n not in owned] + nested
+
+
+def _proven(url: str, listed: dict[str, str], names: list[str], digest: str) -> dict[str, str]:
+    return {
+        name: digest
+        for name, sha256 in listed.items()
+        if name in names and storage.sha256(storage.RemoteFile(storage.join(url, name))) == sha256
+    }
+
+
+def _read_json(url: str, name: str, names: list[str]) -> dict[str, Any] | None:
+    if name not in names:
+        return None
+    try:
+        data = json.loads(storage.read_bytes(storage.join(url, name)))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
