@@ -50,10 +50,7 @@ def expand_inputs(patterns: list[str]) -> list[InputFile]:
                 raise SetupError(f"input {pattern!r} matches no object")
             for obj in objects:
                 if input_kind(obj) is None:
-                    raise SetupError(
-                        f"input {obj.url!r}: unknown file type; use .jsonl, .json, .parquet or .arrow "
-                        "(optionally .gz or .zst compressed)"
-                    )
+                    raise _unknown_type(obj.url)
                 if obj not in seen:
                     seen.add(obj)
                     paths.append(obj)
@@ -78,16 +75,19 @@ def expand_inputs(patterns: list[str]) -> list[InputFile]:
                 raise SetupError(f"input {match!r} does not exist")
             for p in found:
                 if input_kind(p) is None:
-                    raise SetupError(
-                        f"input {str(p)!r}: unknown file type; use .jsonl, .json, .parquet or .arrow "
-                        "(optionally .gz or .zst compressed)"
-                    )
+                    raise _unknown_type(str(p))
                 if not os.access(p, os.R_OK):
                     raise SetupError(f"input {str(p)!r} is not readable (permission denied)")
                 if p not in seen:
                     seen.add(p)
                     paths.append(p)
     return paths
+
+
+def _unknown_type(name: str) -> SetupError:
+    return SetupError(
+        f"input {name!r}: unknown file type; use .jsonl, .json, .parquet or .arrow (optionally .gz or .zst compressed)"
+    )
 
 
 def _file_kind(path: Path) -> str:

@@ -14,6 +14,7 @@ from lossmask.loader.shards import ShardSet
 
 from ..support import FIXTURE_TOKENIZER, read_rows, run_prepare, write_jsonl
 from ..test_preference_prepare import SHAPES
+from .tiny_llama import save_tiny_llama
 
 torch = pytest.importorskip("torch", reason="PyTorch (the pinned CPU wheel) is in the dev extra")
 transformers = pytest.importorskip("transformers", reason="transformers is in the dev extra")
@@ -45,19 +46,7 @@ def test_the_docs_show_the_dpo_snippet():
 def setup(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
     """(model folder, hf export, shard rows): a 2-layer Llama with random weights and the fixture tokenizer."""
     folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=1024,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(FIXTURE_TOKENIZER / name, folder / name)
+    save_tiny_llama(folder, FIXTURE_TOKENIZER)
     data = tmp_path_factory.mktemp("data")
     values = [value for value, _ in SHAPES.values()] * 2
     _, shards = run_prepare(data, [write_jsonl(data / "pairs.jsonl", values)])

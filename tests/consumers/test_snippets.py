@@ -17,6 +17,8 @@ import pytest
 from lossmask.export.hf import export_hf
 from lossmask.loader.shards import ShardSet
 
+from .tiny_llama import save_tiny_llama
+
 torch = pytest.importorskip("torch", reason="PyTorch (the pinned CPU wheel) is in the dev extra")
 transformers = pytest.importorskip("transformers", reason="transformers is in the dev extra")
 pytest.importorskip("trl", reason="TRL is not installed: it is in the dev extra (trl==1.16.0, CPU torch)")
@@ -51,19 +53,7 @@ SNIPPETS = trainer_snippets()
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama with random weights and the fixture tokenizer, saved as a model folder."""
     folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=1024,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(TOKENIZER / name, folder / name)
+    save_tiny_llama(folder, TOKENIZER)
     return folder
 
 
