@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,10 @@ def is_temporary(name: str) -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read through a memory map (no copy of the file in memory)."""
+    """The sha256 of a file's bytes, read in fixed-size chunks. Not through a memory map: its pages count in the
+    process's RSS, so hashing a 200 MB input raised the job's peak RSS by ~90 MB, growing with the input."""
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return hashlib.sha256().hexdigest()
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return hashlib.sha256(mapped).hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def finish(temp: Path, path: Path) -> None:
