@@ -72,13 +72,26 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
 
 
 def _stop_now(pool: ProcessPoolExecutor) -> None:
-    """End the pool without waiting for the batches in flight (`shutdown(wait=True)` would finish them all)."""
-    processes = list((pool._processes or {}).values())  # the executor offers no kill
+    """End the pool without waiting for the batches in flight (`shutdown(wait=True)` would finish them all).
+
+    The executor offers no kill, so its workers are killed here; one may die in the middle of sending a batch's
+    result. The pool's manager thread is then blocked in recv() on that result's missing bytes, and the result
+    pipe never reaches end of file while this process holds its write end (only workers write to it). At exit
+    the interpreter joins that thread (concurrent.futures' `_python_exit`): the job would print its stop line
+    and hang (waking the thread would not help: it is in recv(), not waiting). Closing this process's write end
+    once the workers are dead makes that recv() fail at once, and the thread ends as for any broken pool
+    (`terminate_broken`), releasing the pool's resources: no `os._exit`, which left the resource tracker to
+    report leaked semaphores."""
+    processes = list((pool._processes or {}).values())
+    results = getattr(pool, "_result_queue", None)  # set to None by shutdown(): taken before it
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.kill()
     for process in processes:
         process.join(5)
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()
 
 
 def _chain(head: list[list[RawRecord]], rest: Iterator[list[RawRecord]]) -> Iterator[list[RawRecord]]:
