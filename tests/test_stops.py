@@ -84,6 +84,48 @@ def test_a_signal_stops_the_job_in_one_line_and_the_same_command_finishes_it(
     assert outputs(out) == reference
 
 
+# The CLI with one change: when the job stops, a result is left half-sent in the pool's result pipe (its header
+# and part of its bytes, under the queue's write lock so that it starts where a message does), as a worker
+# killed by `_stop_now` in the middle of sending a batch's result leaves it. The pool's manager thread then waits
+# in recv() for bytes no one will send, and the interpreter joins that thread at exit.
+HALF_SENT_RESULT = """
+import os, struct, sys
+from concurrent.futures import ProcessPoolExecutor
+from lossmask.cli import main
+from lossmask.engines import local
+
+class HalfSentResult(ProcessPoolExecutor):
+    def shutdown(self, wait=True, **kwargs):
+        if not wait:  # stopping (`_stop_now`), not finishing
+            results = self._result_queue
+            with results._wlock:
+                os.write(results._writer.fileno(), struct.pack("!i", 1 << 20) + bytes(1000))
+        super().shutdown(wait, **kwargs)
+
+local.ProcessPoolExecutor = HalfSentResult
+main(sys.argv[1:], prog_name="lossmask")
+"""
+
+
+def test_a_signal_stops_the_job_even_with_a_worker_killed_in_the_middle_of_sending_its_result(big_input, tmp_path):
+    out = tmp_path / "out"
+    cli = command(big_input, out)
+    arguments = cli[cli.index("prepare") :]
+    process = subprocess.Popen([sys.executable, "-c", HALF_SENT_RESULT, *arguments], stderr=subprocess.PIPE, text=True)
+    wait_for_a_checkpointed_shard(out, process)
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()  # its forkserver and resource tracker follow it (the workers are gone already)
+        _, stderr = process.communicate()
+        raise AssertionError(f"stopped by SIGTERM, the job had not exited 20 s later: {stderr!r}") from None
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines() == [
+        "lossmask: stopped by SIGTERM; finished shards are kept: rerun the same command to resume"
+    ]
+
+
 def test_no_worker_outlives_a_main_process_killed_by_sigkill(big_input, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(command(big_input, out), stderr=subprocess.DEVNULL)
