@@ -13,6 +13,10 @@ of what a window or the stream of documents will give. `replay` says how to make
 `ResumeState` after the last written row, as a dict (`combine`: from which record to re-read, and what to skip
 of what is made again; records before `next_record` are processed again but not counted or rejected again);
 `packing` holds the packing counts so far.
+
+A unit job (`jobs.units`) checkpoints per finished work unit instead: the unit's summary (its shards, rejects
+part and accounting) is added after the unit is written. A resumed run redoes only the units not listed, from
+their start; which units finish first does not matter (on Ray they finish in any order).
 """
 
 from __future__ import annotations
@@ -41,6 +45,25 @@ class Checkpoint:
     accounting: dict[str, Any] = field(default_factory=dict)
     replay: dict[str, int] = field(default_factory=dict)  # the combiner's ResumeState.to_dict(); {} = from the start
     packing: dict[str, int] = field(default_factory=dict)
+    # A unit job (`jobs.units`): how many units it has, each finished unit's `UnitSummary` as a dict (by unit
+    # index), and the counting pass's results (`UnitCount`s as dicts, [] until made), so a resumed run redoes
+    # neither. `shards` then lists the finished units' shards, in unit order.
+    unit_total: int = 0
+    units: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unit_counts: list[dict[str, Any]] = field(default_factory=list)
+    # The local engine's unit in progress, as of its last completed shard (`UnitWriter.progress`); {} = none.
+    # Its shards are in `shards` too; its rejects part is still its temporary, `rejects_file`.
+    partial: dict[str, Any] = field(default_factory=dict)
+
+    def unit_files(self) -> dict[str, str]:
+        """The finished units' rejects parts, by name, with their sha256 (their shards are in `shards`)."""
+        return {u["rejects"]["file"]: u["rejects"]["sha256"] for u in self.units.values()}
+
+    def partial_rejects(self) -> tuple[str, int, str] | None:
+        """The unit in progress's rejects part so far: (its temporary's name, bytes, sha256 of those bytes)."""
+        if not self.partial:
+            return None
+        return self.partial["rejects_file"], self.partial["rejects_bytes"], self.partial["rejects_sha256"]
 
     def save(self, out: Path) -> None:
         self.write(out)
@@ -71,16 +94,38 @@ class Checkpoint:
                 accounting=data["accounting"],
                 replay={str(k): int(v) for k, v in data["replay"].items()},
                 packing={str(k): int(v) for k, v in data.get("packing", {}).items()},
+                unit_total=int(data.get("unit_total", 0)),
+                units={str(k): dict(v) for k, v in data.get("units", {}).items()},
+                unit_counts=[dict(c) for c in data.get("unit_counts", [])],
+                partial=dict(data.get("partial", {})),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
         if checkpoint.digest != digest:
             return None
-        for shard in checkpoint.shards:
-            shard_path = out / shard.file
-            if not shard_path.is_file() or file_sha256(shard_path) != shard.sha256:
+        listed = {shard.file: shard.sha256 for shard in checkpoint.shards} | checkpoint.unit_files()
+        for name, sha256 in listed.items():
+            if not (out / name).is_file() or file_sha256(out / name) != sha256:
+                return None
+        if (partial := checkpoint.partial_rejects()) is not None:
+            name, size, sha256 = partial
+            if not (out / name).is_file() or prefix_sha256(out / name, size) != sha256:
                 return None
         return checkpoint
+
+
+def prefix_sha256(path: Path, length: int) -> str | None:
+    """The sha256 of a file's first `length` bytes; None when it is shorter."""
+    digest = hashlib.sha256()
+    remaining = length
+    with open(path, "rb") as handle:
+        while remaining:
+            chunk = handle.read(min(remaining, 1 << 20))
+            if not chunk:
+                return None
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
 
 
 def job_digest(parts: dict[str, Any]) -> str:

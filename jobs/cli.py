@@ -60,6 +60,11 @@ from .signals import stops_cleanly
 @click.option("--workers", type=int, help="Worker processes (default: every core). Output does not depend on it.")
 @click.option("--batch-size", type=int, help=f"Records per processing batch {default('batch_size')}.")
 @click.option("--shard-max-rows", type=int, help=f"Rows per shard at most {default('shard_max_rows')}.")
+@click.option(
+    "--unit-bytes",
+    type=int,
+    help=f"Bytes of input per work unit, whose rows get shards of their own {default('unit_bytes')}.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @fails_cleanly
 def prepare(inputs: tuple[str, ...], config_file: str | None, quiet: bool, format_: str | None, **flags: Any) -> None:

@@ -9,6 +9,9 @@ What counts as proof, file by file (`Inventory.of`):
   manifest) or the sha256 of its first `rejects_bytes` (a checkpoint: a killed run appends after it) matches;
 - the one shard an unfinished run can have written after its last checkpoint: shards are written in order, so it
   is the next name (`shard_name(len(checkpoint.shards))`), finished or as its temporary;
+- in a unit job (`jobs.units`), the finished units' rejects parts (`_rejects-u<unit>.jsonl`) whose sha256 is the
+  listed one, and the files a unit still being written can have: `shard-u<unit>-<k>.arrow` and its rejects
+  part, for each unit of the job the checkpoint does not list as finished;
 - the temporaries of all of these (`files.temp_path`) and the lock file.
 
 Everything else is unknown and never touched. A folder holding unknown files is refused (exit 2) unless
@@ -25,9 +28,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from ..errors import SetupError
 from ..files import file_sha256, is_temporary, temp_path
 from ..pipeline.write import shard_name
 from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest, prefix_sha256
 
 LOCK_NAME = ".lossmask.lock"
 # Folders a job's other parts write (`eval:` -> OUT/eval/): shard sets of their own, each claimed on its own.
@@ -55,25 +58,15 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     )
 
 
-def prefix_sha256(path: Path, length: int) -> str | None:
-    """The sha256 of a file's first `length` bytes; None when it is shorter."""
-    digest = hashlib.sha256()
-    remaining = length
-    with open(path, "rb") as handle:
-        while remaining:
-            chunk = handle.read(min(remaining, 1 << 20))
-            if not chunk:
-                return None
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
+# The files of one work unit in the making: its shards and its rejects part (`pipeline.unit_writer`).
+UNIT_FILE = re.compile(r"(?:shard-u(\d{5})-\d{3}\.arrow|_rejects-u(\d{5})\.jsonl)")
 
 
 def writes_name(name: str) -> bool:
     """Whether a prepare job could write a file of this name (so an unknown one there blocks it)."""
     if is_temporary(name):
         name = name[1 : -len(".tmp")]
-    return name in FIXED_NAMES or is_shard(name)
+    return name in FIXED_NAMES or is_shard(name) or UNIT_FILE.fullmatch(name) is not None
 
 
 @dataclass
@@ -146,6 +139,17 @@ def _checkpoint_files(out: Path, data: dict[str, Any]) -> dict[str, str]:
         if _matches(out / shard["file"], shard["sha256"]):
             files[shard["file"]] = digest
     files[shard_name(len(shards))] = digest  # the one its run was writing when it stopped
+    finished = {int(k) for k in data.get("units", {})}
+    for unit in data.get("units", {}).values():
+        if _matches(out / unit["rejects"]["file"], unit["rejects"]["sha256"]):
+            files[unit["rejects"]["file"]] = digest
+    total = int(data.get("unit_total", 0))
+    for path in out.iterdir() if total else ():  # the units still being written, in any order (Ray)
+        name = path.name[1 : -len(".tmp")] if is_temporary(path.name) else path.name
+        if (match := UNIT_FILE.fullmatch(name)) is not None:
+            unit = int(match.group(1) or match.group(2))
+            if unit < total and unit not in finished:
+                files[name] = digest
     rejects = out / REJECTS_NAME
     expected = data.get("rejects_sha256")
     if rejects.is_file() and expected and prefix_sha256(rejects, int(data["rejects_bytes"])) == expected:
@@ -235,7 +239,13 @@ def claim(out: Path, digest: str, resume: bool, overwrite: bool) -> Checkpoint |
             f"lossmask version): pass --overwrite to replace it, or choose another --out"
         )
     checkpoint = Checkpoint.load(out, digest) if resume else None
-    kept = {s.file for s in checkpoint.shards} | {REJECTS_NAME, CHECKPOINT_NAME} if checkpoint else set()
+    kept = (
+        {s.file for s in checkpoint.shards} | set(checkpoint.unit_files()) | {REJECTS_NAME, CHECKPOINT_NAME}
+        if checkpoint
+        else set()
+    )
+    if checkpoint is not None and (partial := checkpoint.partial_rejects()) is not None:
+        kept.add(partial[0])
     for name in others + [n for n in inventory.of_job(digest) if n not in kept]:
         (out / name).unlink(missing_ok=True)
     return checkpoint

@@ -1,6 +1,8 @@
 """The `prepare` job: inputs -> shards + manifest + rejects, with every record accounted for.
 
-Reads records in order, hands batches to an engine (which runs `batch.process_batch` wherever it likes), passes
+A job that writes each record's rows as they are is written work unit by work unit (`jobs.units`). The others
+(packing, concatenation, dedup, several datasets, an eval split) run here on the record stream: this module
+reads records in order, hands batches to an engine (which runs `batch.process_batch` wherever it likes), passes
 each record's rows through a combiner (`combine`: as they are, packed, or concatenated), writes what comes out
 into shards in order, and writes the manifest last.
 """
@@ -15,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, engines, storage
-from ..files import file_sha256, write_json
+from .. import engines, storage
+from ..files import write_json
 from ..pipeline.accounting import Accounting, Outcome
 from ..pipeline.batch import JobContext
 from ..pipeline.combine import (
@@ -33,50 +35,20 @@ from ..pipeline.config import PrepareConfig
 from ..pipeline.dedup import Deduplicator
 from ..pipeline.encoders import EncoderMismatch
 from ..pipeline.inputs import InputPlan, batched, job_format, resolve_inputs
-from ..pipeline.read import InputFile
 from ..pipeline.write import RecordRows, ShardWriter, record_ranges
 from ..schemas.arrays import values
 from ..schemas.layouts import LAYOUTS
 from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, job_digest
+from .checkpoint import CHECKPOINT_NAME, Checkpoint
+from .manifest import build_manifest, digest_of, fingerprints, input_size
 from .outdir import claim, open_output, output_error
 from .remote import RemoteOut
 from .signals import check_stop
+from .units import is_unit_job, run_unit_job
 
-# Settings that change how the job runs, never what it writes: left out of the digest and the manifest, so the
-# output is byte-identical whatever they are.
-RUNTIME_FIELDS = ("out", "engine", "workers", "batch_size", "resume", "overwrite", "encoder")
 # Below this much input, `--encoder auto` keeps `tokenizers`: building and proving tiktoken's encoder costs more
 # than it saves. The choice never changes the output (the encoders give the same ids).
 FAST_ENCODER_MIN_BYTES = 4 << 20
-
-
-def output_config(config: PrepareConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
-
-
-def input_size(path: InputFile) -> int:
-    if isinstance(path, storage.RemoteFile):
-        with storage.reading(path):
-            return path.size
-    return path.stat().st_size
-
-
-def input_sha256(path: InputFile) -> str:
-    """An input's sha256: of the file's bytes, or of an object's bytes as streamed (`storage.sha256`)."""
-    if isinstance(path, storage.RemoteFile):
-        with storage.reading(path):
-            return storage.sha256(path)
-    return file_sha256(path)
-
-
-def fingerprints(config: PrepareConfig, context: JobContext, paths: list[InputFile]) -> dict[str, Any]:
-    template = context.template
-    return {
-        "inputs": [{"path": str(p), "bytes": input_size(p), "sha256": input_sha256(p)} for p in paths],
-        "tokenizer": {"path": config.tokenizer, "sha256": context.tokenizer.fingerprint},
-        "template": None if template is None else {"name": template.name, "sha256": template.sha256},
-    }
 
 
 def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -142,7 +114,10 @@ def _run_parts(
             evaluation = _run(eval_config, plan, progress, "eval", dedup, remote)
         finally:
             lock.release()
-    manifest = _run(config, plan, progress, "train", dedup, remote)
+    if is_unit_job(config, plan, "train"):
+        manifest = run_unit_job(config, plan, progress, remote)
+    else:
+        manifest = _run(config, plan, progress, "train", dedup, remote)
     if evaluation is not None:
         manifest["eval"] = {"out": "eval", "records": evaluation["records"], "totals": evaluation["totals"]}
         write_json(Path(config.out) / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
@@ -162,7 +137,7 @@ def _run(
     out = Path(config.out)
     prints = fingerprints(config, context, plan.paths)
     datasets = plan.part_datasets(part)  # what records are read is the config's (seed, datasets, eval) and files'
-    digest = job_digest({"version": __version__, "config": output_config(config), "fingerprints": prints})
+    digest = digest_of(config, prints)
     if remote is not None:  # refused before any work, as a local --out is
         remote.claim(part, digest)
     checkpoint = claim(out, digest, resume=config.resume, overwrite=config.overwrite)
@@ -268,56 +243,3 @@ def make_combiner(config: PrepareConfig, replay: dict[str, int], counts: dict[st
     if config.concat is not None:
         return Concatenator(config.concat, ConcatenatorResume.from_dict(replay), counts)
     return Passthrough(PassthroughResume.from_dict(replay))
-
-
-def build_manifest(
-    config: PrepareConfig,
-    context: JobContext,
-    prints: dict[str, Any],
-    accounting: Accounting,
-    shards: list[Any],
-    packing: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    template = context.template
-    profile = context.renderer.profile
-    schema, version = LAYOUTS[config.layout]
-    manifest = {
-        "lossmask_version": __version__,
-        "schema_version": version,
-        "layout": config.layout,
-        "schema": {f.name: {"type": str(f.type), "doc": f.metadata[b"doc"].decode()} for f in schema},
-        "config": output_config(config),
-        "fingerprints": prints,
-        "template": None
-        if template is None or profile is None
-        else {
-            "name": template.name,
-            "content_format": profile.content_format,
-            "renders_reasoning": profile.renders_reasoning,
-            "end_of_turn_markers": list(profile.eot_markers),
-            "stop_sequences": list(profile.stop_sequences),
-            "stops_at_next_header": profile.stops_at_next_header,
-            "tool_arguments": profile.tool_arguments,
-            "text_markers": list(profile.text_markers),
-            "reasoning_tags": list(dataclasses.astuple(context.renderer.reasoning_tags)),
-            "has_generation_tags": template.has_generation_tags,
-        },
-        "tokenizer": {
-            "vocab_size": context.tokenizer.vocab_size,
-            "special_tokens": context.tokenizer.special_tokens,
-            "control_tokens": len(context.tokenizer.control_tokens),
-            "stop_tokens": list(context.tokenizer.stop_tokens),
-            # Checked only when something was escaped, so the manifest does not depend on which process did it.
-            "escape_supported": context.tokenizer.escape_supported if accounting.row_flags["special_escaped"] else None,
-        },
-        "shards": [s.to_dict() for s in shards],
-        "totals": {
-            "rows": sum(s.rows for s in shards),
-            "tokens": sum(s.tokens for s in shards),
-            "loss_tokens": sum(s.loss_tokens for s in shards),
-        },
-        "records": accounting.to_dict(),
-    }
-    if packing is not None:
-        manifest["packing"] = packing
-    return manifest

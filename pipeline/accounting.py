@@ -91,6 +91,18 @@ class Accounting:
             self.dropped += 1
         self.by_reason[outcome.status][outcome.reason or "unknown"] += 1
 
+    def merge(self, other: Accounting) -> None:
+        """Add another part's counts (a work unit's: `jobs.units` sums them in unit order)."""
+        self.read += other.read
+        self.written += other.written
+        self.rejected += other.rejected
+        self.dropped += other.dropped
+        self.rows += other.rows
+        for status, counts in other.by_reason.items():
+            self.by_reason[status].update(counts)
+        self.rows_dropped.update(other.rows_dropped)
+        self._flag_values.update(other._flag_values)
+
     def add_row_flags(self, flags: int) -> None:
         if flags:
             self._flag_values[flags] += 1

@@ -137,6 +137,9 @@ class PrepareConfig:
     batch_size: int = 256
     shard_max_rows: int = 100_000
     shard_max_bytes: int = 256 << 20
+    # Inputs are cut into work units of about this many bytes (`pipeline.units`); each unit's rows go to shards of
+    # its own, so where units end is part of the output (docs/scale.md, "Work units").
+    unit_bytes: int = 64 << 20
     # Limits on one record, so that no input costs more than bounded memory and time (docs/prepare.md, "Limits"):
     # reading skips a longer record (record_too_large), parsing rejects a longer message (message_too_long), and
     # each rendering has a time and a size budget (template_timeout, template_output_too_large).
@@ -225,8 +228,8 @@ class PrepareConfig:
             self._validate_preference()
         if self.workers is not None and self.workers < 1:
             raise SetupError("workers must be at least 1")
-        if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1:
-            raise SetupError("batch_size, shard_max_rows and shard_max_bytes must be positive")
+        if self.batch_size < 1 or self.shard_max_rows < 1 or self.shard_max_bytes < 1 or self.unit_bytes < 1:
+            raise SetupError("batch_size, shard_max_rows, shard_max_bytes and unit_bytes must be positive")
         for name in ("max_record_bytes", "max_message_chars", "template_timeout", "template_max_chars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

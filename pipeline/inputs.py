@@ -370,16 +370,26 @@ class InputPlan:
             counts[i] += 1
         return counts
 
+    def single_stream(self, part: str) -> DatasetInput | None:
+        """The one dataset `part` reads, when it reads every record of its files once, in file order (no
+        `datasets:`, sample or held-out eval): its records are then the files' records, which work units can read
+        apart (`jobs.units`)."""
+        datasets = self.part_datasets(part)
+        if len(datasets) != 1 or part != "train" or self.named_part(part):
+            return None
+        selection = datasets[0].parts[part]
+        if selection.pool is not None or selection.passes != 1 or selection.extra is not None:
+            return None
+        return datasets[0]
+
     def records(self, part: str, skip: int = 0) -> Iterator[RawRecord]:
         """The records of `part` ("train" or "eval") in the job's order, numbered from 0; the first `skip` (done by
         a resumed run) are read but not yielded."""
         datasets = self.part_datasets(part)
         named = self.named_part(part)
-        if len(datasets) == 1 and part == "train" and datasets[0].parts[part].pool is None and not named:
-            single = datasets[0]
-            if single.parts[part].passes == 1 and single.parts[part].extra is None:
-                yield from iter_raw_records(single.paths, single.format, single.options, skip=skip)
-                return
+        if (single := self.single_stream(part)) is not None:
+            yield from iter_raw_records(single.paths, single.format, single.options, skip=skip)
+            return
         streams = [(d, d.records(part), d.parts[part].size(d.available or 0)) for d in datasets]
         for index, (dataset, raw) in enumerate(_interleave(streams)):
             if index < skip:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from ..errors import SetupError
+from ..files import file_sha256
 from ..schemas.records import RawRecord, SourceRef
 from .compression import READ_ERRORS, DecompressedStream
 from .formats.options import MAX_RECORD_BYTES
@@ -36,6 +37,21 @@ ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 
 # An input file: a local path, or an object behind a URL (`storage.RemoteFile`), which reading opens alike.
 InputFile = Path | storage.RemoteFile
+
+
+def input_size(path: InputFile) -> int:
+    if isinstance(path, storage.RemoteFile):
+        with storage.reading(path):
+            return path.size
+    return path.stat().st_size
+
+
+def input_sha256(path: InputFile) -> str:
+    """An input's sha256: of the file's bytes, or of an object's bytes as streamed (`storage.sha256`)."""
+    if isinstance(path, storage.RemoteFile):
+        with storage.reading(path):
+            return storage.sha256(path)
+    return file_sha256(Path(path))
 
 
 def expand_inputs(patterns: list[str]) -> list[InputFile]:

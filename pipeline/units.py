@@ -2,7 +2,9 @@
 
 A unit is one of:
 
-- a whole file (JSON arrays, compressed files, Arrow, and any file at most `unit_bytes` long);
+- whole files (JSON arrays, compressed files, Arrow, and any file at most `unit_bytes` long): consecutive
+  ones, as many as fit in `unit_bytes` together (so that a job of many small files does not get as many tiny
+  shards), a larger one alone;
 - a byte range of an uncompressed JSONL file (`.jsonl`, `.ndjson`) larger than `unit_bytes`: the file is cut
   near every multiple of `unit_bytes`, each cut moved forward to the start of the next line, so a record is never
   split and every unit begins at a line start;
@@ -53,9 +55,9 @@ _SCAN = 1 << 16  # bytes read at a time when looking for the next line start aft
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit: `kind` "file" (all of `path`), "bytes" (bytes [start, end) of a JSONL file, starting at line
-    `first_line`, None until numbered) or "row_groups" (row groups [start, end) of a Parquet file, after
-    `first_row` rows)."""
+    """One unit: `kind` "file" (all of `path`, and all of each of `more`, in order), "bytes" (bytes [start, end)
+    of a JSONL file, starting at line `first_line`, None until numbered) or "row_groups" (row groups [start, end)
+    of a Parquet file, after `first_row` rows)."""
 
     index: int
     path: InputFile
@@ -64,10 +66,15 @@ class Unit:
     end: int = 0
     first_line: int | None = 1
     first_row: int = 0
+    more: tuple[InputFile, ...] = ()  # the files after `path` in a "file" unit
+
+    @property
+    def files(self) -> tuple[InputFile, ...]:
+        return (self.path, *self.more)
 
     def describe(self) -> str:
         if self.kind == "file":
-            return str(self.path)
+            return " + ".join(str(f) for f in self.files)
         return f"{self.path} [{self.kind} {self.start}-{self.end})"
 
 
@@ -89,17 +96,33 @@ def plan_units(paths: list[InputFile], unit_bytes: int = UNIT_BYTES) -> list[Uni
     if unit_bytes < 1:
         raise ValueError("unit_bytes must be positive")
     units: list[Unit] = []
+    group: list[InputFile] = []  # whole files not yet in a unit, `grouped` bytes together
+    grouped = 0
+
+    def close_group() -> None:
+        nonlocal group, grouped
+        if group:
+            units.append(Unit(len(units), group[0], "file", more=tuple(group[1:])))
+        group, grouped = [], 0
+
     for path in paths:
+        size = _size(path)
         pieces: list[tuple[str, int, int, int | None, int]] = []
-        if _splittable_jsonl(path) and (size := _size(path)) > unit_bytes:
+        if _splittable_jsonl(path) and size > unit_bytes:
             cuts = _line_cuts(path, size, unit_bytes)
             pieces = [("bytes", a, b, 1 if a == 0 else None, 0) for a, b in itertools.pairwise(cuts)]
-        elif input_kind(path) == "parquet" and _size(path) > unit_bytes:
+        elif input_kind(path) == "parquet" and size > unit_bytes:
             pieces = _row_group_ranges(path, unit_bytes)
-        if len(pieces) <= 1:
-            pieces = [("file", 0, 0, 1, 0)]
+        if len(pieces) <= 1:  # a whole file: with the files before it, while they fit in one unit together
+            if group and grouped + size > unit_bytes:
+                close_group()
+            group.append(path)
+            grouped += size
+            continue
+        close_group()
         for kind, start, end, first_line, first_row in pieces:
             units.append(Unit(len(units), path, kind, start, end, first_line, first_row))
+    close_group()
     return units
 
 
@@ -183,10 +206,12 @@ def number_lines(units: list[Unit], counts: list[int]) -> list[Unit]:
 
 @dataclass(frozen=True)
 class UnitCount:
-    """What the units after one need of it: its newlines (a byte range's; 0 otherwise) and its records."""
+    """What the units after one need of it: its newlines (a byte range's; 0 otherwise), its records, and the
+    format its first decodable record has (None when it has none, or when not asked: `unit_writer.survey_unit`)."""
 
     lines: int
     records: int
+    format: str | None = None
 
 
 def count_unit(unit: Unit, max_record_bytes: int = MAX_RECORD_BYTES) -> UnitCount:
@@ -212,7 +237,11 @@ def unit_records(unit: Unit, start_index: int = 0, max_record_bytes: int = MAX_R
     """The records of one unit, numbered from `start_index`, as reading the whole file gives them."""
     name = str(unit.path)
     if unit.kind == "file":
-        yield from iter_file(unit.path, name, start_index, max_record_bytes)
+        index = start_index
+        for path in unit.files:
+            for record in iter_file(path, str(path), index, max_record_bytes):
+                index += 1
+                yield record
     elif unit.kind == "row_groups":
         batches = _parquet_batches(unit.path, range(unit.start, unit.end))
         yield from _iter_table_rows(batches, name, start_index, max_record_bytes, unit.first_row)

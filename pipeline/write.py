@@ -8,6 +8,7 @@ same data gives the same files whatever the number of workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,12 @@ class ShardInfo:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}{SHARD_SUFFIX}"
+
+
+def unit_shard_name(unit: int, index: int) -> str:
+    """The `index`-th shard of work unit `unit` (`pipeline.units`): a unit's shards are named by the unit alone,
+    so that whoever writes them (the main process, a Ray task on any node) gives the same names."""
+    return f"shard-u{unit:05d}-{index:03d}{SHARD_SUFFIX}"
 
 
 @dataclass(slots=True)
@@ -99,7 +106,8 @@ class ShardWriter:
     rows (several when turns are split) are never spread over two shards and a checkpoint can say "every record
     before this one is done"; then it is closed, synced and renamed. With `packed`, the rows are `PackedRow`s
     (`PACKED_SHARD_SCHEMA`), each added on its own. `schema` is the layout's (`schemas.layouts`) when it is
-    another: preference pairs or KTO rows, which arrive as ranges of a worker's batch of that schema.
+    another: preference pairs or KTO rows, which arrive as ranges of a worker's batch of that schema. `name` gives
+    the k-th shard's file name (`shard_name`, or a unit's `unit_shard_name`).
     """
 
     def __init__(
@@ -111,8 +119,10 @@ class ShardWriter:
         shards: list[ShardInfo] | None = None,
         packed: bool = False,
         schema: pa.Schema | None = None,
+        name: Callable[[int], str] = shard_name,
     ):
         self.out_dir = out_dir
+        self.name = name  # the k-th shard's file name
         self.packed = packed
         self.schema = schema or (PACKED_SHARD_SCHEMA if packed else SHARD_SCHEMA)
         self.max_rows = max_rows
@@ -127,7 +137,7 @@ class ShardWriter:
         if (rows.count if isinstance(rows, RecordRows) else len(rows)) == 0:
             return None
         if self._open is None:
-            path = self.out_dir / shard_name(len(self.shards))
+            path = self.out_dir / self.name(len(self.shards))
             self._open = _OpenShard(path, self.batch_rows, self.packed, self.schema)
         self._open.add(rows)
         if self._open.rows >= self.max_rows or self._open.bytes >= self.max_bytes:

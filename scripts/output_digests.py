@@ -7,6 +7,15 @@ that must not change a byte (and the record of which ones did, and why).
 Each job is a `prepare` run in this process (one worker). Its digest is the sha256 of every shard file and of
 `_rejects.jsonl`, plus the manifest's record accounting; the manifest itself is left out, since it holds version
 and timing-free but path-dependent fields. Kit jobs are skipped, saying so, when ../shared/realworld is absent.
+With `--rows`, a comparison looks only at the rows (in order, whatever shards hold them), the rejects and the
+records: for a change that moves shard boundaries or names and nothing else.
+
+Deliberate changes of the shard files (each with the command that shows what stayed):
+
+- 0.x, work units (`jobs/units.py`, issue #14): a job whose rows go straight to shards writes each work unit's
+  rows into shards of its own (`shard-u00000-000.arrow`), so that a Ray task can write its unit anywhere. Shard
+  names and boundaries change; the rows, `_rejects.jsonl` and the records do not:
+  `python scripts/output_digests.py --compare BEFORE.json --rows`.
 """
 
 from __future__ import annotations
@@ -59,8 +68,24 @@ def digest_folder(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     files = sorted(p for p in out.iterdir() if p.suffix == ".arrow" or p.name == "_rejects.jsonl")
     return {
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+        "rows": rows_digest(out, manifest),
         "records": manifest["records"],
     }
+
+
+def rows_digest(out: Path, manifest: dict[str, Any]) -> str:
+    """The sha256 of every row in manifest order, whatever the shards they are in: equal across a change of
+    shard boundaries or names alone (`--compare --rows` compares only this and the records)."""
+    import pyarrow as pa
+
+    tables = [pa.ipc.open_file(out / shard["file"]).read_all() for shard in manifest["shards"]]
+    if not tables:
+        return hashlib.sha256(b"").hexdigest()
+    sink = pa.BufferOutputStream()
+    table = pa.concat_tables(tables).combine_chunks()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 def run_job(inputs: list[str], tokenizer: str, options: dict[str, Any], scratch: Path) -> dict[str, Any]:
@@ -105,6 +130,7 @@ def main() -> None:
     parser.add_argument("--write", help="write the digests to this JSON file")
     parser.add_argument("--compare", help="compare with digests written earlier")
     parser.add_argument("--only", help="run only jobs whose name contains this text")
+    parser.add_argument("--rows", action="store_true", help="compare rows, rejects and records only")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     # A fixed scratch folder: the style tokenizers' paths are part of the template names rejects mention.
@@ -121,7 +147,13 @@ def main() -> None:
         Path(args.write).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     if args.compare:
         before = json.loads(Path(args.compare).read_text(encoding="utf-8"))
-        changed = [name for name in results if before.get(name) != results[name]]
+        def seen(result: dict[str, Any]) -> dict[str, Any]:
+            if not args.rows or "error" in result:
+                return result
+            rejects = result.get("files", {}).get("_rejects.jsonl")
+            return {"rows": result.get("rows"), "rejects": rejects, "records": result.get("records")}
+
+        changed = [name for name in results if seen(before.get(name, {})) != seen(results[name])]
         missing = [name for name in before if name not in results]
         print(f"\n{len(results) - len(changed)} of {len(results)} jobs identical; {len(changed)} changed")
         for name in changed:

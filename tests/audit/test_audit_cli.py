@@ -157,6 +157,7 @@ def test_audit_accepts_every_option_of_prepare_that_shapes_rows() -> None:
         "out",
         "strict",
         "shard_max_rows",
+        "unit_bytes",
         "quiet",
         "workers",
         "engine",

@@ -85,13 +85,40 @@ def test_a_large_jsonl_file_is_cut_into_many_units_near_the_unit_size(tmp_path: 
     assert read_by_units([path], 4096) == read_whole([path])
 
 
-def test_small_compressed_and_array_files_are_one_unit_each(tmp_path: Path):
+def test_compressed_and_array_files_are_never_cut_and_small_files_share_a_unit(tmp_path: Path):
     (tmp_path / "a.json").write_text(json.dumps([{"a": i} for i in range(100)]))
     (tmp_path / "b.jsonl.gz").write_bytes(b"")
     (tmp_path / "c.jsonl").write_text('{"a": 1}\n')
-    paths = [tmp_path / "a.json", tmp_path / "b.jsonl.gz", tmp_path / "c.jsonl"]
+    (tmp_path / "d.jsonl").write_text('{"a": 2}\n')
+    paths = [tmp_path / n for n in ("a.json", "b.jsonl.gz", "c.jsonl", "d.jsonl")]
     units = plan_units(paths, 16)
-    assert [(u.kind, u.path.name) for u in units] == [("file", "a.json"), ("file", "b.jsonl.gz"), ("file", "c.jsonl")]
+    # a.json is larger than a unit but cannot be cut; b and c fit in one unit together (9 bytes), d does not
+    assert [(u.kind, [f.name for f in u.files]) for u in units] == [
+        ("file", ["a.json"]),
+        ("file", ["b.jsonl.gz", "c.jsonl"]),
+        ("file", ["d.jsonl"]),
+    ]
+    assert read_by_units(paths, 16) == read_whole(paths)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=12), unit_bytes=st.integers(1, 120))
+def test_whole_files_are_grouped_in_order_within_the_unit_size(tmp_path: Path, sizes, unit_bytes):
+    """Files too small to cut are grouped, in input order, as many as fit in `unit_bytes` (a larger one alone),
+    and each file is in exactly one unit."""
+    paths = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i:02d}.json"  # JSON arrays: never cut, whatever their size
+        path.write_text(json.dumps(["x" * max(0, size - 4)] if size >= 4 else []) if size else "")
+        paths.append(path)
+    units = plan_units(paths, unit_bytes)
+    assert [f for u in units for f in u.files] == paths
+    for unit in units:
+        total = sum(f.stat().st_size for f in unit.files)
+        assert len(unit.files) == 1 or total <= unit_bytes
+    for a, b in itertools.pairwise(units):  # a unit closes only when the next file would not fit
+        assert sum(f.stat().st_size for f in (*a.files, b.path)) > unit_bytes
+    assert read_by_units(paths, unit_bytes) == read_whole(paths)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
