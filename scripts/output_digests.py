@@ -147,6 +147,7 @@ def main() -> None:
         Path(args.write).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     if args.compare:
         before = json.loads(Path(args.compare).read_text(encoding="utf-8"))
+
         def seen(result: dict[str, Any]) -> dict[str, Any]:
             if not args.rows or "error" in result:
                 return result
