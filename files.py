@@ -41,5 +41,10 @@ def finish(temp: Path, path: Path) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """`data` as sorted, indented JSON, written whole or not at all."""
     temp = temp_path(path)
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    temp.write_bytes(json_bytes(data))
     finish(temp, path)
+
+
+def json_bytes(data: dict[str, Any]) -> bytes:
+    """How lossmask writes a JSON file (manifests, summaries): sorted, indented, UTF-8."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -223,6 +223,19 @@ def put_bytes(data: bytes, url: str) -> None:
     _upload(url, iter([data]))
 
 
+def put_chunks(chunks: Iterator[bytes], url: str) -> None:
+    """`put` for bytes made as they are uploaded (a file joined from parts): whole under `url`, or not at all."""
+    _upload(url, chunks)
+
+
+def chunks(url: str) -> Iterator[bytes]:
+    """An object's bytes, streamed in chunks of bounded size."""
+    fs, path = split(url)
+    with fs.open_input_stream(path, compression=None) as stream:
+        while chunk := stream.read(_CHUNK):
+            yield chunk
+
+
 def _upload(url: str, chunks: Iterator[bytes]) -> None:
     fs, path = split(url)
     temp = temp_key(path)

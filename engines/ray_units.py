@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from ..pipeline.batch import JobContext
@@ -46,7 +45,7 @@ def _survey_task(config_json: str, unit: Unit) -> dict[str, Any]:
 
 
 def _write_task(config_json: str, unit: Unit, first_index: int, known_format: str | None, out: str) -> dict[str, Any]:
-    return run_unit(_context(config_json), unit, first_index, known_format, Path(out)).to_dict()
+    return run_unit(_context(config_json), unit, first_index, known_format, out).to_dict()
 
 
 class RayUnits:
@@ -77,13 +76,22 @@ class RayUnits:
         task = self._remote(_hash_task)
         return ray.get([task.remote(path) for path in paths])
 
+    needs_counts = True
+
+    def count(self, units: list[Unit]) -> list[dict[str, Any]]:
+        """The counting pass: each unit's newlines, records and format, by a task per unit."""
+        import ray
+
+        survey = self._remote(_survey_task)
+        return ray.get([survey.remote(self.config_json, unit) for unit in units])
+
     def run(
         self,
         context: JobContext,
         units: list[Unit],
         done: dict[int, UnitSummary],
         checkpoint: Any,
-        out: Path,
+        out: str,
         progress: Any,
         save_progress: Any = None,
     ) -> Iterator[UnitSummary]:
@@ -91,16 +99,12 @@ class RayUnits:
         the local engine had in progress is written again whole (`save_progress` is the local engine's)."""
         import ray
 
-        if not checkpoint.unit_counts:  # the counting pass, once per job (a resumed run has it)
-            survey = self._remote(_survey_task)
-            checkpoint.unit_counts = ray.get([survey.remote(self.config_json, unit) for unit in units])
-            checkpoint.save(out)
         counts = [UnitCount(**count) for count in checkpoint.unit_counts]
         numbered = number_units(units, counts)
         known = _known_formats(units, counts)
         write = self._remote(_write_task)
         pending = {
-            write.remote(self.config_json, unit, first_index, known[unit.index], str(out)): unit.index
+            write.remote(self.config_json, unit, first_index, known[unit.index], out): unit.index
             for unit, first_index in numbered
             if unit.index not in done
         }

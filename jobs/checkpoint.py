@@ -74,18 +74,18 @@ class Checkpoint:
         is proven its own (`jobs.outdir`) even when it is killed before its first shard."""
         path = out / CHECKPOINT_NAME
         temp = temp_path(path)
-        temp.write_text(json.dumps(asdict(self), sort_keys=True), encoding="utf-8")
+        temp.write_bytes(self.to_bytes())
         temp.replace(path)
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
+
     @classmethod
-    def load(cls, out: Path, digest: str) -> Checkpoint | None:
-        """The checkpoint of an unfinished run of this same job whose shards are intact, else None."""
-        path = out / CHECKPOINT_NAME
-        if not path.is_file():
-            return None
+    def parse(cls, text: str | bytes) -> Checkpoint | None:
+        """A checkpoint from its JSON; None when it is not one."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            checkpoint = cls(
+            data = json.loads(text)
+            return cls(
                 digest=data["digest"],
                 shards=[ShardInfo(**s) for s in data["shards"]],
                 next_record=int(data["next_record"]),
@@ -99,7 +99,17 @@ class Checkpoint:
                 unit_counts=[dict(c) for c in data.get("unit_counts", [])],
                 partial=dict(data.get("partial", {})),
             )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+    @classmethod
+    def load(cls, out: Path, digest: str) -> Checkpoint | None:
+        """The checkpoint of an unfinished run of this same job whose shards are intact, else None."""
+        path = out / CHECKPOINT_NAME
+        if not path.is_file():
+            return None
+        checkpoint = cls.parse(path.read_bytes())
+        if checkpoint is None:
             return None
         if checkpoint.digest != digest:
             return None

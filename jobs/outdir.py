@@ -62,6 +62,21 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 UNIT_FILE = re.compile(r"(?:shard-u(\d{5})-\d{3}\.arrow|_rejects-u(\d{5})\.jsonl)")
 
 
+def units_in_making(names: list[str], checkpoint: dict[str, Any]) -> list[str]:
+    """The names (and temporaries) among `names` that a unit job's units not yet finished can have written: in
+    any order, on Ray. Only names of the job's own units (`unit_total`) count."""
+    total = int(checkpoint.get("unit_total", 0))
+    finished = {int(k) for k in checkpoint.get("units", {})}
+    found = []
+    for name in names:
+        bare = name[1 : -len(".tmp")] if is_temporary(name) else name
+        if (match := UNIT_FILE.fullmatch(bare)) is not None:
+            unit = int(match.group(1) or match.group(2))
+            if unit < total and unit not in finished:
+                found.append(name)
+    return found
+
+
 def writes_name(name: str) -> bool:
     """Whether a prepare job could write a file of this name (so an unknown one there blocks it)."""
     if is_temporary(name):
@@ -139,17 +154,10 @@ def _checkpoint_files(out: Path, data: dict[str, Any]) -> dict[str, str]:
         if _matches(out / shard["file"], shard["sha256"]):
             files[shard["file"]] = digest
     files[shard_name(len(shards))] = digest  # the one its run was writing when it stopped
-    finished = {int(k) for k in data.get("units", {})}
     for unit in data.get("units", {}).values():
         if _matches(out / unit["rejects"]["file"], unit["rejects"]["sha256"]):
             files[unit["rejects"]["file"]] = digest
-    total = int(data.get("unit_total", 0))
-    for path in out.iterdir() if total else ():  # the units still being written, in any order (Ray)
-        name = path.name[1 : -len(".tmp")] if is_temporary(path.name) else path.name
-        if (match := UNIT_FILE.fullmatch(name)) is not None:
-            unit = int(match.group(1) or match.group(2))
-            if unit < total and unit not in finished:
-                files[name] = digest
+    files.update(dict.fromkeys(units_in_making([p.name for p in out.iterdir()], data), digest))
     rejects = out / REJECTS_NAME
     expected = data.get("rejects_sha256")
     if rejects.is_file() and expected and prefix_sha256(rejects, int(data["rejects_bytes"])) == expected:

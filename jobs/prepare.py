@@ -42,7 +42,7 @@ from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint
 from .manifest import build_manifest, digest_of, fingerprints, input_size
 from .outdir import claim, open_output, output_error
-from .remote import RemoteOut
+from .remote import BucketUnits, RemoteOut
 from .signals import check_stop
 from .units import is_unit_job, run_unit_job
 
@@ -82,7 +82,10 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                 dataclasses.replace(config, encoder="tokenizers", resume=False), plan, progress, remote
             )
             manifest["encoder"]["fell_back"] = str(exc)
-            write_json(out / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
+            if "_published_to" in manifest:  # written to the bucket by Ray tasks (`jobs.units`)
+                BucketUnits(manifest["_published_to"]).write_manifest(manifest)
+            else:
+                write_json(out / MANIFEST_NAME, {k: v for k, v in manifest.items() if not k.startswith("_")})
         if remote is not None:
             remote.publish()
         return manifest

@@ -39,10 +39,11 @@ import pyarrow.fs as pafs
 
 from .. import storage
 from ..errors import SetupError
+from ..files import json_bytes
 from ..pipeline.faults import crash_point
 from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
-from .checkpoint import is_shard
-from .outdir import PART_FOLDERS, manifest_digest, writes_name
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard
+from .outdir import PART_FOLDERS, manifest_digest, units_in_making, writes_name
 
 PUBLISHING_NAME = "_publishing.json"
 
@@ -158,6 +159,16 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
             listed = {s["file"]: s["sha256"] for s in manifest["shards"]}
             listed[REJECTS_NAME] = manifest["rejects"]["sha256"]
             owned.update(_proven(url, listed, names, digest))
+    checkpoint = _read_json(url, CHECKPOINT_NAME, names)
+    if checkpoint is not None:  # a unit job writing here from Ray tasks (`BucketUnits`)
+        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+            digest = str(checkpoint["digest"])
+            owned[CHECKPOINT_NAME] = digest
+            listed = {s["file"]: s["sha256"] for s in checkpoint["shards"]}
+            listed.update({u["rejects"]["file"]: u["rejects"]["sha256"] for u in checkpoint["units"].values()})
+            listed[REJECTS_NAME] = checkpoint["rejects_sha256"]
+            owned.update(_proven(url, listed, names, digest))
+            owned.update(dict.fromkeys(units_in_making(names, checkpoint), digest))
     marker = _read_json(url, PUBLISHING_NAME, names)
     if marker is not None:
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
@@ -186,3 +197,63 @@ def _read_json(url: str, name: str, names: list[str]) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+class BucketUnits:
+    """Where a unit job run by Ray tasks keeps its state when `--out` is an object store (`jobs.units`): the
+    tasks upload their units' files there themselves, so the checkpoint (`_checkpoint.json`, which proves them
+    ours, as `inventory` reads it), the joined `_rejects.jsonl` and the manifest go there too; nothing of the
+    data passes through the driver's staging folder, which holds only the lock. A killed driver resumes from the
+    bucket's checkpoint, from any machine."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def where(self, name: str) -> str:
+        return storage.join(self.url, name)
+
+    def load(self, digest: str) -> Checkpoint | None:
+        """The bucket's checkpoint of this job, with its finished units' objects intact, else None."""
+        names = storage.listing(self.url)
+        if CHECKPOINT_NAME not in names:
+            return None
+        checkpoint = Checkpoint.parse(storage.read_bytes(self.where(CHECKPOINT_NAME)))
+        if checkpoint is None or checkpoint.digest != digest:
+            return None
+        listed = {shard.file: shard.sha256 for shard in checkpoint.shards} | checkpoint.unit_files()
+        if set(listed) - set(names) or len(_proven(self.url, listed, list(names), digest)) != len(listed):
+            return None
+        return checkpoint
+
+    def where_units(self) -> str:
+        return self.url
+
+    def save(self, checkpoint: Checkpoint, first: bool = False) -> None:
+        storage.put_bytes(checkpoint.to_bytes(), self.where(CHECKPOINT_NAME))
+        if not first:
+            crash_point("checkpoint-saved")
+
+    def join_rejects(self, parts: list[str], checkpoint: Checkpoint) -> dict[str, Any]:
+        """`_rejects.jsonl` from the units' parts in order; its sha256 goes into the checkpoint before it gets
+        its name, so that it is provably this job's."""
+        digest, size = hashlib.sha256(), 0
+        for part in parts:
+            for chunk in storage.chunks(self.where(part)):
+                digest.update(chunk)
+                size += len(chunk)
+        checkpoint.rejects_bytes, checkpoint.rejects_sha256 = size, digest.hexdigest()
+        self.save(checkpoint)
+        storage.put_chunks((c for part in parts for c in storage.chunks(self.where(part))), self.where(REJECTS_NAME))
+        return {"file": REJECTS_NAME, "bytes": size, "sha256": checkpoint.rejects_sha256}
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        written = {k: v for k, v in manifest.items() if not k.startswith("_")}
+        storage.put_bytes(json_bytes(written), self.where(MANIFEST_NAME))
+
+    def finish(self, parts: list[str], checkpoint: Checkpoint) -> None:
+        """After the manifest: the parts, the temporaries dead attempts left, then the checkpoint."""
+        names = storage.listing(self.url)
+        leftovers = units_in_making(list(names), {"unit_total": checkpoint.unit_total, "units": {}})
+        for name in [*parts, *(n for n in leftovers if n.startswith(".")), CHECKPOINT_NAME]:
+            if name in names:
+                storage.delete(self.where(name))

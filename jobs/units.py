@@ -43,7 +43,7 @@ from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint
 from .manifest import build_manifest, digest_of, fingerprints
 from .outdir import claim
-from .remote import RemoteOut
+from .remote import BucketUnits, RemoteOut
 from .signals import check_stop
 
 Progress = Callable[[int, int], None]
@@ -64,7 +64,9 @@ def is_unit_job(config: PrepareConfig, plan: InputPlan, part: str) -> bool:
 def run_unit_job(
     config: PrepareConfig, plan: InputPlan, progress: Progress | None, remote: RemoteOut | None
 ) -> dict[str, Any]:
-    """Run (or resume) the job unit by unit; returns its manifest, as `jobs.prepare._run` does."""
+    """Run (or resume) the job unit by unit; returns its manifest, as `jobs.prepare._run` does. With Ray and an
+    object-store `--out`, the tasks write to the bucket and the job's state lives there (`remote.BucketUnits`);
+    otherwise in the local `--out` (an object store's staging folder, published after)."""
     started = time.perf_counter()
     context = JobContext.from_config(config)
     out = Path(config.out)
@@ -75,9 +77,16 @@ def run_unit_job(
         if remote is not None:
             remote.claim("train", digest)
         checkpoint = claim(out, digest, resume=config.resume, overwrite=config.overwrite)
+        target: LocalTarget | BucketUnits = LocalTarget(out)
+        if remote is not None and config.engine == "ray":
+            target = BucketUnits(remote.url)
+            checkpoint = target.load(digest) if config.resume else None
         if checkpoint is None:
             checkpoint = Checkpoint(digest, rejects_sha256=hashlib.sha256().hexdigest(), unit_total=len(units))
-            checkpoint.write(out)  # before anything else: what this run writes is then provably its own
+            target.save(checkpoint, first=True)  # before anything else: what this run writes is provably its own
+        if engine.needs_counts and not checkpoint.unit_counts:  # once per job: a resumed run has them
+            checkpoint.unit_counts = engine.count(units)
+            target.save(checkpoint)
         done = {int(k): UnitSummary.from_dict(v) for k, v in checkpoint.units.items()}
 
         def finished_shards() -> list[ShardInfo]:
@@ -86,59 +95,88 @@ def run_unit_job(
         def save_progress(writer: UnitWriter) -> None:  # the local engine's unit in progress, after a shard
             checkpoint.partial = writer.progress()
             checkpoint.shards = finished_shards() + list(writer.writer.shards)
-            checkpoint.save(out)
+            target.save(checkpoint)
 
-        for summary in engine.run(context, units, done, checkpoint, out, progress, save_progress):
+        work = engine.run(context, units, done, checkpoint, target.where_units(), progress, save_progress)
+        for summary in work:
             check_stop()
             done[summary.unit] = summary
             checkpoint.units[str(summary.unit)] = summary.to_dict()
             if checkpoint.partial.get("unit") == summary.unit:
                 checkpoint.partial = {}
             checkpoint.shards = finished_shards()
-            checkpoint.save(out)
+            target.save(checkpoint)
         check_stop()
     summaries = [done[unit.index] for unit in units]
     accounting = Accounting()
     for summary in summaries:
         accounting.merge(Accounting.from_dict(summary.accounting))
     accounting.check()
-    rejects_file = _join_rejects(out, summaries, checkpoint)
+    parts = [summary.rejects["file"] for summary in summaries]
+    rejects_file = target.join_rejects(parts, checkpoint)
     shards: list[ShardInfo] = [s for summary in summaries for s in summary.shards]
     manifest = build_manifest(config, context, prints, accounting, shards)
     manifest["rejects"] = rejects_file
     manifest["encoder"] = {"name": context.tokenizer.encoder.name, "note": context.encoder_note}
     manifest["datasets"] = plan.manifest_datasets("train", [accounting.to_dict()], prints)
-    write_json(out / MANIFEST_NAME, manifest)
-    for summary in summaries:  # the manifest now proves `_rejects.jsonl`; the parts were the checkpoint's
-        (out / summary.rejects["file"]).unlink(missing_ok=True)
-    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    target.write_manifest(manifest)
+    target.finish(parts, checkpoint)  # the manifest now proves `_rejects.jsonl`; the parts were the checkpoint's
     manifest["_elapsed_seconds"] = time.perf_counter() - started
+    if isinstance(target, BucketUnits):
+        manifest["_published_to"] = target.url  # nothing for `RemoteOut.publish` to upload
     return manifest
 
 
-def _join_rejects(out: Path, summaries: list[UnitSummary], checkpoint: Checkpoint) -> dict[str, Any]:
-    """`_rejects.jsonl`: the units' rejects parts in unit order. Its length and sha256 go into the checkpoint
-    first, so that a run killed while writing it leaves a file that is provably this job's."""
-    digest = hashlib.sha256()
-    size = 0
-    for summary in summaries:
-        size += summary.rejects["bytes"]
-        with open(out / summary.rejects["file"], "rb") as part:
-            for chunk in iter(lambda part=part: part.read(1 << 20), b""):
+class LocalTarget:
+    """A unit job's output folder on this machine (or one every Ray worker mounts), and its checkpoint there."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def where_units(self) -> str:
+        return str(self.out)
+
+    def save(self, checkpoint: Checkpoint, first: bool = False) -> None:
+        if first:
+            checkpoint.write(self.out)
+        else:
+            checkpoint.save(self.out)
+
+    def join_rejects(self, parts: list[str], checkpoint: Checkpoint) -> dict[str, Any]:
+        """`_rejects.jsonl`: the units' rejects parts in unit order. Its length and sha256 go into the checkpoint
+        first, so that a run killed while writing it leaves a file that is provably this job's."""
+        digest = hashlib.sha256()
+        size = 0
+        for name in parts:
+            for chunk in _chunks(self.out / name):
                 digest.update(chunk)
-    checkpoint.rejects_bytes, checkpoint.rejects_sha256 = size, digest.hexdigest()
-    checkpoint.save(out)
-    path = out / REJECTS_NAME
-    temp = temp_path(path)
-    with open(temp, "wb") as joined:
-        for summary in summaries:
-            with open(out / summary.rejects["file"], "rb") as part:
-                for chunk in iter(lambda part=part: part.read(1 << 20), b""):
+                size += len(chunk)
+        checkpoint.rejects_bytes, checkpoint.rejects_sha256 = size, digest.hexdigest()
+        checkpoint.save(self.out)
+        path = self.out / REJECTS_NAME
+        temp = temp_path(path)
+        with open(temp, "wb") as joined:
+            for name in parts:
+                for chunk in _chunks(self.out / name):
                     joined.write(chunk)
-        joined.flush()
-        os.fsync(joined.fileno())
-    temp.replace(path)
-    return {"file": REJECTS_NAME, "bytes": size, "sha256": checkpoint.rejects_sha256}
+            joined.flush()
+            os.fsync(joined.fileno())
+        temp.replace(path)
+        return {"file": REJECTS_NAME, "bytes": size, "sha256": checkpoint.rejects_sha256}
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.out / MANIFEST_NAME, manifest)
+
+    def finish(self, parts: list[str], checkpoint: Checkpoint) -> None:
+        for name in parts:
+            (self.out / name).unlink(missing_ok=True)
+        (self.out / CHECKPOINT_NAME).unlink(missing_ok=True)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            yield chunk
 
 
 @dataclass
@@ -157,6 +195,7 @@ class LocalUnits:
     """The local engine's units: read in order by the main process, their batches processed by the pool."""
 
     hashes = None  # the main process hashes the inputs itself
+    needs_counts = False  # it reads the units in order: each one's first record index is the count so far
 
     def __enter__(self) -> LocalUnits:
         return self
@@ -170,11 +209,12 @@ class LocalUnits:
         units: list[Unit],
         done: dict[int, UnitSummary],
         checkpoint: Checkpoint,
-        out: Path,
+        where: str,
         progress: Progress | None,
         save_progress: Callable[[UnitWriter], None],
     ) -> Iterator[UnitSummary]:
         config = context.config
+        out = Path(where)
         units = _numbered_lines(units, done)
         partial = checkpoint.partial if checkpoint.partial.get("unit") not in done else {}
         tags: deque[_Tag] = deque()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 CHUNK = 1 << 20
+FIRST_CHUNK = 16 << 10
 BOM = b"\xef\xbb\xbf"
 
 # Scanning is done by regular expressions and bytes methods, which run in C: a Python step per byte would
@@ -83,10 +84,13 @@ def split_records(
 
 def chunks(read: Read, strip_bom: bool = True) -> Iterator[bytes]:
     """The stream in chunks of at most CHUNK bytes, without a leading UTF-8 byte order mark (Windows tools
-    write one; it is no part of the JSON)."""
-    first = read(CHUNK)
+    write one; it is no part of the JSON). The first chunks are smaller (FIRST_CHUNK, doubling up to CHUNK), so
+    that a reader that wants only the first records (a file's format, `inputs.first_format`) reads only about
+    as much as they hold."""
+    size = FIRST_CHUNK
+    first = read(size)
     while strip_bom and first and len(first) < len(BOM) and BOM.startswith(first):
-        more = read(CHUNK)
+        more = read(size)
         if not more:
             break
         first += more
@@ -94,7 +98,7 @@ def chunks(read: Read, strip_bom: bool = True) -> Iterator[bytes]:
         first = first[len(BOM) :]
     if first:
         yield first
-    while chunk := read(CHUNK):
+    while chunk := read(size := min(2 * size, CHUNK)):
         yield chunk
 
 

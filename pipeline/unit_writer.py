@@ -18,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..files import temp_path
 from ..schemas.arrays import values
 from ..schemas.layouts import LAYOUTS
@@ -191,11 +193,20 @@ def survey_unit(context: JobContext, unit: Unit) -> UnitCount:
     return UnitCount(line_counts(unit), records, formats.format)
 
 
-def run_unit(context: JobContext, unit: Unit, first_index: int, known_format: str | None, out: Path) -> UnitSummary:
+def run_unit(
+    context: JobContext, unit: Unit, first_index: int, known_format: str | None, out: Path | str
+) -> UnitSummary:
     """Read, process and write one whole unit in this process (a Ray task's work): the bytes the local engine
-    writes for it."""
+    writes for it. An object-store `out` gets the unit's files uploaded when they are whole (`storage.put`:
+    under their names only complete), from a scratch folder on this machine that is removed after."""
+    if storage.is_url(out):
+        with tempfile.TemporaryDirectory(prefix=f"lossmask-unit-{unit.index:05d}-") as scratch:
+            summary = run_unit(context, unit, first_index, known_format, Path(scratch))
+            for name in [*(s.file for s in summary.shards), summary.rejects["file"]]:
+                storage.put(Path(scratch) / name, storage.join(str(out), name))
+            return summary
     formats = FormatTracker(known_format, context.config.format, context, str(unit.path))
-    writer = UnitWriter(context, out, unit, first_index)
+    writer = UnitWriter(context, Path(out), unit, first_index)
     try:
         for batch in batched(tagged_records(unit, first_index, formats, context), context.config.batch_size):
             writer.add(process_batch(batch, context))

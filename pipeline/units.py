@@ -50,7 +50,8 @@ from .read import (
 )
 
 UNIT_BYTES = 64 << 20
-_SCAN = 1 << 16  # bytes read at a time when looking for the next line start after a cut
+_SCAN = 1 << 16  # bytes read at a time when looking for the next line start after a cut (after smaller first reads)
+_FIRST_SCAN = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ def _line_cuts(path: InputFile, size: int, unit_bytes: int) -> list[int]:
             position = max(target - 1, cuts[-1])
             handle.seek(position)
             cut = size
+            scan = _FIRST_SCAN
             while position < size:
-                chunk = handle.read(min(_SCAN, size - position))
+                chunk = handle.read(min(scan, size - position))
+                scan = min(2 * scan, _SCAN)
                 if not chunk:
                     break
                 newline = chunk.find(b"\n")
