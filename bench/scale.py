@@ -1,0 +1,130 @@
+"""`make bench-scale`: the local engine against the Ray engine on one machine, and what the Ray driver costs.
+
+The corpus of `bench/prepare.py` (real-derived conversations, SmolLM2) at each `--conversations` size, prepared
+with `--workers 2` (local) and with `--engine ray` (a Ray instance on this machine, one task per core), the same
+`--unit-bytes` for both (the output is the same bytes: checked). Runs are interleaved over `--rounds` rounds
+(local, ray, local, ray...). For each: wall seconds, tokens/s, CPU-seconds of the whole process tree (the
+driver, Ray's own processes and its workers, sampled from /proc every 10 ms) and tokens per CPU-second, the tree's
+peak RSS, and the driver process alone: its peak RSS and the bytes it read (`rchar` of /proc/PID/io: every
+read() it made, files, pipes and sockets). The load average at each round's start. Numbers to read, never
+assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prepare import ROOT, TOKENIZER, build_corpus, descendants, process_tree, rss_kb
+
+
+def driver_io(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def measure(command: list[str]) -> dict[str, float]:
+    import subprocess
+
+    hz = os.sysconf("SC_CLK_TCK")
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    last_ticks: dict[int, int] = {}
+    peak = driver_peak = rchar = 0
+    while process.poll() is None:
+        ticks, children = process_tree()
+        tree = descendants(process.pid, children)
+        for pid in tree:
+            if pid in ticks:
+                last_ticks[pid] = max(last_ticks.get(pid, 0), ticks[pid])
+        peak = max(peak, sum(rss_kb(pid) for pid in tree))
+        driver_peak = max(driver_peak, rss_kb(process.pid))
+        rchar = max(rchar, driver_io(process.pid))
+        time.sleep(0.01)
+    if process.returncode:
+        raise SystemExit(f"failed: {' '.join(command)}")
+    return {
+        "wall": time.perf_counter() - started,
+        "cpu": sum(last_ticks.values()) / hz,
+        "rss": peak,
+        "driver_rss": driver_peak,
+        "driver_read": rchar,
+    }
+
+
+def command(corpus: Path, out: Path, engine: str, unit_bytes: int) -> list[str]:
+    return [
+        sys.executable, "-m", "lossmask.cli", "prepare", str(corpus), "--tokenizer", str(TOKENIZER),
+        "--out", str(out), "--fresh", "-q", "--workers", "2", "--engine", engine, "--unit-bytes", str(unit_bytes),
+    ]  # fmt: skip
+
+
+def digest(out: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(out.iterdir()):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, nargs="+", default=[20_000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--unit-bytes", type=int, default=4 << 20)
+    parser.add_argument("--corpus", type=Path, nargs="*", help="use these corpora (one per size) instead")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lossmask-bench-scale-"))
+    for k, size in enumerate(args.conversations):
+        corpus = args.corpus[k] if args.corpus else work / f"corpus-{size}.jsonl"
+        if not args.corpus:
+            build_corpus(corpus, size)
+        with open(corpus, "rb") as handle:
+            lines = sum(1 for _ in handle)
+        print(f"\n{lines:,} conversations ({corpus.stat().st_size / 1e6:.1f} MB), --unit-bytes {args.unit_bytes:,}")
+        results: dict[str, list[dict[str, float]]] = {"local": [], "ray": []}
+        loads, digests = [], {}
+        for round_ in range(args.rounds):
+            loads.append(os.getloadavg()[0])
+            for engine in results:
+                out = work / f"out-{engine}"
+                results[engine].append(measure(command(corpus, out, engine, args.unit_bytes)))
+                digests[engine] = digest(out)
+            print(f"  round {round_ + 1} done (load {loads[-1]:.2f})", file=sys.stderr)
+        manifest = json.loads((work / "out-local" / "_manifest.json").read_text())
+        tokens = manifest["totals"]["tokens"] + manifest["totals"]["rows"]
+        units = len({s["file"].split("-")[1] for s in manifest["shards"]})
+        print(f"  {tokens:,} tokens, {units} units; same bytes on both engines: {digests['local'] == digests['ray']}")
+        print(f"  load average at the rounds' starts: {', '.join(f'{x:.2f}' for x in loads)}")
+        print(
+            "  | engine | wall s (min-max) | tokens/s | CPU-s | tokens/CPU-s | peak RSS (tree) | driver peak RSS |"
+            " driver read |"
+        )
+        print("  |---|---|---|---|---|---|---|---|")
+        for engine, runs in results.items():
+            wall = [r["wall"] for r in runs]
+            cpu = statistics.median(r["cpu"] for r in runs)
+            median = statistics.median(wall)
+            print(
+                f"  | {engine} | {median:.1f} ({min(wall):.1f}-{max(wall):.1f}) | {tokens / median:,.0f} | {cpu:.1f} |"
+                f" {tokens / cpu:,.0f} | {statistics.median(r['rss'] for r in runs) / 1024:.0f} MB |"
+                f" {statistics.median(r['driver_rss'] for r in runs) / 1024:.0f} MB |"
+                f" {statistics.median(r['driver_read'] for r in runs) / 1e6:.1f} MB |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
