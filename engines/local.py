@@ -20,7 +20,9 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
+from ..errors import SetupError
 from ..pipeline.batch import BatchResult, JobContext, process_batch
 from ..pipeline.config import PrepareConfig
 from ..schemas.records import RawRecord
@@ -57,18 +59,56 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
     pool = ProcessPoolExecutor(
         workers, mp_context=mp_context, initializer=_start_worker, initargs=(os.getpid(), config)
     )
+    workers_seen: dict[int, multiprocessing.process.BaseProcess] = {}  # the pool starts them as it needs them
     try:
         pending: deque[Future[BatchResult]] = deque()
         for batch in _chain(head, batches):
             pending.append(pool.submit(_work, batch))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield _result(pending.popleft(), pool, workers_seen)
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft(), pool, workers_seen)
     except BaseException:  # stopped (a signal, an error, the consumer gone): the workers' work is not wanted
         _stop_now(pool)
         raise
     pool.shutdown()
+
+
+# How often the main process, waiting for a result, checks that every worker is alive.
+_WATCH_SECONDS = 1.0
+
+
+def _result(
+    future: Future[BatchResult], pool: ProcessPoolExecutor, seen: dict[int, multiprocessing.process.BaseProcess]
+) -> BatchResult:
+    """A batch's result, or one line when a worker died (the kernel's OOM killer, a `kill -9`): the pool then
+    breaks, or, when the worker died in the middle of sending a result, its manager thread waits forever for the
+    rest of it; so the wait checks the workers every `_WATCH_SECONDS`. No worker ends on its own while the job
+    runs, so any that has ended died. `seen` keeps every worker the pool has started (it forgets broken ones)."""
+    while True:
+        seen.update(pool._processes or {})
+        try:
+            return future.result(timeout=_WATCH_SECONDS)
+        except TimeoutError:
+            dead = next((p for p in seen.values() if p.exitcode is not None), None)
+            if dead is not None:
+                raise WorkerDied(dead.exitcode) from None
+        except BrokenProcessPool:
+            dead = next((p for p in seen.values() if p.exitcode is not None), None)
+            raise WorkerDied(None if dead is None else dead.exitcode) from None
+
+
+class WorkerDied(SetupError):
+    """A worker process died while the job ran: one line, exit 2, and the same command resumes."""
+
+    def __init__(self, exitcode: int | None):
+        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+        if exitcode is None:
+            how = "ended abruptly"
+        hint = " (SIGKILL: often the out-of-memory killer; try fewer --workers)" if exitcode == -9 else ""
+        super().__init__(
+            f"a worker process died, {how}{hint}; finished shards are kept: rerun the same command to resume"
+        )
 
 
 def _stop_now(pool: ProcessPoolExecutor) -> None:

@@ -126,6 +126,70 @@ def test_a_signal_stops_the_job_even_with_a_worker_killed_in_the_middle_of_sendi
     ]
 
 
+WORKER_DIED = (
+    "lossmask: error: a worker process died, killed by signal 9 (SIGKILL: often the out-of-memory killer; try "
+    "fewer --workers); finished shards are kept: rerun the same command to resume"
+)
+
+
+def test_a_worker_killed_mid_run_is_one_line_and_the_same_command_finishes_it(big_input, reference, tmp_path):
+    """As the out-of-memory killer would: one worker gets SIGKILL once a shard is checkpointed."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(command(big_input, out), stderr=subprocess.PIPE, text=True)
+    wait_for_a_checkpointed_shard(out, process)
+    workers = [c for c in psutil.Process(process.pid).children(recursive=True) if "forkserver" in " ".join(c.cmdline())]
+    worker = next(c for c in workers if c.ppid() != process.pid)  # a worker is the forkserver's child
+    worker.kill()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert stderr.strip().splitlines() == [WORKER_DIED]
+    assert not (out / "_manifest.json").exists()
+    subprocess.run(command(big_input, out), check=True, timeout=600)
+    assert outputs(out) == reference
+
+
+# The CLI with one change: after its 20th batch, the pool gets a result half sent into its result pipe and one of
+# its workers is killed, as when a worker dies in the middle of sending a result: the manager thread then waits
+# in recv() for bytes no one will send, and the pool never reports the dead worker.
+DIED_MID_SEND = """
+import os, signal, struct, sys
+from concurrent.futures import ProcessPoolExecutor
+from lossmask.cli import main
+from lossmask.engines import local
+
+class DiesMidSend(ProcessPoolExecutor):
+    submitted = 0
+
+    def submit(self, *args, **kwargs):
+        DiesMidSend.submitted += 1
+        if DiesMidSend.submitted == 20:
+            results = self._result_queue
+            with results._wlock:
+                os.write(results._writer.fileno(), struct.pack("!i", 1 << 20) + bytes(1000))
+            os.kill(next(iter(self._processes)), signal.SIGKILL)
+        return super().submit(*args, **kwargs)
+
+local.ProcessPoolExecutor = DiesMidSend
+main(sys.argv[1:], prog_name="lossmask")
+"""
+
+
+def test_a_worker_that_dies_in_the_middle_of_sending_its_result_does_not_hang_the_job(big_input, tmp_path):
+    out = tmp_path / "out"
+    cli = command(big_input, out)
+    arguments = cli[cli.index("prepare") :]
+    process = subprocess.Popen([sys.executable, "-c", DIED_MID_SEND, *arguments], stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        raise AssertionError(f"a worker died mid-send; the job had not exited 60 s later: {stderr!r}") from None
+    assert process.returncode == 2, stderr
+    assert stderr.strip().splitlines() == [WORKER_DIED]
+    assert not (out / "_manifest.json").exists()
+
+
 def test_no_worker_outlives_a_main_process_killed_by_sigkill(big_input, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(command(big_input, out), stderr=subprocess.DEVNULL)
