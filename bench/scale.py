@@ -99,11 +99,11 @@ def main() -> int:
         for round_ in range(args.rounds):
             loads.append(os.getloadavg()[0])
             for engine in results:
-                out = work / f"out-{engine}"
+                out = work / f"out-{engine}-{size}"
                 results[engine].append(measure(command(corpus, out, engine, args.unit_bytes)))
                 digests[engine] = digest(out)
             print(f"  round {round_ + 1} done (load {loads[-1]:.2f})", file=sys.stderr)
-        manifest = json.loads((work / "out-local" / "_manifest.json").read_text())
+        manifest = json.loads((work / f"out-local-{size}" / "_manifest.json").read_text())
         tokens = manifest["totals"]["tokens"] + manifest["totals"]["rows"]
         units = len({s["file"].split("-")[1] for s in manifest["shards"]})
         print(f"  {tokens:,} tokens, {units} units; same bytes on both engines: {digests['local'] == digests['ray']}")
