@@ -21,8 +21,10 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import SetupError
 from ..pipeline.batch import JobContext
 from ..pipeline.config import PrepareConfig
+from ..pipeline.encoders import EncoderMismatch
 from ..pipeline.read import InputFile, input_sha256
 from ..pipeline.unit_writer import UnitSummary, run_unit, survey_unit
 from ..pipeline.units import Unit, UnitCount, number_units
@@ -48,6 +50,26 @@ def _write_task(config_json: str, unit: Unit, first_index: int, known_format: st
     return run_unit(_context(config_json), unit, first_index, known_format, out).to_dict()
 
 
+def _get(refs: Any) -> Any:
+    """`ray.get`, with a task's own failure as it was raised in the task (a `SetupError` is then one line, an
+    `EncoderMismatch` restarts the job with `tokenizers`), and a task Ray gave up on as one line."""
+    import ray
+    import ray.exceptions
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, (SetupError, EncoderMismatch)):
+            raise cause from None
+        raise SetupError(f"a Ray task failed: {type(cause).__name__}: {cause}".splitlines()[0]) from None
+    except ray.exceptions.RayError as exc:  # its worker died more often than the retries, its node was lost, ...
+        raise SetupError(
+            f"--engine ray: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; finished units are "
+            "kept: rerun the same command to resume"
+        ) from None
+
+
 class RayUnits:
     """A unit job's Ray session: started (or joined) on enter, shut down on exit if this job started it."""
 
@@ -71,19 +93,17 @@ class RayUnits:
         return ray.remote(function).options(max_retries=RETRIES, runtime_env=TASK_ENV, num_cpus=1)
 
     def hashes(self, paths: list[InputFile]) -> list[str]:
-        import ray
 
         task = self._remote(_hash_task)
-        return ray.get([task.remote(path) for path in paths])
+        return _get([task.remote(path) for path in paths])
 
     needs_counts = True
 
     def count(self, units: list[Unit]) -> list[dict[str, Any]]:
         """The counting pass: each unit's newlines, records and format, by a task per unit."""
-        import ray
 
         survey = self._remote(_survey_task)
-        return ray.get([survey.remote(self.config_json, unit) for unit in units])
+        return _get([survey.remote(self.config_json, unit) for unit in units])
 
     def run(
         self,
@@ -112,7 +132,7 @@ class RayUnits:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 pending.pop(ready[0])
-                summary = UnitSummary.from_dict(ray.get(ready[0]))
+                summary = UnitSummary.from_dict(_get(ready[0]))
                 if progress is not None:
                     progress(summary.records, sum(s.tokens for s in summary.shards))
                 yield summary

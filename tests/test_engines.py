@@ -74,3 +74,26 @@ def test_ray_that_fails_to_start_is_shut_down_and_one_setup_error(tmp_path, monk
     with pytest.raises(SetupError, match=r"^--engine ray could not start Ray: ConnectionError: Could not find"):
         run_prepare(tmp_path, [DATA / "openai.jsonl"], engine="ray")
     assert calls == ["init", "shutdown"]
+
+
+def _raises_setup_error() -> None:
+    from lossmask.errors import SetupError
+
+    raise SetupError("input gone.jsonl does not exist")
+
+
+def _raises_other() -> None:
+    raise ZeroDivisionError("division by zero\nand a second line")
+
+
+@pytest.mark.ray
+def test_a_ray_tasks_failure_reaches_the_user_as_it_was_raised_in_one_line(ray_cluster):
+    """A task's SetupError is the user's one line (not Ray's wrapper with its traceback); anything else is one line
+    that names it."""
+    from lossmask.engines.ray_units import _get
+    from lossmask.errors import SetupError
+
+    with pytest.raises(SetupError, match=r"^input gone.jsonl does not exist$"):
+        _get(ray_cluster.remote(_raises_setup_error).remote())
+    with pytest.raises(SetupError, match=r"^a Ray task failed: ZeroDivisionError: division by zero$"):
+        _get(ray_cluster.remote(_raises_other).remote())
