@@ -18,6 +18,7 @@ shared filesystem, or an object store (docs/scale.md, "A cluster").
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,6 +99,9 @@ class RayUnits:
         return _get([task.remote(path) for path in paths])
 
     needs_counts = True
+    # The checkpoint lists every finished unit (about half a KB each) and is rewritten whole: on a cluster that
+    # finishes many units a second, it is saved at most this often (a killed driver redoes the units since).
+    checkpoint_seconds = float(os.environ.get("LOSSMASK_CHECKPOINT_SECONDS", "5"))
 
     def count(self, units: list[Unit]) -> list[dict[str, Any]]:
         """The counting pass: each unit's newlines, records and format, by a task per unit."""

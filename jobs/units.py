@@ -98,15 +98,19 @@ def run_unit_job(
             target.save(checkpoint)
 
         work = engine.run(context, units, done, checkpoint, target.where_units(), progress, save_progress)
+        saved = 0.0
         for summary in work:
             check_stop()
             done[summary.unit] = summary
             checkpoint.units[str(summary.unit)] = summary.to_dict()
             if checkpoint.partial.get("unit") == summary.unit:
                 checkpoint.partial = {}
-            checkpoint.shards = finished_shards()
-            target.save(checkpoint)
+            if time.monotonic() - saved >= engine.checkpoint_seconds:
+                checkpoint.shards = finished_shards()
+                target.save(checkpoint)
+                saved = time.monotonic()
         check_stop()
+        checkpoint.shards = finished_shards()
     summaries = [done[unit.index] for unit in units]
     accounting = Accounting()
     for summary in summaries:
@@ -196,6 +200,7 @@ class LocalUnits:
 
     hashes = None  # the main process hashes the inputs itself
     needs_counts = False  # it reads the units in order: each one's first record index is the count so far
+    checkpoint_seconds = 0.0  # a checkpoint after every unit (and every shard of the unit in progress)
 
     def __enter__(self) -> LocalUnits:
         return self

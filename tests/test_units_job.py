@@ -103,7 +103,7 @@ def _command(corpus: list[Path], out: Path, *extra: str) -> list[str]:
 def _killed_then_resumed(corpus, out: Path, engine: str, resume_engine: str, saves: int) -> dict:
     """Kill the run (SIGKILL) after its `saves`-th checkpoint save, check that the kill landed between units,
     then rerun the same command; returns the checkpoint the killed run left."""
-    env = {**os.environ, "LOSSMASK_CRASH_AT": f"checkpoint-saved:{saves}"}
+    env = {**os.environ, "LOSSMASK_CRASH_AT": f"checkpoint-saved:{saves}", "LOSSMASK_CHECKPOINT_SECONDS": "0"}
     killed = subprocess.run(_command(corpus, out, "--engine", engine), env=env, capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()
     checkpoint = json.loads((out / CHECKPOINT_NAME).read_text())

@@ -138,7 +138,7 @@ def test_a_killed_driver_resumes_from_the_buckets_checkpoint(s3, in_bucket):  # 
     fs, _ = s3
     inputs, whole = in_bucket
     url = f"s3://{BUCKET}/driver-killed"
-    env = {**os.environ, "LOSSMASK_CRASH_AT": "checkpoint-saved:3"}
+    env = {**os.environ, "LOSSMASK_CRASH_AT": "checkpoint-saved:3", "LOSSMASK_CHECKPOINT_SECONDS": "0"}
     killed = subprocess.run(command(inputs, url, "--engine", "ray"), env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     left = objects(fs, "driver-killed")
