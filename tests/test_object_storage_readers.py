@@ -22,10 +22,12 @@ pytestmark = pytest.mark.slow
 URL = f"s3://{S3_BUCKET}/prepared"
 
 
-def lossmask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def lossmask(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """The CLI in a subprocess, which inherits the AWS variables (and PYTHONPATH) of this one."""
     command = [sys.executable, "-m", "lossmask.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env, cwd=cwd)
 
 
 def upload(fs, folder: Path, prefix: str, skip: tuple[str, ...] = ()) -> str:
@@ -150,7 +152,7 @@ def test_inspect_of_an_s3_folder_shows_what_the_local_folder_shows(bucket):
     assert remote.stdout.replace(URL, "FOLDER") == here.stdout.replace(str(local), "FOLDER")
 
 
-def test_train_on_an_s3_folder_learns_what_it_learns_from_the_local_folder(bucket, tmp_path):
+def test_train_and_explain_on_an_s3_folder_give_what_the_local_folder_gives(bucket, tmp_path):
     _, local = bucket
     tiny = ["--steps", "3", "--batch-size", "4", "--seq-len", "64", "--layers", "1", "--d-model", "16", "-q"]
     remote = lossmask("train", URL, "--out", str(tmp_path / "remote"), *tiny)
@@ -167,6 +169,9 @@ def test_train_on_an_s3_folder_learns_what_it_learns_from_the_local_folder(bucke
         for name in got.files:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     assert json.loads((tmp_path / "remote" / "run.json").read_text())["shards"] == URL
+    # `lossmask explain` reads its row from the bucket as well: the same table for the trained model.
+    explained = [lossmask("explain", folder, "--row", "7", "--run", str(tmp_path / "local")) for folder in (URL, local)]
+    assert explained[0].returncode == 0 and explained[0].stdout == explained[1].stdout, explained[0].stderr
 
 
 def test_a_changed_shard_object_fails_its_sha256_in_one_line(bucket, tmp_path):
@@ -221,10 +226,11 @@ def test_a_shard_listed_but_not_in_the_bucket_and_an_unreachable_server_are_one_
     assert "Could not connect" in one_line_exit_2(lossmask("audit", URL, env=env))
 
 
-def test_outputs_stay_local_an_s3_out_is_refused_before_reading(bucket):
+def test_outputs_stay_local_an_s3_out_is_refused_before_reading(bucket, tmp_path):
+    """Run where a URL taken for a local path would show: it would be a folder named `s3:` here."""
     for args in (["export", URL, "--to", "hf", f"s3://{S3_BUCKET}/exported"], ["train", URL, "--out", f"{URL}-run"]):
-        stderr = one_line_exit_2(lossmask(*args))
+        stderr = one_line_exit_2(lossmask(*args, cwd=tmp_path))
         assert "writes local files only" in stderr and "copy it up" in stderr, stderr
-    stderr = one_line_exit_2(lossmask("audit", URL, "--html", f"s3://{S3_BUCKET}/report.html"))
+    stderr = one_line_exit_2(lossmask("audit", URL, "--html", f"s3://{S3_BUCKET}/report.html", cwd=tmp_path))
     assert "--html" in stderr and "writes local files only" in stderr
-    assert not Path("s3:").exists()
+    assert list(tmp_path.iterdir()) == []
