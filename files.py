@@ -1,7 +1,7 @@
 """Files lossmask writes: each under a temporary, hidden name first, and renamed only when complete, so a reader (or a
 resumed run) never mistakes a half-written file for output; and the sha256 the manifests record.
 
-Every package may import this module (it imports nothing of lossmask's).
+Every package may import this module (it imports nothing of lossmask's at import time).
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ def is_temporary(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | Any) -> str:
     """The sha256 of a file's bytes, read in fixed-size chunks. Not through a memory map: its pages count in the
-    process's RSS, so hashing a 200 MB input raised the job's peak RSS by ~90 MB, growing with the input."""
+    process's RSS, so hashing a 200 MB input raised the job's peak RSS by ~90 MB, growing with the input. An
+    object (`storage.RemoteFile`: a manifest read from a bucket, whose sha256 an export records) is streamed."""
+    from .storage import RemoteFile, sha256
+
+    if isinstance(path, RemoteFile):
+        return sha256(path)
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

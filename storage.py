@@ -78,6 +78,16 @@ class RemoteFile:
     def __fspath__(self) -> str:  # pragma: no cover - guards against handing it to open(): it is no local path
         raise TypeError(f"{self.url} is an object-store URL, not a local path")
 
+    def __truediv__(self, name: str) -> RemoteFile:
+        """The object `name` under this prefix, as `folder / name` names a file of a local folder: so a shard
+        folder on a bucket (`loader.shards.ShardSet.directory`) is joined like a local one."""
+        return RemoteFile(join(self.url, name))
+
+    def resolve(self) -> RemoteFile:
+        """Itself: a URL is absolute already. Code that compares resolved paths (an export's OUT against the shard
+        folder it reads) takes a RemoteFile as it is, and it never equals a local path."""
+        return self
+
     @property
     def name(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
@@ -188,11 +198,12 @@ def _listing(fs: pafs.FileSystem, base: str, hidden: bool = False) -> list[pafs.
     return sorted(filter(visible, infos), key=lambda i: i.path)
 
 
-def listing(url: str) -> dict[str, int]:
-    """Every object under a URL (hidden ones too), as its key relative to the URL -> its size."""
+def listing(url: str, recursive: bool = True) -> dict[str, int]:
+    """Every object under a URL (hidden ones too), as its key relative to the URL -> its size. Not `recursive`:
+    only the objects directly under it (one delimited LIST, however many objects lie deeper)."""
     fs, path = split(url)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
     except (pa.ArrowException, OSError) as exc:
         raise SetupError(f"cannot list {url}: {exc}") from None
     return {i.path[len(path) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
@@ -202,6 +213,13 @@ def read_bytes(url: str) -> bytes:
     fs, path = split(url)
     with fs.open_input_stream(path, compression=None) as stream:
         return stream.read()
+
+
+def refuse_url(path: str, what: str) -> None:
+    """Only `prepare` publishes to a bucket; every other command (export, train, the audit's HTML) writes a local
+    folder or file. A URL given there would become a local folder named `s3:`: refused in one line instead."""
+    if is_url(path):
+        raise SetupError(f"{what} {path}: this writes local files only; write to a local folder, then copy it up")
 
 
 def temp_key(path: str) -> str:

@@ -66,6 +66,10 @@ def audit(
         raise SetupError(f"--fail-on: {exc}") from None
     if show < 0:
         raise SetupError("--show must be 0 or more")
+    if html_path:
+        from ..storage import refuse_url
+
+        refuse_url(html_path, "--html")
 
     started = time.perf_counter()
     flag_of = {param.name: param.opts[0] for param in click.get_current_context().command.params}

@@ -8,17 +8,19 @@ tokenizer and chat template when they can be loaded. The sample mode calls `proc
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
+from .. import storage
 from ..errors import SetupError
 from ..loader import ShardSet
+from ..loader.shards import Location, file_size, holds_shards, location
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext, load_job_template, process_batch
 from ..pipeline.config import PrepareConfig
@@ -27,7 +29,8 @@ from ..pipeline.packed import unpack_batch
 from ..pipeline.shift import rows_to_batch
 from ..pipeline.templates import ChatTemplate
 from ..pipeline.tokenizer import TokenizerInfo, load_tokenizer
-from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME, SHARD_SCHEMA, SHARD_SUFFIX
+from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME, SHARD_SCHEMA
+from ..storage import RemoteFile
 
 REJECT_EXAMPLES = 5  # example records kept per (status, reason)
 
@@ -49,8 +52,8 @@ class AuditSource:
 
 
 def is_shards_folder(target: str) -> bool:
-    path = Path(target)
-    return path.is_dir() and ((path / MANIFEST_NAME).is_file() or any(path.glob(f"shard-*{SHARD_SUFFIX}")))
+    """A folder `prepare` wrote (or shards alone), local or `s3://`; anything else is a raw input."""
+    return holds_shards(target)
 
 
 # shards written by `prepare`
@@ -63,9 +66,9 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
     layout, columns and types, row counts) and their sha256 verified: the audit reads every byte anyway, and a
     verdict on bytes other than the ones `prepare` wrote would vouch for nothing.
     """
-    path = Path(folder)
+    path = location(folder)
     notes: list[str] = []
-    if (path / MANIFEST_NAME).is_file():
+    if file_size(path / MANIFEST_NAME) is not None:
         shards = ShardSet(path, verify=True)
         manifest = shards.manifest
     else:
@@ -73,13 +76,15 @@ def open_shards(folder: str, tokenizer_path: str | None = None) -> AuditSource:
         manifest = {}
         notes.append(f"{folder} has no {MANIFEST_NAME}: record accounting, rejects and the template are unknown")
     shards.check()
-    if shards.packed:
-        # Packed rows are audited as the documents they hold: unpacking only re-cuts the list offsets. The
-        # unpacked rows are held in memory (the rows layout is scanned lazily from the files instead).
-        batches = [unpack_batch(batch) for _, batch in shards.iter_batches()]
-        table = pa.Table.from_batches(batches, schema=SHARD_SCHEMA)
+    if shards.packed or isinstance(path, RemoteFile):
+        # Held in memory: packed rows are audited as the documents they hold (unpacking only re-cuts the list
+        # offsets); rows of objects come through the ShardSet (ranged GETs, the bytes verified), since polars
+        # scans only local files here (docs/scale.md). Local rows are scanned lazily from the files instead.
+        unpack = unpack_batch if shards.packed else lambda batch: batch
+        table = pa.Table.from_batches([unpack(batch) for _, batch in shards.iter_batches()], schema=SHARD_SCHEMA)
         frame = pl.from_arrow(table).lazy()  # type: ignore[union-attr]
-        notes.append(f"{folder} holds packed shards: audited as the documents they hold, one per row")
+        if shards.packed:
+            notes.append(f"{folder} holds packed shards: audited as the documents they hold, one per row")
 
         def stream(columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
             return iter(table.to_batches() if columns is None else table.select(columns).to_batches())
@@ -143,13 +148,16 @@ def _shards_template(manifest: dict[str, Any], tokenizer: TokenizerInfo, notes: 
     return template
 
 
-def read_reject_examples(path: Path, per_reason: int = REJECT_EXAMPLES) -> list[dict[str, Any]]:
-    """The first few records not written, per (status, reason), in file order. Counts come from the manifest."""
-    if not path.is_file() or path.stat().st_size == 0:
+def read_reject_examples(path: Location, per_reason: int = REJECT_EXAMPLES) -> list[dict[str, Any]]:
+    """The first few records not written, per (status, reason), in file order. Counts come from the manifest.
+    An object's bytes are read whole (rejects are lines of metadata, small beside the shards) and parsed as the
+    local file is, so both give the same examples."""
+    if not file_size(path):
         return []
+    source = io.BytesIO(storage.read_bytes(path.url)) if isinstance(path, RemoteFile) else path
     schema = {"source": pl.String, "status": pl.String, "reason": pl.String, "detail": pl.String}
     frame = (
-        pl.scan_ndjson(path, schema=schema)
+        pl.scan_ndjson(source, schema=schema)
         .filter(pl.int_range(pl.len()).over("status", "reason") < per_reason)
         .collect()
     )

@@ -7,7 +7,6 @@ Registered on the `lossmask` group in `lossmask/cli.py`. Same exit codes: 0 done
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -42,9 +41,12 @@ if TYPE_CHECKING:
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @fails_cleanly
 def export_command(shards_dir: str, out: str, target: str, file_format: str, verify: bool, quiet: bool) -> None:
-    """Write the shards in SHARDS_DIR to OUT in a layout external trainers read as it is."""
+    """Write the shards in SHARDS_DIR (a folder, or an s3:// prefix) to OUT, a local folder, in a layout external
+    trainers read as it is."""
     from ..loader.shards import ShardSet
+    from ..storage import refuse_url
 
+    refuse_url(out, "OUT")
     shards = ShardSet(shards_dir)
     if target == "hf":
         from .hf import export_hf
@@ -117,7 +119,8 @@ def _export_for_trainer(shards: ShardSet, out: str, target: str, verify: bool, q
 def inspect_command(
     shards_dir: str, count: int, start: int, tokenizer: str | None, verify: bool, color: bool | None
 ) -> None:
-    """Show SHARDS_DIR: the manifest (config, fingerprints, counts), the schema and a few decoded rows."""
+    """Show SHARDS_DIR (a folder, or an s3:// prefix): the manifest (config, fingerprints, counts), the schema
+    and a few decoded rows."""
     from ..loader.shards import ShardSet
     from ..pipeline.tokenizer import TokenizerInfo, load_tokenizer
     from .report import CLOSE, OPEN, describe_manifest, describe_rows, describe_schema
@@ -125,7 +128,7 @@ def inspect_command(
     shards = ShardSet(shards_dir)
     if verify:
         shards.verify()
-    for line in describe_manifest(shards.manifest, str(Path(shards_dir)), checked=verify or None):
+    for line in describe_manifest(shards.manifest, str(shards.directory), checked=verify or None):
         click.echo(line)
     click.echo()
     schema = shards.open(0).schema if shards.files else shards.schema

@@ -5,8 +5,11 @@ Imported by the tests (`from .support import ...`); conftest.py holds only what 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +96,47 @@ def builtin_setup(name: str) -> tuple[Any, Any]:
     source = builtin_source(name)
     info = TokenizerInfo(path=f"fixture+{name}", tokenizer=tokenizer, special_tokens=special).for_template(source)
     return info, ChatTemplate(name=f"builtin:{name}", source=source, variables=dict(special))
+
+
+# A real S3-compatible server for the object-storage tests (moto's, from the dev extra; a test module that uses it
+# skips without it: `pytest.importorskip("moto.server")`).
+S3_BUCKET = "lossmask-test"
+
+
+@contextlib.contextmanager
+def s3_server(staging: Path) -> Iterator[Any]:
+    """A moto S3 server on 127.0.0.1 with an empty bucket `S3_BUCKET`, and the standard AWS variables pointing at
+    it while it runs (so subprocesses inherit them; `LOSSMASK_STAGING` too, for `--out s3://`). Yields a pyarrow
+    S3FileSystem on it. lossmask's own filesystems are cached per bucket and process (`storage`): dropped at
+    both ends, so a module that starts its own server on another port is not answered by an earlier one."""
+    import pyarrow.fs as pafs
+    from lossmask import storage
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "LOSSMASK_STAGING": str(staging),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage._bucket_filesystem.cache_clear()
+    try:
+        fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+        fs.create_dir(S3_BUCKET)
+        yield fs
+    finally:
+        server.stop()
+        storage._bucket_filesystem.cache_clear()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -20,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from .support import DATA, FIXTURE_TOKENIZER
+from .support import DATA, FIXTURE_TOKENIZER, S3_BUCKET, s3_server
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the S3 server")
+pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the S3 server")
 pytestmark = pytest.mark.slow
 
-BUCKET = "lossmask-test"
+BUCKET = S3_BUCKET
 # The inputs as uploaded: (key under in/, bytes). Every reader: plain, .gz, .zst, JSON arrays, Parquet, Arrow.
 INPUT_NAMES = ["openai.jsonl", "sharegpt.json", "tools.jsonl", "sub/alpaca.json.gz", "sub/pc.jsonl.zst"]
 INPUT_NAMES += ["tables/text.parquet", "tables/lesson.arrow"]
@@ -49,39 +48,16 @@ def _inputs() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server on 127.0.0.1 with a bucket holding the inputs under in/, the AWS variables pointing at it
-    (inherited by the subprocesses), and the same inputs as local copies."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "LOSSMASK_STAGING": str(tmp_path_factory.mktemp("staging")),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import pyarrow.fs as pafs
-
-    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    local = tmp_path_factory.mktemp("local") / "in"
-    for name, data in _inputs().items():
-        with fs.open_output_stream(f"{BUCKET}/in/{name}", compression=None) as sink:
-            sink.write(data)
-        (local / name).parent.mkdir(parents=True, exist_ok=True)
-        (local / name).write_bytes(data)
-    yield fs, local
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """A moto S3 server (`support.s3_server`) with a bucket holding the inputs under in/, the AWS variables
+    pointing at it (inherited by the subprocesses), and the same inputs as local copies."""
+    with s3_server(tmp_path_factory.mktemp("staging")) as fs:
+        local = tmp_path_factory.mktemp("local") / "in"
+        for name, data in _inputs().items():
+            with fs.open_output_stream(f"{BUCKET}/in/{name}", compression=None) as sink:
+                sink.write(data)
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            (local / name).write_bytes(data)
+        yield fs, local
 
 
 def prepare_command(inputs: list[str], out: str, *extra: str) -> list[str]:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import fails_cleanly
+from ..storage import refuse_url
 from .loss import LOSS_NORMS
 from .model import DTYPES
 from .shards import open_shards, vocab_size_of
@@ -82,7 +83,8 @@ def train(shards_dir: str, out: str, quiet: bool, **options: Any) -> None:
 
     config = TrainConfig(**options)
     config.validate()
-    # A bad folder, layout or model fails before the bar shows.
+    # A bad --out, folder, layout or model fails before the bar shows.
+    refuse_url(out, "--out")
     config.model_config(vocab_size_of(open_shards(shards_dir, pairs=config.dpo)))
     console = Console(stderr=True)
     progress = Progress(

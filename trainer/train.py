@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .. import storage
 from ..errors import SetupError
 from .batches import Batch, StreamStats, collate, collate_pairs, first_rows, training_batches
 from .dpo import dpo_step, evaluate_pairs
@@ -164,8 +165,10 @@ def train(
     config: TrainConfig,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train on the shards in `shards_dir`, write the run into `out_dir`, return the run summary (run.json)."""
+    """Train on the shards in `shards_dir` (a folder, or an s3:// prefix), write the run into `out_dir` (a local
+    folder), return the run summary (run.json)."""
     config.validate()
+    storage.refuse_url(str(out_dir), "--out")
     with threadpool_limits(limits=config.threads, user_api="blas"):
         return _train(shards_dir, out_dir, config, on_step)
 
