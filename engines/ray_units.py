@@ -12,7 +12,7 @@ Three kinds of task, each a plain function of small arguments, run wherever Ray 
 A task that dies (its worker killed, its node lost) is run again by Ray (`max_retries`); a unit's files are written
 under temporary names and renamed when whole, so a retried unit replaces whatever the dead attempt left. Every
 task needs lossmask installed, the tokenizer path and the inputs readable, and `out` writable where it runs: a
-shared filesystem, or an object store (docs/scale.md, "A cluster").
+shared filesystem, or an object store (docs/scale.md, "Running on a Ray cluster").
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..pipeline.read import InputFile, input_sha256
 from ..pipeline.unit_writer import UnitSummary, run_unit, survey_unit
 from ..pipeline.units import Unit, UnitCount, number_units
 from .ray import start
-from .tables import _context
+from .tables import worker_context
 
 # Each task is one process's work on one core: the tokenizer's own thread pool would only compete with the
 # other tasks on the node.
@@ -43,12 +43,12 @@ def _hash_task(path: InputFile) -> str:
 
 
 def _survey_task(config_json: str, unit: Unit) -> dict[str, Any]:
-    count = survey_unit(_context(config_json), unit)
+    count = survey_unit(worker_context(config_json), unit)
     return {"lines": count.lines, "records": count.records, "format": count.format}
 
 
 def _write_task(config_json: str, unit: Unit, first_index: int, known_format: str | None, out: str) -> dict[str, Any]:
-    return run_unit(_context(config_json), unit, first_index, known_format, out).to_dict()
+    return run_unit(worker_context(config_json), unit, first_index, known_format, out).to_dict()
 
 
 def _get(refs: Any) -> Any:

@@ -155,11 +155,11 @@ def table_to_result(table: pa.Table) -> BatchResult:
 
 
 @lru_cache(maxsize=4)
-def _context(config_json: str) -> JobContext:
+def worker_context(config_json: str) -> JobContext:
     """One context per worker process and job: built by the first task, reused by the next ones."""
     return JobContext.from_config(PrepareConfig.from_mapping(json.loads(config_json)))
 
 
 def process_table(table: pa.Table, config_json: str) -> pa.Table:
     """The whole per-record pipeline over an Arrow table of raw records (see module docstring)."""
-    return result_to_table(process_batch(table_to_records(table), _context(config_json)))
+    return result_to_table(process_batch(table_to_records(table), worker_context(config_json)))
