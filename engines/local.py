@@ -63,7 +63,11 @@ def run(config: PrepareConfig, context: JobContext, batches: Iterator[list[RawRe
     try:
         pending: deque[Future[BatchResult]] = deque()
         for batch in _chain(head, batches):
-            pending.append(pool.submit(_work, batch))
+            try:
+                pending.append(pool.submit(_work, batch))
+            except BrokenProcessPool:  # a worker died and the pool noticed before a result said so
+                raise _died(workers_seen) from None
+            workers_seen.update(pool._processes or {})
             if len(pending) >= window:
                 yield _result(pending.popleft(), pool, workers_seen)
         while pending:
@@ -90,12 +94,15 @@ def _result(
         try:
             return future.result(timeout=_WATCH_SECONDS)
         except TimeoutError:
-            dead = next((p for p in seen.values() if p.exitcode is not None), None)
-            if dead is not None:
-                raise WorkerDied(dead.exitcode) from None
+            if any(p.exitcode is not None for p in seen.values()):
+                raise _died(seen) from None
         except BrokenProcessPool:
-            dead = next((p for p in seen.values() if p.exitcode is not None), None)
-            raise WorkerDied(None if dead is None else dead.exitcode) from None
+            raise _died(seen) from None
+
+
+def _died(seen: dict[int, multiprocessing.process.BaseProcess]) -> WorkerDied:
+    dead = next((p for p in seen.values() if p.exitcode is not None), None)
+    return WorkerDied(None if dead is None else dead.exitcode)
 
 
 class WorkerDied(SetupError):

@@ -174,11 +174,36 @@ main(sys.argv[1:], prog_name="lossmask")
 """
 
 
-def test_a_worker_that_dies_in_the_middle_of_sending_its_result_does_not_hang_the_job(big_input, tmp_path):
+# The CLI with one change: at its 20th batch a worker is killed and the pool has noticed (it is broken) before
+# the batch is submitted, so that the submit itself fails, as it can when the pool notices first.
+BROKEN_BEFORE_SUBMIT = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from lossmask.cli import main
+from lossmask.engines import local
+
+class BrokenBeforeSubmit(ProcessPoolExecutor):
+    submitted = 0
+
+    def submit(self, *args, **kwargs):
+        BrokenBeforeSubmit.submitted += 1
+        if BrokenBeforeSubmit.submitted == 20:
+            os.kill(next(iter(self._processes)), signal.SIGKILL)
+            while not self._broken:
+                time.sleep(0.01)
+        return super().submit(*args, **kwargs)
+
+local.ProcessPoolExecutor = BrokenBeforeSubmit
+main(sys.argv[1:], prog_name="lossmask")
+"""
+
+
+@pytest.mark.parametrize("script", [DIED_MID_SEND, BROKEN_BEFORE_SUBMIT], ids=["mid-send", "broken-before-submit"])
+def test_a_worker_that_dies_in_the_middle_of_sending_its_result_does_not_hang_the_job(big_input, tmp_path, script):
     out = tmp_path / "out"
     cli = command(big_input, out)
     arguments = cli[cli.index("prepare") :]
-    process = subprocess.Popen([sys.executable, "-c", DIED_MID_SEND, *arguments], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", script, *arguments], stderr=subprocess.PIPE, text=True)
     try:
         _, stderr = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
