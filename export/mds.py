@@ -32,7 +32,7 @@ import numpy as np
 from ..files import finish, temp_path
 from ..loader.shards import ShardSet
 from ..schemas.exports import EXPORT_INFO_NAME
-from .files import prepare_out
+from .files import prepare_out, require_documents
 from .sidecar import write_export_info
 from .unshift import Unshifted, unshifted_batches
 
@@ -149,6 +149,7 @@ def _add_documents(writer: _ShardWriter, unshifted: Unshifted, counts: dict[str,
 def export_mds(shards: ShardSet, out: str | Path, verify: bool = True, size_limit: int = SIZE_LIMIT) -> dict[str, Any]:
     """Write the MDS export of `shards` to `out`; returns what `_export.json` records."""
     out = Path(out)
+    require_documents(shards, "mds")
     if verify:
         shards.verify()
     prepare_out(

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..files import finish, temp_path
 from ..loader.shards import ShardSet
-from .files import prepare_out
+from .files import prepare_out, require_documents
 from .sidecar import file_entries, source_info
 from .unshift import Unshifted, unshifted_batches
 
@@ -115,6 +115,7 @@ def _pack_size(shards: ShardSet, longest_document: int) -> int:
 def export_megatron_bridge(shards: ShardSet, out: str | Path, verify: bool = True) -> dict[str, Any]:
     """Write the Megatron-Bridge packed export of `shards` to `out`; returns the packing metadata and files."""
     out = Path(out)
+    require_documents(shards, "megatron-bridge")
     if verify:
         shards.verify()
     prepare_out(out, shards.directory, lambda name: bool(_OWNED.fullmatch(name)) or name == METADATA_NAME)

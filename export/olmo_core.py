@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import SetupError
 from ..files import finish, temp_path, write_json
 from ..loader.shards import ShardSet
-from .files import prepare_out
+from .files import prepare_out, require_documents
 from .sidecar import file_entries, source_info
 from .unshift import Unshifted, unshifted_batches
 
@@ -156,6 +156,7 @@ def export_olmo_core(
 ) -> dict[str, Any]:
     """Write the OLMo-core numpy export of `shards` to `out`; returns `dataset_statistics.json`'s contents."""
     out = Path(out)
+    require_documents(shards, "olmo-core")
     if verify:
         shards.verify()
     prepare_out(out, shards.directory, _owned)
