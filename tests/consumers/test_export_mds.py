@@ -1,11 +1,15 @@
 """`lossmask export --to mds`: MosaicML Streaming shards of llm-foundry finetuning samples.
 
-Two proofs. (1) A byte-level reader written here from the spec in mosaicml/streaming 0.13
+Three proofs. (1) A byte-level reader written here from the spec in mosaicml/streaming 0.13
 (`streaming/base/format/mds/writer.py` `encode_sample` / `encode_joint_shard`, `base/writer.py` `flush_shard` /
 `_write_index`, `mds/encodings.py` `JSON`): always runs. (2) MosaicML's own `StreamingDataset`, and `MDSWriter`
 writing the same samples byte for byte. mosaicml-streaming 0.13 pins numpy<2.2 and transformers<5, which the
 dev extra's numpy 2 and transformers 5 exclude, so it is not in the dev extra: the Makefile installs it without
 its pins into `.venv/mds-reader` (MDS_READER), which this module appends to sys.path, after site-packages.
+(3) llm-foundry 0.22.0's own finetuning collator over what StreamingDataset reads, with docs/export.md's
+`train_loader` settings. llm-foundry pins torch 2.7.0 and transformers <4.52, so it does not install here: that
+test runs from an unpacked wheel named by LOSSMASK_LLM_FOUNDRY_SRC and skips without it
+(tests/consumers/foreign_readers.py says how).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from lossmask.export.mds import document_turns, export_mds
 from lossmask.loader.shards import ShardSet
 from lossmask.schemas.exports import EXPORT_INFO_NAME
 
-from .conftest import shard_documents
+from .conftest import TOKENIZER, shard_documents
+from .foreign_readers import LLM_FOUNDRY_ENV, LLM_FOUNDRY_VERSION, source_folder
+from .foreign_readers import llm_foundry as foreign_llm_foundry
 
 STREAMING_MISSING = (
     "mosaicml-streaming is not installed: `make test` puts it in .venv/mds-reader (its pins conflict with the dev "
@@ -151,16 +157,68 @@ def test_the_bytes_equal_mdswriters(exported, streaming, tmp_path):
         assert (reference / name).read_bytes() == (out / name).read_bytes(), name
 
 
-def test_the_documented_llm_foundry_loader_asks_for_the_turns_as_exported():
-    """docs/export.md's llm-foundry `train_loader`: the finetuning loader over a local MDS folder, with the
-    target settings under which llm-foundry trains exactly each turn's labels (the stitching above)."""
+def documented_train_loader() -> dict:
     import re
 
     import yaml
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "train_loader" in b)
-    loader = yaml.safe_load(block)["train_loader"]
+    return yaml.safe_load(block)["train_loader"]
+
+
+@pytest.fixture(scope="module")
+def llm_foundry():
+    src = source_folder(LLM_FOUNDRY_ENV, "llmfoundry/data/finetuning/collator.py")
+    if src is None:
+        pytest.skip(
+            f"llm-foundry {LLM_FOUNDRY_VERSION} does not install here (it pins torch 2.7.0, transformers <4.52): set "
+            f"{LLM_FOUNDRY_ENV} to its unpacked wheel to run its own collator (tests/consumers/foreign_readers.py)"
+        )
+    with foreign_llm_foundry(src) as modules:
+        yield modules
+
+
+def test_llm_foundrys_own_collator_trains_exactly_the_counted_targets(exported, streaming, llm_foundry):
+    """Every sample StreamingDataset reads, collated by llm-foundry's Seq2SeqFinetuningCollator with the
+    documented loader's settings: input_ids are the document's tokens, the labels its counted targets (-100
+    elsewhere). The collator appends the tokenizer's EOS to a document whose last counted target is not EOS, as
+    docs/export.md says; every fixture document ends its counted targets with EOS (templates train the end of
+    turn, text documents get EOS), so none gets one here."""
+    from transformers import AutoTokenizer
+
+    shards_dir, out, _ = exported
+    settings = documented_train_loader()["dataset"]
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    collator = llm_foundry.collator.Seq2SeqFinetuningCollator(
+        tokenizer=tokenizer,
+        max_seq_len=settings["max_seq_len"],
+        decoder_only_format=settings["decoder_only_format"],
+        target_prompts=settings["target_prompts"],
+        target_responses=settings["target_responses"],
+    )
+    dataset = streaming.StreamingDataset(local=str(out), shuffle=False, batch_size=1)
+    expected = expected_samples(shards_dir)
+    appended = 0
+    for start in range(0, len(expected), 64):
+        chunk = expected[start : start + 64]
+        batch = collator([dataset[start + k] for k in range(len(chunk))])
+        for k, (tokens, counted) in enumerate(chunk):
+            labels = [t if c else -100 for t, c in zip(tokens, counted, strict=True)]
+            if tokens[-1] != tokenizer.eos_token_id:
+                tokens, labels = [*tokens, tokenizer.eos_token_id], [*labels, tokenizer.eos_token_id]
+                appended += 1
+            n = len(tokens)
+            assert batch["input_ids"][k, :n].tolist() == tokens, start + k
+            assert batch["labels"][k, :n].tolist() == labels, start + k
+            assert batch["attention_mask"][k].sum() == n and (batch["labels"][k, n:] == -100).all(), start + k
+    assert appended == 0
+
+
+def test_the_documented_llm_foundry_loader_asks_for_the_turns_as_exported():
+    """docs/export.md's llm-foundry `train_loader`: the finetuning loader over a local MDS folder, with the
+    target settings under which llm-foundry trains exactly each turn's labels (the stitching above)."""
+    loader = documented_train_loader()
     assert loader["name"] == "finetuning"
     dataset = loader["dataset"]
     assert dataset["decoder_only_format"] is True
