@@ -160,3 +160,21 @@ def test_the_documented_nanotron_data_stage_reads_the_export(prepared_dir, tmp_p
     )
     stream = np.concatenate([t for t, _ in shard_documents(prepared_dir)])
     assert len(dataset) >= 1 and dataset[0]["input_ids"].tolist() == stream[: seq_len + 1].tolist()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_files_of_many_record_batches_keep_cumulative_ends(kit, tmp_path, packed):
+    """Shards of several record batches each (16 rows a batch): `.ds.index` ends count on across batches within
+    a file, one file set per shard named `{shard:05d}_lossmask.ds`, and datatrove's readers give back every
+    document and mask."""
+    docs = kit.random_documents(np.random.default_rng(11), 160)
+    shards_dir = kit.write(docs, packed=packed, rows_per_shard=50, batch_rows=16)
+    out = tmp_path / "dt"
+    export_datatrove(ShardSet(shards_dir), out)
+    names = sorted(p.name for p in out.glob("*.ds"))
+    assert names == [f"{k:05d}_lossmask.ds" for k in range(len(ShardSet(shards_dir).files))]
+    read = []
+    for name in names:
+        tokens, loss = read_documents(out, name)
+        read += [(t.tolist(), m.tolist()) for t, m in zip(tokens, loss, strict=True)]
+    assert read == [(t.tolist(), [False, *m[1:].astype(bool).tolist()]) for t, m in docs]
