@@ -224,3 +224,49 @@ def test_the_documented_llm_foundry_loader_asks_for_the_turns_as_exported():
     assert dataset["decoder_only_format"] is True
     assert (dataset["target_prompts"], dataset["target_responses"]) == ("none", "all")
     assert dataset["local"] == "mds/"
+
+
+def test_documents_without_a_counted_target_are_left_out_and_counted(kit, tmp_path):
+    """llm-foundry refuses a sample whose turns train nothing: such a document is not written, and
+    `_export.json` counts it."""
+    docs = kit.random_documents(np.random.default_rng(7), 40)
+    for k in (0, 9, 33):
+        docs[k] = (docs[k][0], np.zeros_like(docs[k][1]))
+    info = export_mds(ShardSet(kit.write(docs, rows_per_shard=15, batch_rows=4)), tmp_path / "mds")
+    untrained = [k for k, (_, m) in enumerate(docs) if not m[1:].any()]
+    samples = parse_mds(tmp_path / "mds")
+    assert len(samples) == info["documents"] == 40 - len(untrained)
+    assert info["documents_without_targets"] == len(untrained) >= 3
+    assert all(turn["labels"] for sample in samples for turn in sample["turns"])
+
+
+def test_shards_are_cut_where_mdswriter_cuts_them(kit, tmp_path, streaming):
+    """The same files and bytes as MDSWriter's at size limits a few bytes either side of where a shard must be
+    cut (so the flush rule's count of each sample's 4-byte offset matters), and at MDSWriter's default limit."""
+    docs = kit.random_documents(np.random.default_rng(9), 60, max_len=30)
+    shards_dir = kit.write(docs, rows_per_shard=60)
+    export_mds(ShardSet(shards_dir), tmp_path / "whole")
+    data = (tmp_path / "whole" / "shard.00000.mds").read_bytes()
+    count = int(np.frombuffer(data[:4], "<u4")[0])
+    offsets = np.frombuffer(data[4 : 4 + 4 * (count + 1)], "<u4").astype(int)
+    sizes = np.diff(offsets)  # each sample's bytes
+    config = json.loads(data[4 + 4 * (count + 1) : offsets[0]])
+
+    def edge(k: int, size_limit_digits: int) -> int:
+        """The least size limit at which sample k still joins the first shard (MDSWriter counts 4 + 4 bytes of
+        header, the config, and each sample's bytes plus its 4-byte offset)."""
+        text = json.dumps({**config, "size_limit": 10 ** (size_limit_digits - 1)}, sort_keys=True)
+        return 8 + len(text) + int(np.sum(sizes[: k + 1] + 4))
+
+    edges = [edge(k, 4) for k in (5, 12, 20)]
+    assert all(1_000 <= e - 2 < e + 2 < 10_000 for e in edges)  # four-digit limits, as edge() assumes
+    for size_limit in [*(e + step for e in edges for step in range(-2, 3)), None]:
+        out, reference = tmp_path / f"mds-{size_limit}", tmp_path / f"ref-{size_limit}"
+        options = {} if size_limit is None else {"size_limit": size_limit}
+        export_mds(ShardSet(shards_dir), out, **options)
+        with streaming.MDSWriter(columns={"turns": "json"}, out=str(reference), **options) as writer:
+            for sample in parse_mds(out):
+                writer.write(sample)
+        names = sorted(p.name for p in reference.iterdir())
+        assert names == sorted(p.name for p in out.iterdir() if p.name != EXPORT_INFO_NAME), size_limit
+        assert all((reference / n).read_bytes() == (out / n).read_bytes() for n in names), size_limit
