@@ -197,8 +197,12 @@ def test_the_documented_olmo_core_config_runs(packed_prepared_dir, tmp_path, mon
     scope: dict = {}
     exec(snippet, scope)
     dataset = scope["dataset"]
-    assert len(dataset) == len(shard_documents(packed_prepared_dir))
-    assert dataset[0]["label_mask"].any()
+    expected = shard_documents(packed_prepared_dir)
+    assert len(dataset) == len(expected)
+    for i, (tokens, counted) in enumerate(expected):  # OLMo-core's own label_mask, not one it made up (pads)
+        item = dataset[i]
+        assert item["input_ids"][: tokens.size].tolist() == tokens.tolist(), i
+        assert item["label_mask"].tolist() == [*counted.astype(bool).tolist(), *[False] * (1024 - tokens.size)], i
 
 
 def test_statistics_count_documents_without_a_counted_target(kit, tmp_path):
