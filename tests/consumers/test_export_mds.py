@@ -15,6 +15,7 @@ test runs from an unpacked wheel named by LOSSMASK_LLM_FOUNDRY_SRC and skips wit
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import sys
 import types
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lossmask.export.mds import document_turns, export_mds
+from lossmask.export.mds import batch_turns, document_turns, export_mds
 from lossmask.loader.shards import ShardSet
 from lossmask.schemas.exports import EXPORT_INFO_NAME
 
@@ -119,6 +120,33 @@ def test_turns_alternate_untrained_and_counted_runs():
         {"input_ids": [6, 7], "labels": [8]},
     ]  # the trailing untrained token 9 is left out
     assert document_turns(tokens, np.zeros(10, dtype=np.uint8)) == []
+
+
+def reference_turns(tokens: list[int], counted: list[int]) -> list[dict[str, list[int]]]:
+    """One document's turns, run by run in plain Python: untrained run, counted run, ... up to the last counted."""
+    if not any(counted):
+        return []
+    end = max(k for k, c in enumerate(counted) if c) + 1
+    runs: list[list[int]] = [[]]
+    for k in range(end):
+        if k and counted[k] != counted[k - 1]:
+            runs.append([])
+        runs[-1].append(tokens[k])
+    return [{"input_ids": runs[k], "labels": runs[k + 1]} for k in range(0, len(runs), 2)]
+
+
+def test_a_batchs_turns_are_each_documents_turns():
+    """batch_turns over many documents at once (runs found over the whole batch) equals each document alone,
+    including documents that start right after one whose last token counts."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        offsets = np.concatenate([[0], np.cumsum(rng.integers(2, 12, rng.integers(1, 30)))])
+        tokens = rng.integers(0, 100, offsets[-1])
+        counted = rng.integers(0, 2, offsets[-1]).astype(np.uint8)
+        counted[offsets[:-1]] = 0  # a document's first token is never a target
+        turns, _ = batch_turns(tokens, counted, offsets)
+        spans = itertools.pairwise(offsets.tolist())
+        assert turns == [reference_turns(tokens[a:b].tolist(), counted[a:b].tolist()) for a, b in spans]
 
 
 @pytest.fixture(scope="module")
