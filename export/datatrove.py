@@ -31,7 +31,7 @@ from ..errors import SetupError
 from ..files import finish, temp_path
 from ..loader.shards import ShardSet
 from ..schemas.exports import EXPORT_INFO_NAME, token_dtype
-from .files import prepare_out
+from .files import prepare_out, require_documents
 from .sidecar import write_export_info
 from .unshift import unshifted_batches
 
@@ -66,6 +66,7 @@ def metadata_text(tokenizer: str, token_size: int, count: int) -> str:
 def export_datatrove(shards: ShardSet, out: str | Path, verify: bool = True) -> dict[str, Any]:
     """Write the datatrove export of `shards` to `out`; returns what `_export.json` records."""
     out = Path(out)
+    require_documents(shards, "datatrove")
     if verify:
         shards.verify()
     prepare_out(out, shards.directory, lambda name: bool(_OWNED.fullmatch(name)) or name == EXPORT_INFO_NAME)

@@ -1,6 +1,7 @@
 """`lossmask export --to megatron-bridge`: packed SFT Parquet as Megatron-Bridge's `GPTSFTPackedParquetDataset`
-reads it (`src/megatron/bridge/data/datasets/packed_parquet.py`, collated by `GPTSFTPackedDataset.collate_fn` in
-`sft.py`), plus the packing metadata its `PackedSequenceSpecs.packed_metadata_path` points at.
+reads it (megatron-bridge 0.6.2: `megatron/bridge/data/packing/parquet.py`, collated by
+`GPTSFTPackedDataset.collate_fn` in `packing/gpt_sft.py`; 0.4 and 0.5 had them in `data/datasets/`), plus the
+packing metadata its `PackedSequenceSpecs.packed_metadata_path` points at.
 
 One `*.idx.parquet` file per shard (the name Megatron-Bridge's packed-file check looks for), one row per shard
 row, row groups of 500 rows as Megatron-Bridge's `write_packed_parquet` writes them:
@@ -13,9 +14,11 @@ row, row groups of 500 rows as Megatron-Bridge's `write_packed_parquet` writes t
 
 The collator cuts every document d at `seq_start_id`: tokens `d[:-1]`, labels `d[1:]`, loss mask
 `loss_mask[start:end - 1]`, positions restarting at 0, and `cu_seqlens` per document, so attention (THD) and
-targets never cross documents. A row of the rows layout is a pack of one document. Megatron-Bridge counts a
-document's length as its tokens minus one, which is a shard row's positions, so `pack_size` is the shards'
-`--pack N`. Provenance lives in each file's Parquet metadata (`lossmask.source`): no sidecar.
+targets never cross documents; it then zeroes the loss mask wherever the input token is the tokenizer's EOS, a
+rule of its own (a counted target right after an EOS is not trained). A row of the rows layout is a pack of one
+document. Megatron-Bridge counts a document's length as its tokens minus one (`create_hist`), which is a shard
+row's positions, so `pack_size` is the shards' `--pack N`. Provenance lives in each file's Parquet metadata
+(`lossmask.source`): no sidecar.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pyarrow.parquet as pq
 
 from ..files import finish, temp_path
 from ..loader.shards import ShardSet
-from .files import prepare_out
+from .files import prepare_out, require_documents
 from .sidecar import file_entries, source_info
 from .unshift import Unshifted, unshifted_batches
 
@@ -115,6 +118,7 @@ def _pack_size(shards: ShardSet, longest_document: int) -> int:
 def export_megatron_bridge(shards: ShardSet, out: str | Path, verify: bool = True) -> dict[str, Any]:
     """Write the Megatron-Bridge packed export of `shards` to `out`; returns the packing metadata and files."""
     out = Path(out)
+    require_documents(shards, "megatron-bridge")
     if verify:
         shards.verify()
     prepare_out(out, shards.directory, lambda name: bool(_OWNED.fullmatch(name)) or name == METADATA_NAME)

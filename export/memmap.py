@@ -39,7 +39,7 @@ from ..schemas.exports import (
     token_dtype,
 )
 from ..schemas.shards import MANIFEST_NAME
-from .files import prepare_out
+from .files import prepare_out, require_documents
 from .unshift import POSITION_COLUMNS, unshift_batch
 
 _DTYPES = {"loss_mask": "|u1", "doc_offsets": "<i8", "row_offsets": "<i8", "record_index": "<i8"}
@@ -56,6 +56,7 @@ def _record_index(batch: pa.RecordBatch) -> np.ndarray:
 def export_memmap(shards: ShardSet, out: str | Path, verify: bool = True) -> dict[str, Any]:
     """Write the memmap export of `shards` to `out`; returns the header (also `out/header.json`)."""
     out = Path(out)
+    require_documents(shards, "numpy")
     if verify:
         shards.verify()
     files = {name: spec[0] for name, spec in MEMMAP_ARRAYS.items()}

@@ -15,9 +15,10 @@ as transformers' `DataCollatorWithFlattening`). Packed rows carry `seq_lengths` 
 TRL's column) and no `attention_mask`: an all-ones mask makes transformers treat the row as one sequence, while
 `position_ids` alone let it (and TRL's padding-free collator) keep documents apart.
 
-Memmap (`--to numpy`): the same unshifted documents, concatenated into flat little-endian arrays, with
-`loss_mask` aligned to `tokens` (1 where the token is a target that counts, predicted from the tokens before it
-in its document; 0 at every document start), as Megatron-style and OLMo/open-instruct-style trainers read them.
+Memmap (`--to numpy`): lossmask's own layout, read through `header.json` (no other project reads it as it is;
+the trainers' own layouts are `--to olmo-core`, `datatrove`, `mds` and `megatron-bridge`). The same unshifted
+documents, concatenated into flat little-endian arrays, with `loss_mask` aligned to `tokens` (1 where the token
+is a target that counts, predicted from the tokens before it in its document; 0 at every document start).
 """
 
 from __future__ import annotations

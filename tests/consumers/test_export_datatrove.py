@@ -83,6 +83,31 @@ def test_the_folder_dataset_reads_windows_with_positions_restarting_per_document
         assert item["positions"].tolist() == positions[i].tolist()
 
 
+def test_positions_from_eos_as_nanotron_asks_restart_after_each_eos_not_at_the_index_ends(exported):
+    """nanotron's run_train.py gives the dataset the tokenizer's eos_token_id (positions_from_eos_token_id in
+    datatrove 0.10.1): positions restart after every EOS. A ChatML document ends with `<|im_end|>` and a newline,
+    so its newline starts the next document's positions; docs/export.md says so."""
+    from tokenizers import Tokenizer
+
+    from .conftest import TOKENIZER
+
+    _, out, _ = exported
+    eos = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json")).token_to_id("<|im_end|>")
+    seq_len = 63
+    by_index = DatatroveFolderDataset(str(out), seq_len, filename_pattern="*.ds", return_positions=True)
+    by_eos = DatatroveFolderDataset(
+        str(out), seq_len, filename_pattern="*.ds", return_positions=True, positions_from_eos_token_id=eos
+    )
+    differ = 0
+    for i in range(len(by_index)):
+        tokens = by_index[i]["input_ids"]
+        positions = by_eos[i]["positions"].tolist()
+        restarts = [0, *(k + 1 for k in range(seq_len) if tokens[k] == eos)]
+        assert [k for k, p in enumerate(positions) if p == 0] == restarts
+        differ += positions != by_index[i]["positions"].tolist()
+    assert differ > len(by_index) // 2
+
+
 def test_metadata_and_the_merger(exported, tmp_path):
     """.ds.metadata is 'tokenizer|token_size', the count and its SI form; datatrove's merger reads the folder
     (tokenizer and token size from the metadata, documents from the index, loss from .ds.loss) into one file."""
@@ -135,3 +160,21 @@ def test_the_documented_nanotron_data_stage_reads_the_export(prepared_dir, tmp_p
     )
     stream = np.concatenate([t for t, _ in shard_documents(prepared_dir)])
     assert len(dataset) >= 1 and dataset[0]["input_ids"].tolist() == stream[: seq_len + 1].tolist()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_files_of_many_record_batches_keep_cumulative_ends(kit, tmp_path, packed):
+    """Shards of several record batches each (16 rows a batch): `.ds.index` ends count on across batches within
+    a file, one file set per shard named `{shard:05d}_lossmask.ds`, and datatrove's readers give back every
+    document and mask."""
+    docs = kit.random_documents(np.random.default_rng(11), 160)
+    shards_dir = kit.write(docs, packed=packed, rows_per_shard=50, batch_rows=16)
+    out = tmp_path / "dt"
+    export_datatrove(ShardSet(shards_dir), out)
+    names = sorted(p.name for p in out.glob("*.ds"))
+    assert names == [f"{k:05d}_lossmask.ds" for k in range(len(ShardSet(shards_dir).files))]
+    read = []
+    for name in names:
+        tokens, loss = read_documents(out, name)
+        read += [(t.tolist(), m.tolist()) for t, m in zip(tokens, loss, strict=True)]
+    assert read == [(t.tolist(), [False, *m[1:].astype(bool).tolist()]) for t, m in docs]

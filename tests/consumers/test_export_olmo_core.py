@@ -170,9 +170,16 @@ def test_files_are_open_instructs_layout(prepared_dir, tmp_path):
             assert mask[start:end].tolist() == counted.astype(bool).tolist()
             at = end
         assert at == tokens.size
+        # a part stops before the document that would cross the limit (a lone longer document excepted)
+        assert tokens.nbytes <= 20_000 or len(lines) == 1
     assert next(expected, None) is None
     on_disk = json.loads((out / "dataset_statistics.json").read_text())
-    assert on_disk["overall_statistics"]["total_instances"] == ShardSet(prepared_dir).manifest["totals"]["rows"]
+    docs = shard_documents(prepared_dir)
+    overall = on_disk["overall_statistics"]
+    assert overall["total_instances"] == ShardSet(prepared_dir).manifest["totals"]["rows"] == len(docs)
+    assert overall["total_tokens"] == sum(t.size for t, _ in docs)
+    assert overall["trainable_tokens"] == sum(int(m.sum()) for _, m in docs)
+    assert overall["instances_filtered"] == sum(1 for _, m in docs if not m.any())
     assert on_disk["lossmask"]["source"]["manifest_sha256"]
 
 
@@ -190,5 +197,20 @@ def test_the_documented_olmo_core_config_runs(packed_prepared_dir, tmp_path, mon
     scope: dict = {}
     exec(snippet, scope)
     dataset = scope["dataset"]
-    assert len(dataset) == len(shard_documents(packed_prepared_dir))
-    assert dataset[0]["label_mask"].any()
+    expected = shard_documents(packed_prepared_dir)
+    assert len(dataset) == len(expected)
+    for i, (tokens, counted) in enumerate(expected):  # OLMo-core's own label_mask, not one it made up (pads)
+        item = dataset[i]
+        assert item["input_ids"][: tokens.size].tolist() == tokens.tolist(), i
+        assert item["label_mask"].tolist() == [*counted.astype(bool).tolist(), *[False] * (1024 - tokens.size)], i
+
+
+def test_statistics_count_documents_without_a_counted_target(kit, tmp_path):
+    """open-instruct's `instances_filtered`: documents whose mask is all 0 (its trainer skips them)."""
+    rng = np.random.default_rng(5)
+    docs = kit.random_documents(rng, 30)
+    for k in (3, 17):
+        docs[k] = (docs[k][0], np.zeros_like(docs[k][1]))
+    stats = export_olmo_core(ShardSet(kit.write(docs, rows_per_shard=10)), tmp_path / "olmo")["overall_statistics"]
+    assert stats["instances_filtered"] == sum(1 for _, m in docs if not m[1:].any())
+    assert stats["total_instances"] == 30
