@@ -12,7 +12,7 @@ DEV := $(VENV)/.dev-installed
 MDS_READER := mosaicml-streaming==0.13.0 xxhash zstd python-snappy cramjam brotli catalogue pillow
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack bench-scale clean
+.PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack bench-scale bench-export clean
 
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ test-fast: $(DEV)
 	$(BIN)/pytest -n 2 -q -m "not slow and not realworld and not ray"
 
 # Benchmarks live apart from the tests: numbers to read, never timed assertions. They need ../shared/realworld.
-bench: bench-prepare bench-pack bench-scale
+bench: bench-prepare bench-pack bench-scale bench-export
 
 bench-prepare: $(DEV)
 	$(BIN)/python bench/prepare.py
@@ -68,6 +68,10 @@ bench-pack: $(DEV)
 # The local engine against Ray on this machine, 20k conversations, and the Ray driver's RSS and bytes read.
 bench-scale: $(DEV)
 	$(BIN)/python bench/scale.py
+
+# Every export target on 1M documents: wall, CPU and peak RSS of each as its own process.
+bench-export: $(DEV)
+	$(BIN)/python bench/export.py
 
 fixtures: $(DEV)
 	$(BIN)/python scripts/make_fixtures.py
