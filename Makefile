@@ -10,6 +10,9 @@ DEV := $(VENV)/.dev-installed
 # transformers<5, which the dev extra excludes, so it goes beside the venv without its pins; the test puts this
 # folder after site-packages, so the venv's numpy is the one imported.
 MDS_READER := mosaicml-streaming==0.13.0 xxhash zstd python-snappy cramjam brotli catalogue pillow
+# The released readers of two trainers that pip cannot install here (tests/consumers/foreign_readers.py says
+# why): their pure-Python wheels, downloaded and unpacked, never installed; the tests import their readers.
+FOREIGN_READERS := megatron-bridge==0.6.2 llm-foundry==0.22.0
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack bench-scale bench-export clean
@@ -23,6 +26,11 @@ $(BIN)/lossmask: pyproject.toml
 $(DEV): $(BIN)/lossmask pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/mds-reader $(MDS_READER)
+	rm -rf $(VENV)/foreign && mkdir -p $(VENV)/foreign/wheels
+	$(BIN)/python -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: \
+		-d $(VENV)/foreign/wheels $(FOREIGN_READERS)
+	$(BIN)/python -m zipfile -e $(VENV)/foreign/wheels/megatron_bridge-*.whl $(VENV)/foreign/megatron-bridge
+	$(BIN)/python -m zipfile -e $(VENV)/foreign/wheels/llm_foundry-*.whl $(VENV)/foreign/llm-foundry
 	touch $@
 
 DEMO_INPUTS := fixtures/data/openai.jsonl fixtures/data/sharegpt.json fixtures/data/alpaca.json \

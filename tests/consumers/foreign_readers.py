@@ -18,7 +18,8 @@ name the folder in an environment variable,
     unzip -q /tmp/w/llm_foundry-0.22.0-py3-none-any.whl -d /tmp/llm-foundry
     export LOSSMASK_LLM_FOUNDRY_SRC=/tmp/llm-foundry
 
-and the modules here import it with exactly those unused modules replaced by empty stand-ins (`megatron.core.*`
+(`make test` does this into .venv/foreign, where the tests look when the variable is unset), and the modules
+here import it with exactly those unused modules replaced by empty stand-ins (`megatron.core.*`
 and `megatron.training.*` for Megatron-Bridge; llm-foundry's package `__init__` files for llm-foundry). Nothing
 of the readers themselves is replaced: a stand-in that were called would fail the test, not pass it. Without the
 variable the tests skip and say this; the spec tests beside them run everywhere.
@@ -43,10 +44,16 @@ MEGATRON_BRIDGE_VERSION = "0.6.2"
 LLM_FOUNDRY_VERSION = "0.22.0"
 
 
+# Where `make test` unpacks the two wheels (the Makefile's FOREIGN_READERS), used when the variable is unset.
+UNPACKED = Path(__file__).resolve().parents[2] / ".venv" / "foreign"
+UNPACKED_NAMES = {MEGATRON_BRIDGE_ENV: "megatron-bridge", LLM_FOUNDRY_ENV: "llm-foundry"}
+
+
 def source_folder(variable: str, package: str) -> Path | None:
-    """The unpacked wheel named by `variable`, when it holds `package` (a path inside it)."""
-    value = os.environ.get(variable)
-    if not value or not (Path(value) / package).exists():
+    """The unpacked wheel named by `variable`, else the one `make test` unpacked, when it holds `package` (a path
+    inside it)."""
+    value = os.environ.get(variable) or str(UNPACKED / UNPACKED_NAMES[variable])
+    if not (Path(value) / package).exists():
         return None
     return Path(value)
 
