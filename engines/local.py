@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -101,8 +102,14 @@ def _result(
 
 
 def _died(seen: dict[int, multiprocessing.process.BaseProcess]) -> WorkerDied:
-    dead = next((p for p in seen.values() if p.exitcode is not None), None)
-    return WorkerDied(None if dead is None else dead.exitcode)
+    """The error for a dead worker, with its exit status. The pool can say it is broken a moment before the
+    dead worker's status reaches this process (the forkserver reaps it and sends it on): wait for it briefly."""
+    deadline = time.monotonic() + 5
+    while True:
+        dead = next((p for p in seen.values() if p.exitcode is not None), None)
+        if dead is not None or time.monotonic() > deadline:
+            return WorkerDied(None if dead is None else dead.exitcode)
+        time.sleep(0.01)
 
 
 class WorkerDied(SetupError):

@@ -174,8 +174,9 @@ main(sys.argv[1:], prog_name="lossmask")
 """
 
 
-# The CLI with one change: at its 20th batch a worker is killed and the pool has noticed (it is broken) before
-# the batch is submitted, so that the submit itself fails, as it can when the pool notices first.
+# The CLI with one change: at its 20th batch, once the batches in flight are done (so that no worker is in the
+# middle of sending a result), a worker is killed and the pool notices (it is broken) before the batch is
+# submitted, so that the submit itself fails, as it can when the pool notices first.
 BROKEN_BEFORE_SUBMIT = """
 import os, signal, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -188,6 +189,8 @@ class BrokenBeforeSubmit(ProcessPoolExecutor):
     def submit(self, *args, **kwargs):
         BrokenBeforeSubmit.submitted += 1
         if BrokenBeforeSubmit.submitted == 20:
+            for item in list(self._pending_work_items.values()):
+                item.future.exception()  # waits until it is done
             os.kill(next(iter(self._processes)), signal.SIGKILL)
             while not self._broken:
                 time.sleep(0.01)
