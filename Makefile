@@ -15,7 +15,7 @@ MDS_READER := mosaicml-streaming==0.13.0 xxhash zstd python-snappy cramjam brotl
 FOREIGN_READERS := megatron-bridge==0.6.2 llm-foundry==0.22.0
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack bench-scale bench-export clean
+.PHONY: demo test test-fast lint fixtures bench bench-prepare bench-pack bench-scale bench-export bench-cluster clean
 
 $(BIN)/lossmask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-pack: $(DEV)
 # The local engine against Ray on this machine, 20k conversations, and the Ray driver's RSS and bytes read.
 bench-scale: $(DEV)
 	$(BIN)/python bench/scale.py
+
+# A simulated Ray cluster (Ray's own multi-node harness): 1 node, then 2 nodes of one CPU each, 20k conversations.
+bench-cluster: $(DEV)
+	$(BIN)/python bench/cluster.py
 
 # Every export target on 1M documents: wall, CPU and peak RSS of each as its own process.
 bench-export: $(DEV)

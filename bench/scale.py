@@ -6,8 +6,9 @@ with `--workers 2` (local) and with `--engine ray` (a Ray instance on this machi
 (local, ray, local, ray...). For each: wall seconds, tokens/s, CPU-seconds of the whole process tree (the
 driver, Ray's own processes and its workers, sampled from /proc every 10 ms) and tokens per CPU-second, the tree's
 peak RSS, and the driver process alone: its peak RSS and the bytes it read (`rchar` of /proc/PID/io: every
-read() it made, files, pipes and sockets). The load average at each round's start. Numbers to read, never
-assertions.
+read() it made, files, pipes and sockets; and with `--drop-caches`, `read_bytes`: what it fetched from disk),
+sampled while its children live (a reaped child's I/O is added to its parent's). The load average at each
+round's start. Numbers to read, never assertions.
 """
 
 from __future__ import annotations
@@ -26,14 +27,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import ROOT, TOKENIZER, build_corpus, descendants, process_tree, rss_kb
 
 
-def driver_io(pid: int) -> int:
+def driver_io(pid: int, field: str = "rchar") -> int:
+    """`rchar` (every read() the process made: files, pipes and sockets; Ray's driver talks to its cluster over
+    sockets the whole run, so this grows with time too) or `read_bytes` (what it made the kernel fetch from disk:
+    file data only, when the page cache was dropped before the run)."""
     try:
         for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("rchar:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return -1
+
+
+def drop_page_cache() -> bool:
+    """Drop the page cache (root only), so that `read_bytes` counts the driver's file reads from disk."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def measure(command: list[str]) -> dict[str, float]:
@@ -43,7 +57,7 @@ def measure(command: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     last_ticks: dict[int, int] = {}
-    peak = driver_peak = rchar = 0
+    peak = driver_peak = rchar = disk = 0
     while process.poll() is None:
         ticks, children = process_tree()
         tree = descendants(process.pid, children)
@@ -52,7 +66,9 @@ def measure(command: list[str]) -> dict[str, float]:
                 last_ticks[pid] = max(last_ticks.get(pid, 0), ticks[pid])
         peak = max(peak, sum(rss_kb(pid) for pid in tree))
         driver_peak = max(driver_peak, rss_kb(process.pid))
-        rchar = max(rchar, driver_io(process.pid))
+        if len(tree) > 1:  # before its children (workers, Ray's processes) are reaped: their I/O joins its own then
+            rchar = max(rchar, driver_io(process.pid))
+            disk = max(disk, driver_io(process.pid, "read_bytes"))
         time.sleep(0.01)
     if process.returncode:
         raise SystemExit(f"failed: {' '.join(command)}")
@@ -62,6 +78,7 @@ def measure(command: list[str]) -> dict[str, float]:
         "rss": peak,
         "driver_rss": driver_peak,
         "driver_read": rchar,
+        "driver_disk": disk,
     }
 
 
@@ -85,6 +102,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--unit-bytes", type=int, default=4 << 20)
     parser.add_argument("--corpus", type=Path, nargs="*", help="use these corpora (one per size) instead")
+    parser.add_argument("--drop-caches", action="store_true", help="cold page cache before each run (root)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lossmask-bench-scale-"))
     for k, size in enumerate(args.conversations):
@@ -100,6 +118,7 @@ def main() -> int:
             loads.append(os.getloadavg()[0])
             for engine in results:
                 out = work / f"out-{engine}-{size}"
+                cold = args.drop_caches and drop_page_cache()
                 results[engine].append(measure(command(corpus, out, engine, args.unit_bytes)))
                 digests[engine] = digest(out)
             print(f"  round {round_ + 1} done (load {loads[-1]:.2f})", file=sys.stderr)
@@ -110,9 +129,9 @@ def main() -> int:
         print(f"  load average at the rounds' starts: {', '.join(f'{x:.2f}' for x in loads)}")
         print(
             "  | engine | wall s (min-max) | tokens/s | CPU-s | tokens/CPU-s | peak RSS (tree) | driver peak RSS |"
-            " driver read |"
+            " driver rchar | driver disk reads |"
         )
-        print("  |---|---|---|---|---|---|---|---|")
+        print("  |---|---|---|---|---|---|---|---|---|")
         for engine, runs in results.items():
             wall = [r["wall"] for r in runs]
             cpu = statistics.median(r["cpu"] for r in runs)
@@ -122,6 +141,7 @@ def main() -> int:
                 f" {tokens / cpu:,.0f} | {statistics.median(r['rss'] for r in runs) / 1024:.0f} MB |"
                 f" {statistics.median(r['driver_rss'] for r in runs) / 1024:.0f} MB |"
                 f" {statistics.median(r['driver_read'] for r in runs) / 1e6:.1f} MB |"
+                f" {statistics.median(r['driver_disk'] for r in runs) / 1e6:.1f} MB{'' if cold else ' (warm cache)'} |"
             )
     return 0
 

@@ -86,8 +86,11 @@ def local_files(out: Path) -> dict[str, bytes]:
 def mapped(table_bytes: bytes, old: str, new: str) -> pa.Table:
     """A shard's table with its `source` column's URL prefix replaced by the local folder (the path mapping)."""
     table = pa.ipc.open_file(pa.py_buffer(table_bytes)).read_all()
-    column = table.column("source")
+    column = table.column("source").combine_chunks()
     index = table.schema.get_field_index("source")
+    if pa.types.is_list(column.type):  # packed rows: one source per document
+        sources = pc.replace_substring(column.values, old, new)
+        return table.set_column(index, "source", pa.ListArray.from_arrays(column.offsets, sources))
     return table.set_column(index, "source", pc.replace_substring(column, old, new))
 
 
@@ -142,13 +145,30 @@ def test_s3_inputs_and_output_equal_the_local_run_on_local_copies(s3, local_refe
 
 @pytest.mark.ray
 def test_the_ray_engine_reads_and_writes_s3_like_the_local_engine(s3, local_reference):
-    """`--engine ray` (a local Ray instance started by the run) on s3 inputs and output: the same output. Its
-    driver still reads the inputs and writes the shards (docs/scale.md); only the stages run on Ray."""
+    """`--engine ray` (a local Ray instance started by the run) on s3 inputs and output: the same output. Ray
+    tasks read the units from the bucket and upload their shards to it (docs/scale.md)."""
     pytest.importorskip("ray")
     fs, _ = s3
     reference, local = local_reference
     subprocess.run(prepare_command(S3_INPUTS, f"s3://{BUCKET}/out-ray", "--engine", "ray"), check=True)
     assert_same_output(objects(fs, "out-ray"), reference, local)
+
+
+@pytest.mark.ray
+def test_the_ray_engine_packs_s3_inputs_into_s3_like_the_local_engine(s3, tmp_path):
+    """`--pack` with Ray (the record stream: the driver reads and packs) from and to s3: the local engine's bytes
+    on local copies, once `source` is mapped."""
+    pytest.importorskip("ray")
+    fs, local = s3
+    reference = tmp_path / "packed"
+    local_inputs = [str(local / "*.json*"), str(local / "sub"), str(local / "tables")]
+    subprocess.run(prepare_command(local_inputs, str(reference), "--pack", "256"), check=True)
+    subprocess.run(
+        prepare_command(S3_INPUTS, f"s3://{BUCKET}/out-ray-pack", "--engine", "ray", "--pack", "256"), check=True
+    )
+    packed = objects(fs, "out-ray-pack")
+    assert json.loads(packed["_manifest.json"])["layout"] == "packed"
+    assert_same_output(packed, local_files(reference), local)
 
 
 @pytest.mark.parametrize("crash_at", ["object-uploaded:2", "shard-half-written:2", "checkpoint-saved:3"])
