@@ -220,7 +220,7 @@ class LocalUnits:
     ) -> Iterator[UnitSummary]:
         config = context.config
         out = Path(where)
-        units = _numbered_lines(units, done)
+        units = _numbered_lines(units)
         partial = checkpoint.partial if checkpoint.partial.get("unit") not in done else {}
         tags: deque[_Tag] = deque()
         writers: dict[int, UnitWriter] = {}
@@ -258,7 +258,7 @@ class LocalUnits:
                 writer.abandon()
 
 
-def _numbered_lines(units: list[Unit], done: dict[int, UnitSummary]) -> list[Unit]:
+def _numbered_lines(units: list[Unit]) -> list[Unit]:
     """The units with each byte range's first line (from the newlines of the ranges before it in its file)."""
     if all(unit.first_line is not None for unit in units):
         return units
