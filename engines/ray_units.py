@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .. import storage
 from ..errors import SetupError
 from ..pipeline.batch import JobContext
 from ..pipeline.config import PrepareConfig
@@ -40,6 +41,10 @@ RETRIES = 3  # runs of a task whose worker died, after its first
 
 def _hash_task(path: InputFile) -> str:
     return input_sha256(path)
+
+
+def _verify_task(url: str, sha256: str) -> bool:
+    return storage.sha256(storage.RemoteFile(url)) == sha256
 
 
 def _survey_task(config_json: str, unit: Unit) -> dict[str, Any]:
@@ -102,6 +107,12 @@ class RayUnits:
     # The checkpoint lists every finished unit (about half a KB each) and is rewritten whole: on a cluster that
     # finishes many units a second, it is saved at most this often (a killed driver redoes the units since).
     checkpoint_seconds = float(os.environ.get("LOSSMASK_CHECKPOINT_SECONDS", "5"))
+
+    def verify(self, objects: list[tuple[str, str]]) -> list[bool]:
+        """Whether each (URL, sha256) object has that sha256, streamed by a task per object (a resumed job's
+        finished units: checked where the data is, not through the driver)."""
+        task = self._remote(_verify_task)
+        return _get([task.remote(url, sha256) for url, sha256 in objects])
 
     def count(self, units: list[Unit]) -> list[dict[str, Any]]:
         """The counting pass: each unit's newlines, records and format, by a task per unit."""

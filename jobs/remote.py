@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +165,11 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
             digest = str(checkpoint["digest"])
             owned[CHECKPOINT_NAME] = digest
-            listed = {s["file"]: s["sha256"] for s in checkpoint["shards"]}
-            listed.update({u["rejects"]["file"]: u["rejects"]["sha256"] for u in checkpoint["units"].values()})
-            listed[REJECTS_NAME] = checkpoint["rejects_sha256"]
-            owned.update(_proven(url, listed, names, digest))
-            owned.update(dict.fromkeys(units_in_making(names, checkpoint), digest))
+            owned.update(_proven(url, {REJECTS_NAME: checkpoint["rejects_sha256"]}, names, digest))
+            # Its units' files, finished or not, by name: streaming every finished shard here would put the whole
+            # output through this machine; `BucketUnits.load` checks the finished ones in Ray tasks instead.
+            every_unit = {"unit_total": checkpoint["unit_total"], "units": {}}
+            owned.update(dict.fromkeys(units_in_making(names, every_unit), digest))
     marker = _read_json(url, PUBLISHING_NAME, names)
     if marker is not None:
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
@@ -212,17 +213,29 @@ class BucketUnits:
     def where(self, name: str) -> str:
         return storage.join(self.url, name)
 
-    def load(self, digest: str) -> Checkpoint | None:
-        """The bucket's checkpoint of this job, with its finished units' objects intact, else None."""
+    def load(self, digest: str, verify: Callable[[list[tuple[str, str]]], list[bool]]) -> Checkpoint | None:
+        """The bucket's checkpoint of this job, keeping the finished units whose objects are all there with their
+        sha256 (checked by `verify`, which streams them where the engine runs: Ray tasks, not this machine);
+        a unit with a missing or changed object is written again. None when there is no checkpoint of this job."""
         names = storage.listing(self.url)
         if CHECKPOINT_NAME not in names:
             return None
         checkpoint = Checkpoint.parse(storage.read_bytes(self.where(CHECKPOINT_NAME)))
         if checkpoint is None or checkpoint.digest != digest:
             return None
-        listed = {shard.file: shard.sha256 for shard in checkpoint.shards} | checkpoint.unit_files()
-        if set(listed) - set(names) or len(_proven(self.url, listed, list(names), digest)) != len(listed):
-            return None
+        files = {
+            unit: [(s["file"], s["sha256"]) for s in summary["shards"]]
+            + [(summary["rejects"]["file"], summary["rejects"]["sha256"])]
+            for unit, summary in checkpoint.units.items()
+        }
+        present = {unit: all(name in names for name, _ in listed) for unit, listed in files.items()}
+        checked = [(self.where(name), sha) for unit, listed in files.items() if present[unit] for name, sha in listed]
+        intact = dict(zip((url for url, _ in checked), verify(checked), strict=True))
+        for unit, listed in files.items():
+            if not present[unit] or not all(intact[self.where(name)] for name, _ in listed):
+                del checkpoint.units[unit]
+        kept = {name for unit in checkpoint.units for name, _ in files[unit]}
+        checkpoint.shards = [shard for shard in checkpoint.shards if shard.file in kept]
         return checkpoint
 
     def where_units(self) -> str:

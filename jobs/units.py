@@ -80,7 +80,7 @@ def run_unit_job(
         target: LocalTarget | BucketUnits = LocalTarget(out)
         if remote is not None and config.engine == "ray":
             target = BucketUnits(remote.url)
-            checkpoint = target.load(digest) if config.resume else None
+            checkpoint = target.load(digest, engine.verify) if config.resume else None
         if checkpoint is None:
             checkpoint = Checkpoint(digest, rejects_sha256=hashlib.sha256().hexdigest(), unit_total=len(units))
             target.save(checkpoint, first=True)  # before anything else: what this run writes is provably its own

@@ -162,10 +162,9 @@ def test_the_ray_engine_packs_s3_inputs_into_s3_like_the_local_engine(s3, tmp_pa
     fs, local = s3
     reference = tmp_path / "packed"
     local_inputs = [str(local / "*.json*"), str(local / "sub"), str(local / "tables")]
-    subprocess.run(prepare_command(local_inputs, str(reference), "--pack", "256"), check=True)
-    subprocess.run(
-        prepare_command(S3_INPUTS, f"s3://{BUCKET}/out-ray-pack", "--engine", "ray", "--pack", "256"), check=True
-    )
+    pack = ("--pack", "256", "--shard-max-rows", "15")  # the last --shard-max-rows given counts
+    subprocess.run(prepare_command(local_inputs, str(reference), *pack), check=True)
+    subprocess.run(prepare_command(S3_INPUTS, f"s3://{BUCKET}/out-ray-pack", "--engine", "ray", *pack), check=True)
     packed = objects(fs, "out-ray-pack")
     assert json.loads(packed["_manifest.json"])["layout"] == "packed"
     assert_same_output(packed, local_files(reference), local)

@@ -134,7 +134,8 @@ def test_a_worker_killed_mid_unit_leaves_no_partial_object_in_the_bucket(s3, in_
 
 def test_a_killed_driver_resumes_from_the_buckets_checkpoint(s3, in_bucket):  # noqa: F811
     """Ray tasks write to the bucket, the driver's staging folder holds no data; killed after two units (save 1
-    is the counting pass), the rerun keeps those units' objects and gives what an uninterrupted run gives."""
+    is the counting pass), the rerun keeps the finished unit whose objects are intact (checked by Ray tasks),
+    writes again the one whose shard was changed, and gives what an uninterrupted run gives."""
     fs, _ = s3
     inputs, whole = in_bucket
     url = f"s3://{BUCKET}/driver-killed"
@@ -148,9 +149,12 @@ def test_a_killed_driver_resumes_from_the_buckets_checkpoint(s3, in_bucket):  # 
     assert finished and all(left[name] == whole[name] for name in finished)
     staging = Path(os.environ["LOSSMASK_STAGING"])
     assert not [p for p in staging.rglob("*") if p.name.startswith(("shard-", "_rejects"))]  # no data there
-    kept = {name: fs.get_file_info(f"{BUCKET}/driver-killed/{name}").mtime for name in finished}
+    changed, *untouched = finished  # one finished unit's shard changed behind the job's back: it is written again
+    with fs.open_output_stream(f"{BUCKET}/driver-killed/{changed}") as sink:
+        sink.write(b"not the shard any more")
+    kept = {name: fs.get_file_info(f"{BUCKET}/driver-killed/{name}").mtime for name in untouched}
     subprocess.run(command(inputs, url, "--engine", "ray"), check=True)
-    assert {name: fs.get_file_info(f"{BUCKET}/driver-killed/{name}").mtime for name in finished} == kept
+    assert {name: fs.get_file_info(f"{BUCKET}/driver-killed/{name}").mtime for name in untouched} == kept
     assert objects(fs, "driver-killed") == whole
 
 
