@@ -186,3 +186,18 @@ def test_a_killed_ray_driver_resumes_with_either_engine(corpus, tmp_path, local_
     checkpoint = _killed_then_resumed(corpus, out, "ray", resume_engine, saves=3)
     assert len(checkpoint["unit_counts"]) == checkpoint["unit_total"]
     assert files(out) == local_reference
+
+
+@pytest.mark.ray
+def test_a_ray_job_saves_its_checkpoint_at_most_every_so_often(corpus, tmp_path):
+    """With an hour between saves, a Ray job saves after its counting pass, after its first unit, and before it
+    joins the rejects: killed at the third save, its checkpoint already lists every unit (saved per unit, it
+    would list two)."""
+    out = tmp_path / "out"
+    env = {**os.environ, "LOSSMASK_CRASH_AT": "checkpoint-saved:3", "LOSSMASK_CHECKPOINT_SECONDS": "3600"}
+    killed = subprocess.run(_command(corpus, out, "--engine", "ray"), env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()
+    checkpoint = json.loads((out / CHECKPOINT_NAME).read_text())
+    assert checkpoint["unit_total"] > 3
+    assert len(checkpoint["units"]) == checkpoint["unit_total"]
+    assert checkpoint["rejects_bytes"] > 0  # the save before the rejects are joined
