@@ -135,9 +135,12 @@ def _stop_now(pool: ProcessPoolExecutor) -> None:
     and hang (waking the thread would not help: it is in recv(), not waiting). Closing this process's write end
     once the workers are dead makes that recv() fail at once, and the thread ends as for any broken pool
     (`terminate_broken`), releasing the pool's resources: no `os._exit`, which left the resource tracker to
-    report leaked semaphores."""
+    report leaked semaphores. The thread is then waited for (a few seconds at most): Python 3.11's exit hook
+    wakes it through a pipe the thread closes as it ends, and a thread still ending at exit makes that hook
+    print a traceback ("Exception ignored in: <module 'threading'>", seen once under load)."""
     processes = list((pool._processes or {}).values())
     results = getattr(pool, "_result_queue", None)  # set to None by shutdown(): taken before it
+    manager = getattr(pool, "_executor_manager_thread", None)  # likewise
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.kill()
@@ -146,6 +149,8 @@ def _stop_now(pool: ProcessPoolExecutor) -> None:
     writer = getattr(results, "_writer", None)
     if writer is not None:
         writer.close()
+    if manager is not None:
+        manager.join(5)
 
 
 def _chain(head: list[list[RawRecord]], rest: Iterator[list[RawRecord]]) -> Iterator[list[RawRecord]]:
