@@ -35,8 +35,8 @@ from ..files import temp_path, write_json
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext
 from ..pipeline.config import PrepareConfig
-from ..pipeline.inputs import InputPlan, batched
-from ..pipeline.unit_writer import FormatTracker, UnitSummary, UnitWriter, tagged_records
+from ..pipeline.inputs import FormatTracker, InputPlan, batched
+from ..pipeline.unit_writer import UnitSummary, UnitWriter, tagged_records
 from ..pipeline.units import Unit, line_counts, number_lines, plan_units
 from ..pipeline.write import ShardInfo
 from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
@@ -287,7 +287,7 @@ def _tagged_batches(
             index = summary.first_index + summary.records
             known[str(unit.files[-1])] = summary.format
             continue
-        formats = FormatTracker(known[file], config.format, context, file)
+        formats = FormatTracker(known[file], config.format, context.format_options, file)
         records = _Counted(tagged_records(unit, index, formats, context))
         skip = partial["records"] if partial.get("unit") == unit.index else 0
         pending = None

@@ -119,26 +119,43 @@ def iter_raw_records(
     The first `skip` records (done by a resumed run) are read but not yielded."""
     index = 0
     for path in paths:
-        file_format = forced_format
+        formats = FormatTracker(None, forced_format, options, str(path))
         for raw in iter_file(path, str(path), index, options.max_record_bytes):
             index += 1
-            if file_format is None and raw.error is None:
-                probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
-                file_format = None if probe.error else detect(probe.value, options)
-            raw.extra["format"] = file_format
+            formats.tag(raw)
             if raw.source.index >= skip:
                 yield raw
 
 
+class FormatTracker:
+    """Each file's format, detected from the file's first record that decodes, or forced by the job. The first
+    file may have it already (`known`: a work unit that starts inside a file, after units that found it); each
+    next file starts unknown. The one place that tags records with their format (`iter_raw_records`,
+    `unit_writer.tagged_records`)."""
+
+    def __init__(self, known: str | None, forced: str | None, options: FormatOptions, first_file: str):
+        self.forced = forced
+        self.format = forced or known
+        self.file = first_file
+        self.options = options
+
+    def tag(self, raw: RawRecord) -> RawRecord:
+        if raw.source.file != self.file:
+            self.file, self.format = raw.source.file, self.forced
+        if self.format is None and raw.error is None:
+            probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
+            self.format = None if probe.error else detect(probe.value, self.options)
+        raw.extra["format"] = self.format
+        return raw
+
+
 def first_format(path: Path, options: FormatOptions) -> str | None:
     """The format of a file, as `iter_raw_records` finds it: that of its first record that decodes and is known."""
+    formats = FormatTracker(None, None, options, str(path))
     with closing(iter_file(path, str(path), 0, options.max_record_bytes)) as records:
         for raw in records:
-            if raw.error is None:
-                probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
-                found = None if probe.error else detect(probe.value, options)
-                if found is not None:
-                    return found
+            if formats.tag(raw).extra["format"] is not None:
+                return formats.format
     return None
 
 

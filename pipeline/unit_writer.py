@@ -31,9 +31,7 @@ from ..schemas.layouts import LAYOUTS
 from ..schemas.records import RawRecord
 from .accounting import Accounting
 from .batch import BatchResult, JobContext, process_batch
-from .formats import detect
-from .inputs import batched
-from .read import decode
+from .inputs import FormatTracker, batched
 from .units import Unit, UnitCount, line_counts, unit_records
 from .write import ShardInfo, ShardWriter, record_ranges, unit_shard_name
 
@@ -157,27 +155,6 @@ class UnitWriter:
         self.rejects.close()
 
 
-class FormatTracker:
-    """Each file's format, as `inputs.iter_raw_records` detects it: from the file's first record that decodes, or
-    forced by the job. The unit's first file may have it already (`known`: found in the units before, in the
-    same file); each next file of a unit of whole files starts unknown."""
-
-    def __init__(self, known: str | None, forced: str | None, context: JobContext, first_file: str):
-        self.forced = forced
-        self.format = forced or known
-        self.file = first_file
-        self.options = context.format_options
-
-    def tag(self, raw: RawRecord) -> RawRecord:
-        if raw.source.file != self.file:
-            self.file, self.format = raw.source.file, self.forced
-        if self.format is None and raw.error is None:
-            probe = decode(RawRecord(raw.source, value=raw.value, line=raw.line))
-            self.format = None if probe.error else detect(probe.value, self.options)
-        raw.extra["format"] = self.format
-        return raw
-
-
 def tagged_records(unit: Unit, first_index: int, formats: FormatTracker, context: JobContext) -> Iterator[RawRecord]:
     """The unit's records, numbered from `first_index`, each tagged with its file's format."""
     for raw in unit_records(unit, first_index, context.config.max_record_bytes):
@@ -188,7 +165,7 @@ def survey_unit(context: JobContext, unit: Unit) -> UnitCount:
     """A unit's newlines, records and format (the counting pass of a Ray job): read, never decoded but for the
     first record that decodes, whose format is the file's from there on."""
     placeholder = unit if unit.first_line is not None else dataclasses.replace(unit, first_line=1)
-    formats = FormatTracker(None, context.config.format, context, str(unit.path))
+    formats = FormatTracker(None, context.config.format, context.format_options, str(unit.path))
     records = sum(1 for _ in tagged_records(placeholder, 0, formats, context))
     return UnitCount(line_counts(unit), records, formats.format)
 
@@ -205,7 +182,7 @@ def run_unit(
             for name in [*(s.file for s in summary.shards), summary.rejects["file"]]:
                 storage.put(Path(scratch) / name, storage.join(str(out), name))
             return summary
-    formats = FormatTracker(known_format, context.config.format, context, str(unit.path))
+    formats = FormatTracker(known_format, context.config.format, context.format_options, str(unit.path))
     writer = UnitWriter(context, Path(out), unit, first_index)
     try:
         for batch in batched(tagged_records(unit, first_index, formats, context), context.config.batch_size):
