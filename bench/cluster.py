@@ -11,7 +11,6 @@ machine. The output is checked to be the local engine's bytes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import ROOT, TOKENIZER, build_corpus
+from scale import digest
 
 
 def machine_cpu_seconds() -> float:
@@ -36,13 +36,6 @@ def command(corpus: Path, out: Path, engine: str, unit_bytes: int) -> list[str]:
         sys.executable, "-m", "lossmask.cli", "prepare", str(corpus), "--tokenizer", str(TOKENIZER),
         "--out", str(out), "--fresh", "-q", "--engine", engine, "--unit-bytes", str(unit_bytes),
     ]  # fmt: skip
-
-
-def digest(out: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(out.iterdir()):
-        h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
 
 
 def main() -> int:

@@ -146,6 +146,17 @@ def descendants(root: int, children: dict[int, list[int]]) -> list[int]:
     return found
 
 
+def sample_tree(root: int, last_ticks: dict[int, int]) -> list[int]:
+    """The process tree under `root` now, with each process's CPU ticks so far kept in `last_ticks` (a process
+    that has exited keeps its last reading)."""
+    ticks, children = process_tree()
+    tree = descendants(root, children)
+    for pid in tree:
+        if pid in ticks:
+            last_ticks[pid] = max(last_ticks.get(pid, 0), ticks[pid])
+    return tree
+
+
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -164,11 +175,7 @@ def measure(command: list[str]) -> dict[str, float | str]:
     last_ticks: dict[int, int] = {}
     peak = 0
     while process.poll() is None:
-        ticks, children = process_tree()
-        tree = descendants(process.pid, children)
-        for pid in tree:
-            if pid in ticks:
-                last_ticks[pid] = max(last_ticks.get(pid, 0), ticks[pid])
+        tree = sample_tree(process.pid, last_ticks)
         peak = max(peak, sum(rss_kb(pid) for pid in tree))
         time.sleep(0.01)
     wall = time.perf_counter() - started

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare import ROOT, TOKENIZER, build_corpus, descendants, process_tree, rss_kb
+from prepare import ROOT, TOKENIZER, build_corpus, rss_kb, sample_tree
 
 
 def driver_io(pid: int, field: str = "rchar") -> int:
@@ -59,11 +59,7 @@ def measure(command: list[str]) -> dict[str, float]:
     last_ticks: dict[int, int] = {}
     peak = driver_peak = rchar = disk = 0
     while process.poll() is None:
-        ticks, children = process_tree()
-        tree = descendants(process.pid, children)
-        for pid in tree:
-            if pid in ticks:
-                last_ticks[pid] = max(last_ticks.get(pid, 0), ticks[pid])
+        tree = sample_tree(process.pid, last_ticks)
         peak = max(peak, sum(rss_kb(pid) for pid in tree))
         driver_peak = max(driver_peak, rss_kb(process.pid))
         if len(tree) > 1:  # before its children (workers, Ray's processes) are reaped: their I/O joins its own then
