@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +140,18 @@ def s3_server(staging: Path) -> Iterator[Any]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def write_distinct_conversations(path: Path, copies: int, bad: str, bad_after: Callable[[int], bool]) -> Path:
+    """`copies` copies of the fixtures' OpenAI conversations, each answer made distinct (`(copy.i)` appended), with
+    `bad` (lines that do not parse, blank lines) written after each conversation i where `bad_after(i)`."""
+    lines = (DATA / "openai.jsonl").read_text(encoding="utf-8").splitlines()
+    with open(path, "w", encoding="utf-8") as handle:
+        for copy in range(copies):
+            for i, line in enumerate(lines):
+                record = json.loads(line)
+                record["messages"][-1]["content"] += f" ({copy}.{i})"
+                handle.write(json.dumps(record) + "\n")
+                if bad_after(i):
+                    handle.write(bad)
+    return path

@@ -19,7 +19,7 @@ import pytest
 from lossmask.jobs.checkpoint import CHECKPOINT_NAME
 from lossmask.jobs.outdir import Inventory
 
-from .support import DATA, FIXTURE_TOKENIZER, FIXTURES, read_table, run_prepare
+from .support import DATA, FIXTURE_TOKENIZER, FIXTURES, read_table, run_prepare, write_distinct_conversations
 
 BAD = FIXTURES / "bad" / "malformed.jsonl"
 
@@ -33,16 +33,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """A large JSONL file (cut into byte ranges), a Parquet file of many row groups (cut into row-group ranges),
     small files (grouped) and a file of bad lines: every kind of unit, with rejects in several of them."""
     folder = tmp_path_factory.mktemp("corpus")
-    lines = (DATA / "openai.jsonl").read_text(encoding="utf-8").splitlines()
-    big = folder / "big.jsonl"
-    with open(big, "w", encoding="utf-8") as handle:
-        for copy in range(6):
-            for i, line in enumerate(lines):
-                record = json.loads(line)
-                record["messages"][-1]["content"] += f" ({copy}.{i})"
-                handle.write(json.dumps(record) + "\n")
-                if i % 97 == 0:
-                    handle.write("not json\n\n")  # a reject and a blank line inside ranges
+    # a reject and a blank line inside ranges, every 97 conversations
+    big = write_distinct_conversations(folder / "big.jsonl", 6, "not json\n\n", lambda i: i % 97 == 0)
     texts = [json.loads(line)["text"] for line in (DATA / "text.jsonl").read_text(encoding="utf-8").splitlines()]
     table = {"text": [f"{t} [{k}]" for k in range(5) for t in texts]}
     import pyarrow as pa

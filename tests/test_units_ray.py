@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from lossmask.jobs.checkpoint import CHECKPOINT_NAME
 
-from .support import DATA, FIXTURE_TOKENIZER
+from .support import FIXTURE_TOKENIZER, write_distinct_conversations
 from .test_object_storage import BUCKET, objects, s3  # noqa: F401 - s3 is a fixture used here
 
 pytest.importorskip("ray")
@@ -31,17 +31,9 @@ UNIT_BYTES = 300_000  # ~1,150 conversations: long enough to catch a task in the
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """~1.9 MB of distinct conversations (seven units), with a few bad lines among them."""
-    lines = (DATA / "openai.jsonl").read_text(encoding="utf-8").splitlines()
-    path = tmp_path_factory.mktemp("big") / "big.jsonl"
-    with open(path, "w", encoding="utf-8") as handle:
-        for copy in range(20):
-            for i, line in enumerate(lines):
-                record = json.loads(line)
-                record["messages"][-1]["content"] += f" ({copy}.{i})"
-                handle.write(json.dumps(record) + "\n")
-                if i == 200:
-                    handle.write("{broken\n")
-    return path
+    return write_distinct_conversations(
+        tmp_path_factory.mktemp("big") / "big.jsonl", 20, "{broken\n", lambda i: i == 200
+    )
 
 
 def command(inputs: list[str], out: str, *extra: str) -> list[str]:
