@@ -147,7 +147,7 @@ class Packer:
             if row.num_tokens > self.length:
                 raise ValueError(f"{row.source}: {row.num_tokens} positions do not fit --pack {self.length}")
             self.documents.append(_compact(row))
-        if self.window and len(self.documents) >= self.window:
+        if window_is_full(len(self.documents), self.window):
             return self._close()
         return []
 
@@ -156,7 +156,7 @@ class Packer:
 
     def _close(self) -> list[Output]:
         documents, self.documents = self.documents, []
-        bins = best_fit_decreasing([d.num_tokens for d in documents], self.length)
+        bins = pack_window([d.num_tokens for d in documents], self.length)
         outputs = []
         for number, items in enumerate(bins, start=1):
             if number <= self.skip:
@@ -172,7 +172,19 @@ class Packer:
         return outputs
 
     def summary(self) -> dict[str, Any]:
-        return _summary("pack", self.length, self.counts, window=self.window)
+        return packing_summary("pack", self.length, self.counts, window=self.window)
+
+
+def window_is_full(documents: int, window: int) -> bool:
+    """Whether a `--pack` window of `documents` documents is packed now, after a whole record (window 0: only at
+    the end of the input). The one rule for where windows end: `Packer`, and `pipeline.pack_plan` on a cluster."""
+    return bool(window) and documents >= window
+
+
+def pack_window(sizes: list[int] | np.ndarray, length: int) -> list[list[int]]:
+    """One window's packed rows: best-fit decreasing of its documents' positions into rows of `length`, each row
+    its documents' indices (into `sizes`) in input order, rows in the order they were opened."""
+    return best_fit_decreasing(sizes, length)
 
 
 class Concatenator:
@@ -223,7 +235,7 @@ class Concatenator:
         return self._emit(ConcatenatorResume(self.next_index)) if self.pending else []
 
     def summary(self) -> dict[str, Any]:
-        return _summary("concat", self.length, self.counts)
+        return packing_summary("concat", self.length, self.counts)
 
     def _emit(self, resume: ConcatenatorResume) -> list[Output]:
         row, cut = PackedRow(self.pending), sum(self.pending_cut)
@@ -239,7 +251,7 @@ class Concatenator:
         return [Output([row], resume, dict(self.counts))]
 
 
-def _summary(mode: str, length: int, counts: dict[str, int], **settings: int) -> dict[str, Any]:
+def packing_summary(mode: str, length: int, counts: dict[str, int], **settings: int) -> dict[str, Any]:
     """The manifest's `packing`: fill rate = tokens / (rows x N), the share of N-position rows that holds tokens
     (what a trainer that pads every row to N uses); padding overhead = 1 - fill rate."""
     fill = counts["tokens"] / (counts["rows"] * length) if counts["rows"] else 0.0

@@ -94,8 +94,20 @@ def estimated_bytes(row: Row | PackedRow) -> int:
     """Uncompressed size of a row: 4+4+4 bytes (ids, targets, positions) + 1+1 (mask, class) per token, + 4 for
     segment ids when packed, and each document's source (its UTF-8 bytes) and numbers."""
     if isinstance(row, PackedRow):
-        return 18 * row.num_tokens + sum(len(d.source.encode("utf-8")) + 32 for d in row.documents)
+        source_bytes = sum(len(d.source.encode("utf-8")) for d in row.documents)
+        return packed_row_bytes(row.num_tokens, len(row.documents), source_bytes)
     return 14 * row.num_tokens + len(row.source.encode("utf-8")) + 32
+
+
+def packed_row_bytes(tokens: int, documents: int, source_bytes: int) -> int:
+    """`estimated_bytes` of a packed row from its sizes alone (what a cluster's packing plan knows of it)."""
+    return 18 * tokens + source_bytes + 32 * documents
+
+
+def shard_is_full(rows: int, size: int, max_rows: int, max_bytes: int) -> bool:
+    """Whether a shard of `rows` rows and `size` estimated bytes ends after the record just added: the one rule
+    for where shards end (`ShardWriter`, and `pipeline.pack_plan` planning them from sizes)."""
+    return rows >= max_rows or size >= max_bytes
 
 
 class ShardWriter:
@@ -140,7 +152,7 @@ class ShardWriter:
             path = self.out_dir / self.name(len(self.shards))
             self._open = _OpenShard(path, self.batch_rows, self.packed, self.schema)
         self._open.add(rows)
-        if self._open.rows >= self.max_rows or self._open.bytes >= self.max_bytes:
+        if shard_is_full(self._open.rows, self._open.bytes, self.max_rows, self.max_bytes):
             return self._finish()
         return None
 
@@ -188,10 +200,10 @@ class _OpenShard:
             table = pa.Table.from_batches([r.slice() for r in self.pending]).combine_chunks()
             written = 0
             while self.pending_rows - written >= self.batch_rows:
-                self._write(_one_batch(table.slice(written, self.batch_rows)))
+                self._write(one_batch(table.slice(written, self.batch_rows)))
                 written += self.batch_rows
             rest = self.pending_rows - written
-            self.pending = [RecordRows(_one_batch(table.slice(written)), 0, rest, 0, 0, 0)] if rest else []
+            self.pending = [RecordRows(one_batch(table.slice(written)), 0, rest, 0, 0, 0)] if rest else []
             self.pending_rows = rest
 
     def _count(self, tokens: int, loss_tokens: int, size: int, rows: int) -> None:
@@ -210,7 +222,7 @@ class _OpenShard:
             if self.packed:
                 self._write(packed_rows_to_batch(self.pending))
             else:
-                self._write(_one_batch(pa.Table.from_batches([r.slice() for r in self.pending])))
+                self._write(one_batch(pa.Table.from_batches([r.slice() for r in self.pending])))
             self.pending = []
         self.writer.close()
         self.sink.close()
@@ -235,7 +247,7 @@ def write_shard(path: Path, rows: list[Any], batch_rows: int = 1024, packed: boo
     return shard.finish()
 
 
-def _one_batch(table: pa.Table) -> pa.RecordBatch:
+def one_batch(table: pa.Table) -> pa.RecordBatch:
     """A table of one chunk per column (after `combine_chunks`) as one record batch with offsets from 0."""
     batches = table.combine_chunks().to_batches()
     return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
