@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import storage
 from ..errors import SetupError
+from ..files import file_sha256
 from ..pipeline.batch import JobContext
 from ..pipeline.config import PrepareConfig
 from ..pipeline.encoders import EncoderMismatch
@@ -43,8 +44,11 @@ def _hash_task(path: InputFile) -> str:
     return input_sha256(path)
 
 
-def _verify_task(url: str, sha256: str) -> bool:
-    return storage.sha256(storage.RemoteFile(url)) == sha256
+def _verify_task(where: str, sha256: str) -> bool:
+    """Whether the object (a URL) or file (a local path, on a filesystem every worker mounts) has this sha256."""
+    if storage.is_url(where):
+        return storage.sha256(storage.RemoteFile(where)) == sha256
+    return os.path.isfile(where) and file_sha256(where) == sha256
 
 
 def _survey_task(config_json: str, unit: Unit) -> dict[str, Any]:
@@ -113,6 +117,22 @@ class RayUnits:
         finished units: checked where the data is, not through the driver)."""
         task = self._remote(_verify_task)
         return _get([task.remote(url, sha256) for url, sha256 in objects])
+
+    def map(self, function: Callable[..., Any], calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        """Each call of `function` (a plain function of small arguments) as a task: (the call's index, its result)
+        as each finishes, in any order. Stopped early, the unfinished tasks are cancelled."""
+        import ray
+
+        task = self._remote(function)
+        pending = {task.remote(*args): index for index, args in enumerate(calls)}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ready[0])
+                yield index, _get(ready[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     def count(self, units: list[Unit]) -> list[dict[str, Any]]:
         """The counting pass: each unit's newlines, records and format, by a task per unit."""

@@ -54,6 +54,10 @@ class Checkpoint:
     # The local engine's unit in progress, as of its last completed shard (`UnitWriter.progress`); {} = none.
     # Its shards are in `shards` too; its rejects part is still its temporary, `rejects_file`.
     partial: dict[str, Any] = field(default_factory=dict)
+    # A planned `--pack` (`jobs.planned_pack`): how many packed shards its plan has (0 until planned; `shards`
+    # then lists the finished ones, in any order), and the scatter files written (name -> sha256).
+    packed_total: int = 0
+    scattered: dict[str, str] = field(default_factory=dict)
 
     def unit_files(self) -> dict[str, str]:
         """The finished units' rejects parts, by name, with their sha256 (their shards are in `shards`)."""
@@ -98,6 +102,8 @@ class Checkpoint:
                 units={str(k): dict(v) for k, v in data.get("units", {}).items()},
                 unit_counts=[dict(c) for c in data.get("unit_counts", [])],
                 partial=dict(data.get("partial", {})),
+                packed_total=int(data.get("packed_total", 0)),
+                scattered={str(k): str(v) for k, v in data.get("scattered", {}).items()},
             )
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None

@@ -12,6 +12,9 @@ What counts as proof, file by file (`Inventory.of`):
 - in a unit job (`jobs.units`), the finished units' rejects parts (`_rejects-u<unit>.jsonl`) whose sha256 is the
   listed one, and the files a unit still being written can have: `shard-u<unit>-<k>.arrow` and its rejects
   part, for each unit of the job the checkpoint does not list as finished;
+- in a planned `--pack` (`jobs.planned_pack`), every packed shard its plan has (`packed_total`, from the
+  checkpoint: the tasks write them in any order), and in its rows folder the scatter file of each shard the rows
+  manifest lists (`pack-<shard>`, by name: written after that manifest, from those shards);
 - the temporaries of all of these (`files.temp_path`) and the lock file.
 
 Everything else is unknown and never touched. A folder holding unknown files is refused (exit 2) unless
@@ -42,8 +45,13 @@ from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard, job_digest, prefix_sha256
 
 LOCK_NAME = ".lossmask.lock"
-# Folders a job's other parts write (`eval:` -> OUT/eval/): shard sets of their own, each claimed on its own.
-PART_FOLDERS = ("eval",)
+# A planned `--pack` (`jobs.planned_pack`) writes its rows pass into OUT/_pack/, and each rows shard's scatter
+# file beside it as `pack-<shard>`.
+PACK_SCRATCH = "_pack"
+SCATTER_PREFIX = "pack-"
+# Folders a job's other parts write (`eval:` -> OUT/eval/, a planned pack's rows): shard sets of their own, each
+# claimed on its own.
+PART_FOLDERS = ("eval", PACK_SCRATCH)
 FIXED_NAMES = (MANIFEST_NAME, REJECTS_NAME, CHECKPOINT_NAME)
 
 
@@ -132,6 +140,7 @@ def _manifest_files(out: Path, manifest: dict[str, Any]) -> dict[str, str]:
     for shard in manifest["shards"]:
         if _matches(out / shard["file"], shard["sha256"]):
             files[shard["file"]] = digest
+        files[SCATTER_PREFIX + shard["file"]] = digest  # a planned pack's scatter file of it, if there is one
     rejects = out / REJECTS_NAME
     listed = manifest.get("rejects")
     if rejects.is_file():
@@ -154,6 +163,7 @@ def _checkpoint_files(out: Path, data: dict[str, Any]) -> dict[str, str]:
         if _matches(out / shard["file"], shard["sha256"]):
             files[shard["file"]] = digest
     files[shard_name(len(shards))] = digest  # the one its run was writing when it stopped
+    files.update(dict.fromkeys(map(shard_name, range(int(data.get("packed_total", 0)))), digest))
     for unit in data.get("units", {}).values():
         if _matches(out / unit["rejects"]["file"], unit["rejects"]["sha256"]):
             files[unit["rejects"]["file"]] = digest

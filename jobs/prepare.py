@@ -42,6 +42,7 @@ from ..schemas.shards import LAYOUT_PACKED, MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint
 from .manifest import build_manifest, digest_of, fingerprints, input_size
 from .outdir import claim, open_output, output_error
+from .planned_pack import is_planned_pack_job, run_planned_pack
 from .remote import BucketUnits, RemoteOut
 from .signals import check_stop
 from .units import is_unit_job, run_unit_job
@@ -119,6 +120,8 @@ def _run_parts(
             lock.release()
     if is_unit_job(config, plan, "train"):
         manifest = run_unit_job(config, plan, progress, remote)
+    elif is_planned_pack_job(config, plan, "train"):
+        manifest = run_planned_pack(config, plan, progress, remote)
     else:
         manifest = _run(config, plan, progress, "train", dedup, remote)
     if evaluation is not None:

@@ -42,9 +42,10 @@ from .. import storage
 from ..errors import SetupError
 from ..files import json_bytes
 from ..pipeline.faults import crash_point
+from ..pipeline.write import shard_name
 from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard
-from .outdir import PART_FOLDERS, manifest_digest, units_in_making, writes_name
+from .outdir import PART_FOLDERS, SCATTER_PREFIX, manifest_digest, units_in_making, writes_name
 
 PUBLISHING_NAME = "_publishing.json"
 
@@ -160,6 +161,7 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
             listed = {s["file"]: s["sha256"] for s in manifest["shards"]}
             listed[REJECTS_NAME] = manifest["rejects"]["sha256"]
             owned.update(_proven(url, listed, names, digest))
+            owned.update({SCATTER_PREFIX + s["file"]: digest for s in manifest["shards"]})  # a planned pack's
     checkpoint = _read_json(url, CHECKPOINT_NAME, names)
     if checkpoint is not None:  # a unit job writing here from Ray tasks (`BucketUnits`)
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
@@ -170,6 +172,8 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
             # output through this machine; `BucketUnits.load` checks the finished ones in Ray tasks instead.
             every_unit = {"unit_total": checkpoint["unit_total"], "units": {}}
             owned.update(dict.fromkeys(units_in_making(names, every_unit), digest))
+            # A planned pack's packed shards, likewise by name (the finished ones are checked in tasks on load).
+            owned.update(dict.fromkeys(map(shard_name, range(int(checkpoint.get("packed_total", 0)))), digest))
     marker = _read_json(url, PUBLISHING_NAME, names)
     if marker is not None:
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
@@ -230,11 +234,15 @@ class BucketUnits:
         }
         present = {unit: all(name in names for name, _ in listed) for unit, listed in files.items()}
         checked = [(self.where(name), sha) for unit, listed in files.items() if present[unit] for name, sha in listed]
+        in_units = {name for listed in files.values() for name, _ in listed}
+        loose = [(s.file, s.sha256) for s in checkpoint.shards if s.file not in in_units and s.file in names]
+        checked += [(self.where(name), sha) for name, sha in loose]  # a planned pack's finished packed shards
         intact = dict(zip((url for url, _ in checked), verify(checked), strict=True))
         for unit, listed in files.items():
             if not present[unit] or not all(intact[self.where(name)] for name, _ in listed):
                 del checkpoint.units[unit]
         kept = {name for unit in checkpoint.units for name, _ in files[unit]}
+        kept |= {name for name, _ in loose if intact[self.where(name)]}
         checkpoint.shards = [shard for shard in checkpoint.shards if shard.file in kept]
         return checkpoint
 

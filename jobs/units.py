@@ -62,17 +62,22 @@ def is_unit_job(config: PrepareConfig, plan: InputPlan, part: str) -> bool:
 
 
 def run_unit_job(
-    config: PrepareConfig, plan: InputPlan, progress: Progress | None, remote: RemoteOut | None
+    config: PrepareConfig,
+    plan: InputPlan,
+    progress: Progress | None,
+    remote: RemoteOut | None,
+    prints: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the job unit by unit; returns its manifest, as `jobs.prepare._run` does. With Ray and an
     object-store `--out`, the tasks write to the bucket and the job's state lives there (`remote.BucketUnits`);
-    otherwise in the local `--out` (an object store's staging folder, published after)."""
+    otherwise in the local `--out` (an object store's staging folder, published after). `prints`: the inputs'
+    fingerprints when the caller has them (a planned pack's rows pass), so the inputs are not hashed twice."""
     started = time.perf_counter()
     context = JobContext.from_config(config)
     out = Path(config.out)
     units = plan_units(plan.paths, config.unit_bytes)
     with _engine(config) as engine:
-        prints = fingerprints(config, context, plan.paths, engine.hashes)
+        prints = prints or fingerprints(config, context, plan.paths, engine.hashes)
         digest = digest_of(config, prints)
         if remote is not None:
             remote.claim("train", digest)

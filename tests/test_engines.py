@@ -43,10 +43,21 @@ def test_ray_engine_gives_the_local_engine_bytes(tmp_path, single_worker, ray_cl
 
 
 @pytest.mark.ray
-def test_ray_engine_packs_like_the_local_engine(tmp_path, ray_cluster):
-    inputs = [DATA / "openai.jsonl", DATA / "text.jsonl"]
-    _, local = run_prepare(tmp_path, inputs, pack=256, out_name="local")
-    _, ray = run_prepare(tmp_path, inputs, pack=256, engine="ray", out_name="ray")
+@pytest.mark.parametrize("window", [0, 5])
+def test_ray_engine_packs_like_the_local_engine(tmp_path, ray_cluster, monkeypatch, window):
+    """A planned pack (`jobs/planned_pack.py`: rows by tasks, the plan on the driver, packed shards by tasks)
+    writes the record stream's packed shards, manifest and rejects, and leaves no rows pass behind."""
+    from lossmask.jobs import prepare
+
+    planned = []
+    run = prepare.run_planned_pack
+    monkeypatch.setattr(prepare, "run_planned_pack", lambda *a: planned.append(1) or run(*a))
+    inputs = [DATA / "openai.jsonl"]
+    options = {"pack": 256, "pack_window": window, "shard_max_rows": 3, "unit_bytes": 2000}
+    _, local = run_prepare(tmp_path, inputs, out_name="local", **options)
+    _, ray = run_prepare(tmp_path, inputs, engine="ray", out_name="ray", **options)
+    assert planned == [1]
+    assert len([f for f in files(local) if f.startswith("shard-")]) > 1
     assert files(ray) == files(local)
 
 

@@ -156,8 +156,9 @@ def test_the_ray_engine_reads_and_writes_s3_like_the_local_engine(s3, local_refe
 
 @pytest.mark.ray
 def test_the_ray_engine_packs_s3_inputs_into_s3_like_the_local_engine(s3, tmp_path):
-    """`--pack` with Ray (the record stream: the driver reads and packs) from and to s3: the local engine's bytes
-    on local copies, once `source` is mapped."""
+    """`--pack` with Ray from and to s3, planned on the driver from sizes (`jobs/planned_pack.py`: the tasks read
+    the inputs and write the rows, scatter files and packed shards in the bucket): the local engine's bytes on
+    local copies, once `source` is mapped, and nothing of the rows pass (`_pack/`) left in the bucket."""
     pytest.importorskip("ray")
     fs, local = s3
     reference = tmp_path / "packed"

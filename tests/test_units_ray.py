@@ -54,25 +54,26 @@ def reference(big, tmp_path_factory) -> dict[str, bytes]:
     return tree(out)
 
 
-def _writing_worker(marker: str) -> tuple[int, str] | None:
-    """A process holding open a unit's temporary shard whose path contains `marker`: (its pid, the file)."""
+def _writing_worker(marker: str, shard: str = "/.shard-u") -> tuple[int, str] | None:
+    """A process holding open a temporary shard (a unit's, or with `shard="/.shard-0"` a packed one) whose path
+    contains `marker`: (its pid, the file)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             for fd in os.listdir(f"/proc/{entry}/fd"):
                 target = os.readlink(f"/proc/{entry}/fd/{fd}")
-                if marker in target and "/.shard-u" in target and target.endswith(".arrow.tmp"):
+                if marker in target and shard in target and target.endswith(".arrow.tmp"):
                     return int(entry), target
         except OSError:  # gone, or not ours to look at
             continue
     return None
 
 
-def kill_a_worker_mid_unit(run: subprocess.Popen, marker: str) -> tuple[int, str]:
+def kill_a_worker_mid_unit(run: subprocess.Popen, marker: str, shard: str = "/.shard-u") -> tuple[int, str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and run.poll() is None:
-        found = _writing_worker(marker)
+        found = _writing_worker(marker, shard)
         if found is not None:
             os.kill(found[0], signal.SIGKILL)
             return found
@@ -192,3 +193,65 @@ def test_the_driver_reads_no_input_and_its_memory_does_not_grow_with_it(big, tmp
         manifest["records"]["read"]
         == 4 * json.loads((tmp_path / "one" / "_manifest.json").read_text())["records"]["read"]
     )
+
+
+# A planned --pack (`jobs/planned_pack.py`) over the same input: several rows shards, a dataset-wide window.
+PACK = ("--pack", "256", "--pack-window", "0", "--shard-max-rows", "40")
+
+
+@pytest.fixture(scope="module")
+def packed_reference(big, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("packed-reference") / "out"
+    subprocess.run(command([str(big)], str(out), "--workers", "1", *PACK), check=True)
+    return tree(out)
+
+
+def test_a_planned_pack_killed_mid_gather_resumes_to_the_local_engines_bytes(big, packed_reference, tmp_path):
+    """The driver is killed after the checkpoint that lists two packed shards (of many): every scatter file is
+    written and listed, the rerun checks them in tasks, writes only the missing packed shards, and the output is
+    the local engine's, with the rows pass (`_pack/`) removed."""
+    out = tmp_path / "out"
+    env = {**os.environ, "LOSSMASK_CRASH_AT": "packed-shard-checkpointed:2", "LOSSMASK_CHECKPOINT_SECONDS": "0"}
+    killed = subprocess.run(command([str(big)], str(out), "--engine", "ray", *PACK), env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    checkpoint = json.loads((out / CHECKPOINT_NAME).read_text())
+    assert len(checkpoint["shards"]) == 2 < checkpoint["packed_total"]
+    rows = json.loads((out / "_pack" / "_manifest.json").read_text())
+    assert len(rows["shards"]) > 1 and sorted(checkpoint["scattered"]) == sorted(
+        "pack-" + s["file"] for s in rows["shards"]
+    )
+    kept = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in checkpoint["shards"]}
+    subprocess.run(command([str(big)], str(out), "--engine", "ray", *PACK), check=True)
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
+    assert tree(out) == packed_reference
+    assert not (out / "_pack").exists()
+
+
+def test_a_worker_killed_mid_gather_is_retried_and_the_output_is_the_same(big, packed_reference, tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.Popen(command([str(big)], str(out), "--engine", "ray", *PACK), stderr=subprocess.PIPE, text=True)
+    pid, temporary = kill_a_worker_mid_unit(run, str(out), shard="/.shard-0")
+    assert Path(temporary).name[1 : -len(".tmp")] in packed_reference  # a packed shard, being written
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert _gone(pid)
+    assert tree(out) == packed_reference
+
+
+def test_a_planned_pack_killed_in_the_bucket_resumes_to_the_same_objects(s3, in_bucket, packed_reference):  # noqa: F811
+    """On an object-store `--out` the checkpoint, scatter files and packed shards are in the bucket; killed mid
+    gather, the rerun (its finished shards checked in tasks) gives the local engine's objects and nothing else."""
+    fs, _ = s3
+    inputs, _ = in_bucket
+    url = f"s3://{BUCKET}/pack-killed"
+    env = {**os.environ, "LOSSMASK_CRASH_AT": "packed-shard-checkpointed:2", "LOSSMASK_CHECKPOINT_SECONDS": "0"}
+    killed = subprocess.run(command(inputs, url, "--engine", "ray", *PACK), env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    left = objects(fs, "pack-killed")
+    assert any(name.startswith("_pack/pack-shard-u") for name in left)  # the scatter files are in the bucket
+    assert len(json.loads(left[CHECKPOINT_NAME])["shards"]) == 2
+    subprocess.run(command(inputs, url, "--engine", "ray", *PACK), check=True)
+    subprocess.run(command(inputs, f"s3://{BUCKET}/pack-whole", "--engine", "ray", *PACK), check=True)
+    whole = objects(fs, "pack-whole")
+    assert objects(fs, "pack-killed") == whole
+    assert sorted(whole) == sorted(packed_reference)  # the same files as the local engine's, nothing more
