@@ -78,10 +78,11 @@ def measure(command: list[str]) -> dict[str, float]:
     }
 
 
-def command(corpus: Path, out: Path, engine: str, unit_bytes: int) -> list[str]:
+def command(corpus: Path, out: Path, engine: str, unit_bytes: int, pack: list[str] | None = None) -> list[str]:
     return [
         sys.executable, "-m", "lossmask.cli", "prepare", str(corpus), "--tokenizer", str(TOKENIZER),
         "--out", str(out), "--fresh", "-q", "--workers", "2", "--engine", engine, "--unit-bytes", str(unit_bytes),
+        *(pack or []),
     ]  # fmt: skip
 
 
@@ -99,7 +100,10 @@ def main() -> int:
     parser.add_argument("--unit-bytes", type=int, default=4 << 20)
     parser.add_argument("--corpus", type=Path, nargs="*", help="use these corpora (one per size) instead")
     parser.add_argument("--drop-caches", action="store_true", help="cold page cache before each run (root)")
+    parser.add_argument("--pack", type=int, help="prepare with --pack N (on Ray: the planned pack)")
+    parser.add_argument("--pack-window", type=int, default=0, help="with --pack: its window (default 0: all)")
     args = parser.parse_args()
+    pack = ["--pack", str(args.pack), "--pack-window", str(args.pack_window)] if args.pack else []
     work = Path(tempfile.mkdtemp(prefix="lossmask-bench-scale-"))
     for k, size in enumerate(args.conversations):
         corpus = args.corpus[k] if args.corpus else work / f"corpus-{size}.jsonl"
@@ -115,13 +119,14 @@ def main() -> int:
             for engine in results:
                 out = work / f"out-{engine}-{size}"
                 cold = args.drop_caches and drop_page_cache()
-                results[engine].append(measure(command(corpus, out, engine, args.unit_bytes)))
+                results[engine].append(measure(command(corpus, out, engine, args.unit_bytes, pack)))
                 digests[engine] = digest(out)
             print(f"  round {round_ + 1} done (load {loads[-1]:.2f})", file=sys.stderr)
         manifest = json.loads((work / f"out-local-{size}" / "_manifest.json").read_text())
         tokens = manifest["totals"]["tokens"] + manifest["totals"]["rows"]
         units = len({s["file"].split("-")[1] for s in manifest["shards"]})
-        print(f"  {tokens:,} tokens, {units} units; same bytes on both engines: {digests['local'] == digests['ray']}")
+        made = f"{len(manifest['shards'])} packed shards ({' '.join(pack)})" if pack else f"{units} units"
+        print(f"  {tokens:,} tokens, {made}; same bytes on both engines: {digests['local'] == digests['ray']}")
         print(f"  load average at the rounds' starts: {', '.join(f'{x:.2f}' for x in loads)}")
         print(
             "  | engine | wall s (min-max) | tokens/s | CPU-s | tokens/CPU-s | peak RSS (tree) | driver peak RSS |"
