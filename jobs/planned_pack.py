@@ -83,7 +83,7 @@ def run_planned_pack(
         prints = fingerprints(config, context, plan.paths, engine.hashes)
         digest = digest_of(config, prints)
         if remote is not None:
-            remote.claim("train", digest)
+            remote.claim("train", digest, engine.verify)
         checkpoint = claim(out, digest, resume=config.resume, overwrite=config.overwrite)
         target: LocalTarget | BucketUnits = LocalTarget(out)
         if remote is not None:

@@ -48,6 +48,7 @@ from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard
 from .outdir import PART_FOLDERS, SCATTER_PREFIX, manifest_digest, units_in_making, writes_name
 
 PUBLISHING_NAME = "_publishing.json"
+Verify = Callable[[list[tuple[str, str]]], list[bool]]  # (URL, sha256) pairs -> whether each object has it
 
 
 def staging_folder(url: str) -> Path:
@@ -84,10 +85,11 @@ class RemoteOut:
     def folder(self, part: str) -> str:
         return self.url if part == "train" else storage.join(self.url, "eval")
 
-    def claim(self, part: str, digest: str) -> None:
-        """Refuse or clear the part's folder for the job `digest`, by the rules of the module docstring."""
+    def claim(self, part: str, digest: str, verify: Verify | None = None) -> None:
+        """Refuse or clear the part's folder for the job `digest`, by the rules of the module docstring. `verify`
+        checks objects' sha256 where the engine runs (Ray tasks), not by streaming them through this machine."""
         url = self.folder(part)
-        owned, unknown = inventory(url, top=part == "train")
+        owned, unknown = inventory(url, top=part == "train", verify=verify)
         blocking = [n for n in unknown if writes_name(n) or n == PUBLISHING_NAME]
         if blocking:
             raise SetupError(
@@ -146,9 +148,10 @@ def publish_folder(local: Path, url: str) -> None:
     storage.delete(storage.join(url, PUBLISHING_NAME))
 
 
-def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
+def inventory(url: str, top: bool, verify: Verify | None = None) -> tuple[dict[str, str], list[str]]:
     """The objects directly under `url`: lossmask's (name -> the digest of their job) and the unknown names. With
-    `top`, a part folder (`eval/`) is left to its own inventory."""
+    `top`, a part folder (`eval/`) is left to its own inventory. Listed objects' sha256 are checked by `verify`
+    when given (Ray tasks), else streamed here."""
     objects = storage.listing(url)
     names = sorted(n for n in objects if "/" not in n)
     nested = sorted(n for n in objects if "/" in n and not (top and n.split("/", 1)[0] in PART_FOLDERS))
@@ -160,14 +163,14 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
             owned[MANIFEST_NAME] = digest
             listed = {s["file"]: s["sha256"] for s in manifest["shards"]}
             listed[REJECTS_NAME] = manifest["rejects"]["sha256"]
-            owned.update(_proven(url, listed, names, digest))
+            owned.update(_proven(url, listed, names, digest, verify))
             owned.update({SCATTER_PREFIX + s["file"]: digest for s in manifest["shards"]})  # a planned pack's
     checkpoint = _read_json(url, CHECKPOINT_NAME, names)
     if checkpoint is not None:  # a unit job writing here from Ray tasks (`BucketUnits`)
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
             digest = str(checkpoint["digest"])
             owned[CHECKPOINT_NAME] = digest
-            owned.update(_proven(url, {REJECTS_NAME: checkpoint["rejects_sha256"]}, names, digest))
+            owned.update(_proven(url, {REJECTS_NAME: checkpoint["rejects_sha256"]}, names, digest, verify))
             # Its units' files, finished or not, by name: streaming every finished shard here would put the whole
             # output through this machine; `BucketUnits.load` checks the finished ones in Ray tasks instead.
             every_unit = {"unit_total": checkpoint["unit_total"], "units": {}}
@@ -179,19 +182,22 @@ def inventory(url: str, top: bool) -> tuple[dict[str, str], list[str]]:
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
             digest = str(marker["digest"])
             owned[PUBLISHING_NAME] = digest
-            owned.update(_proven(url, dict(marker["files"]), names, digest))
+            owned.update(_proven(url, dict(marker["files"]), names, digest, verify))
     for name in list(owned):  # a failed upload's temporary (`storage.put`) is its job's too
         owned.setdefault(f".{name}.tmp", owned[name])
     owned = {n: d for n, d in owned.items() if n in names}
     return owned, [n for n in names if n not in owned] + nested
 
 
-def _proven(url: str, listed: dict[str, str], names: list[str], digest: str) -> dict[str, str]:
-    return {
-        name: digest
-        for name, sha256 in listed.items()
-        if name in names and storage.sha256(storage.RemoteFile(storage.join(url, name))) == sha256
-    }
+def _proven(
+    url: str, listed: dict[str, str], names: list[str], digest: str, verify: Verify | None = None
+) -> dict[str, str]:
+    present = [(name, sha256) for name, sha256 in listed.items() if name in names]
+    if verify is not None:
+        intact = verify([(storage.join(url, name), sha256) for name, sha256 in present])
+    else:
+        intact = [storage.sha256(storage.RemoteFile(storage.join(url, name))) == sha256 for name, sha256 in present]
+    return {name: digest for (name, _), ok in zip(present, intact, strict=True) if ok}
 
 
 def _read_json(url: str, name: str, names: list[str]) -> dict[str, Any] | None:

@@ -80,7 +80,7 @@ def run_unit_job(
         prints = prints or fingerprints(config, context, plan.paths, engine.hashes)
         digest = digest_of(config, prints)
         if remote is not None:
-            remote.claim("train", digest)
+            remote.claim("train", digest, engine.verify)
         checkpoint = claim(out, digest, resume=config.resume, overwrite=config.overwrite)
         target: LocalTarget | BucketUnits = LocalTarget(out)
         if remote is not None and config.engine == "ray":
@@ -204,6 +204,7 @@ class LocalUnits:
     """The local engine's units: read in order by the main process, their batches processed by the pool."""
 
     hashes = None  # the main process hashes the inputs itself
+    verify = None  # and checks the sha256 of what a bucket holds itself
     needs_counts = False  # it reads the units in order: each one's first record index is the count so far
     checkpoint_seconds = 0.0  # a checkpoint after every unit (and every shard of the unit in progress)
 

@@ -151,6 +151,39 @@ def test_a_killed_driver_resumes_from_the_buckets_checkpoint(s3, in_bucket):  # 
     assert objects(fs, "driver-killed") == whole
 
 
+COUNT_SHA256 = """
+import sys
+from lossmask import storage
+from lossmask.cli import main
+streamed = []
+real = storage.sha256
+def counted(file):
+    streamed.append(str(file))
+    return real(file)
+storage.sha256 = counted
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print("streamed", sum("/shard-" in url for url in streamed), file=sys.stderr)
+"""
+
+
+def test_rerunning_a_finished_bucket_job_streams_none_of_its_shards_through_the_driver(s3, in_bucket):  # noqa: F811
+    """The rerun proves the finished job's objects its own (its manifest lists their sha256) in Ray tasks: the
+    driver streams no shard to hash it, and the output is the same."""
+    fs, _ = s3
+    inputs, whole = in_bucket
+    assert sum(name.startswith("shard-") for name in whole) > 1
+    run = subprocess.run(
+        [sys.executable, "-c", COUNT_SHA256, *command(inputs, f"s3://{BUCKET}/whole", "--engine", "ray")[3:]],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "streamed 0"
+    assert objects(fs, "whole") == whole
+
+
 PROBE = """
 import json, resource, sys
 from lossmask.cli import main
