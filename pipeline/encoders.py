@@ -111,7 +111,7 @@ class TiktokenEncoder:
                 (out[k],) = self.fallback.encode([text])
             else:
                 ours.append(k)
-        ids = [np.asarray(self.encoding.encode(texts[k], allowed_special=self.specials), dtype=np.int32) for k in ours]
+        ids = [self._ids(texts[k]) for k in ours]
         for k, row, offsets in zip(
             ours, ids, batch_char_offsets([texts[k] for k in ours], ids, self.byte_lengths), strict=True
         ):
@@ -119,6 +119,15 @@ class TiktokenEncoder:
                 raise EncoderMismatch(f"tiktoken's tokens do not cover the text's bytes: {texts[k][:60]!r}")
             out[k] = Encoded(row, offsets)
         return [e for e in out if e is not None]
+
+    def _ids(self, text: str) -> np.ndarray:
+        """The ids as int32, straight from tiktoken's token buffer (no Python list of ints in between; ids are
+        below 2**31, so the uint32 buffer read as int32 is the same numbers). A text tiktoken's Rust side cannot
+        take (lone surrogates) goes through `Encoding.encode`, which has its own fix-up for it."""
+        try:
+            return self.encoding.encode_to_numpy(text, allowed_special=self.specials).view(np.int32)
+        except UnicodeEncodeError:
+            return np.asarray(self.encoding.encode(text, allowed_special=self.specials), dtype=np.int32)
 
 
 def fast_encoder(tokenizer: Tokenizer) -> tuple[TiktokenEncoder | None, str]:
