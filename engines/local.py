@@ -11,9 +11,11 @@ their batches, and they end themselves when the main process dies, even by `kill
 
 from __future__ import annotations
 
+import base64
 import gc
 import multiprocessing
 import os
+import pickle
 import select
 import signal
 import threading
@@ -27,6 +29,7 @@ from ..errors import SetupError
 from ..pipeline.batch import BatchResult, JobContext, process_batch
 from ..pipeline.config import PrepareConfig
 from ..schemas.records import RawRecord
+from . import preloaded
 
 _CONTEXT: JobContext | None = None
 
@@ -95,13 +98,18 @@ def start_server(config: PrepareConfig) -> None:
     imports the pipeline, ~0.3 s) then overlaps the main process's own start (its `JobContext`, ~0.3 s), instead of
     starting only when the first batch is submitted; the workers it forks build their contexts at once. The
     server is the one `run` would start (same preload); when the job ends up not starting workers, it idles and
-    ends with this process, as after any job with workers. Changes when work happens, never what it computes."""
+    ends with this process, as after any job with workers. The server also builds the job's context once, for
+    the workers it forks (`preloaded`). Changes when work happens, never what it computes."""
     if (config.workers or available_cores()) <= 1 or "forkserver" not in multiprocessing.get_all_start_methods():
         return
     from multiprocessing import forkserver
 
-    _mp_context()
-    forkserver.ensure_running()  # spawns the server and returns: it imports the preload on its own
+    _mp_context().set_forkserver_preload([*_PRELOAD, "lossmask.engines.preloaded"])
+    os.environ[preloaded.ENV] = base64.b64encode(pickle.dumps(config)).decode("ascii")
+    try:
+        forkserver.ensure_running()  # spawns the server and returns: it imports the preload on its own
+    finally:
+        os.environ.pop(preloaded.ENV, None)  # the server has its copy; nothing else started from here needs it
 
 
 # How often the main process, waiting for a result, checks that every worker is alive.
@@ -192,7 +200,7 @@ def _start_worker(parent: int, config: PrepareConfig) -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _CONTEXT
-    _CONTEXT = JobContext.from_config(config)
+    _CONTEXT = preloaded.context_for(config) or JobContext.from_config(config)
     gc.freeze()  # the context lives as long as the worker: the cyclic collector need never scan it again
 
 
