@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import engines
+from ..engines import local
 from ..files import temp_path, write_json
 from ..pipeline.accounting import Accounting
 from ..pipeline.batch import JobContext
@@ -41,7 +42,7 @@ from ..pipeline.units import Unit, line_counts, number_lines, plan_units
 from ..pipeline.write import ShardInfo
 from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint
-from .manifest import build_manifest, digest_of, fingerprints
+from .manifest import build_manifest, digest_of, fingerprints, input_size
 from .outdir import claim
 from .remote import BucketUnits, RemoteOut
 from .signals import check_stop
@@ -73,6 +74,8 @@ def run_unit_job(
     otherwise in the local `--out` (an object store's staging folder, published after). `prints`: the inputs'
     fingerprints when the caller has them (a planned pack's rows pass), so the inputs are not hashed twice."""
     started = time.perf_counter()
+    if config.engine == "local" and sum(input_size(p) for p in plan.paths) >= local.START_SERVER_MIN_BYTES:
+        local.start_server(config)  # boots while this process builds its context
     context = JobContext.from_config(config)
     out = Path(config.out)
     units = plan_units(plan.paths, config.unit_bytes)

@@ -31,6 +31,11 @@ class Outcome:
     dataset: int | None = None  # with `datasets:`, the entry the record came from
     digest: bytes | None = None  # with `dedup`, the digest of its normalized messages (`dedup.record_digest`)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Each record's outcome crosses from a worker to the main process: pickled by its fields (see SourceRef's).
+        fields = (self.source, self.status, self.rows, self.reason, self.detail, self.field, self.rows_dropped)
+        return (Outcome, (*fields, self.dataset, self.digest))
+
     @classmethod
     def failed(cls, source: SourceRef, error: RecordError) -> Outcome:
         status = "dropped" if error.reason in DROP_REASONS else "rejected"

@@ -101,17 +101,20 @@ class TiktokenEncoder:
         self.byte_lengths = byte_lengths
         self.specials = specials
         self.unsupported = unsupported  # characters with a byte the vocabulary lacks: tokenizers drops them
+        # Those of them that are ASCII: all an ASCII text can hold (str.isascii() is O(1); `in` runs at memchr speed).
+        ascii_chars = [chr(b) for b in range(128)]
+        self.unsupported_ascii = [c for c in ascii_chars if unsupported is not None and unsupported.search(c)]
         self.fallback = fallback
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         out: list[Encoded | None] = [None] * len(texts)
         ours = []
         for k, text in enumerate(texts):
-            if self.unsupported is not None and self.unsupported.search(text):
+            if self.unsupported is not None and self._unsupported(text):
                 (out[k],) = self.fallback.encode([text])
             else:
                 ours.append(k)
-        ids = [np.asarray(self.encoding.encode(texts[k], allowed_special=self.specials), dtype=np.int32) for k in ours]
+        ids = [self._ids(texts[k]) for k in ours]
         for k, row, offsets in zip(
             ours, ids, batch_char_offsets([texts[k] for k in ours], ids, self.byte_lengths), strict=True
         ):
@@ -119,6 +122,21 @@ class TiktokenEncoder:
                 raise EncoderMismatch(f"tiktoken's tokens do not cover the text's bytes: {texts[k][:60]!r}")
             out[k] = Encoded(row, offsets)
         return [e for e in out if e is not None]
+
+    def _unsupported(self, text: str) -> bool:
+        """Whether the text holds a character of `unsupported`: for an ASCII text, one of its ASCII characters."""
+        if text.isascii():
+            return any(c in text for c in self.unsupported_ascii)
+        return self.unsupported is not None and self.unsupported.search(text) is not None
+
+    def _ids(self, text: str) -> np.ndarray:
+        """The ids as int32, straight from tiktoken's token buffer (no Python list of ints in between; ids are
+        below 2**31, so the uint32 buffer read as int32 is the same numbers). A text tiktoken's Rust side cannot
+        take (lone surrogates) goes through `Encoding.encode`, which has its own fix-up for it."""
+        try:
+            return self.encoding.encode_to_numpy(text, allowed_special=self.specials).view(np.int32)
+        except UnicodeEncodeError:
+            return np.asarray(self.encoding.encode(text, allowed_special=self.specials), dtype=np.int32)
 
 
 def fast_encoder(tokenizer: Tokenizer) -> tuple[TiktokenEncoder | None, str]:

@@ -206,7 +206,7 @@ def _verify_batch(
     tokens decode back to its rendered text. Returns the rows that fail, with why."""
     failures: dict[int, RecordError] = {}
     if info.control_ids:
-        for k in np.flatnonzero(np.isin(ids, np.fromiter(info.control_ids, dtype=np.int64))):
+        for k in _control_tokens_in_data(info, examples, ids, starts, ends, char_base):
             row = int(row_of_token[k])
             example = examples[row]
             if example.flags & _ALLOWED or row in failures:
@@ -261,6 +261,33 @@ def _verify_batch(
             detail = f"trained tokens decode to {text[:60]!r}, not the rendered {covered[:60]!r}"
             failures[row] = RecordError("mask_verification_failed", detail)
     return failures
+
+
+def _control_tokens_in_data(
+    info: TokenizerInfo,
+    examples: list[RenderedExample],
+    ids: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    char_base: np.ndarray,
+) -> np.ndarray:
+    """The control tokens (in batch coordinates) that overlap some data span of their row, for the whole batch at
+    once: the few the per-token check then looks at. A token [s, e) overlaps a span [a, b) when a < e and s < b; of
+    the spans with a < e (a prefix, the spans sorted by start) some has b > s exactly when the largest end of that
+    prefix does. Spans of other rows lie outside the row's characters, so they never overlap its tokens."""
+    control = np.flatnonzero(np.isin(ids, np.fromiter(info.control_ids, dtype=np.int64)))
+    if not control.size:
+        return control
+    span_row = np.fromiter((row for row, e in enumerate(examples) for _ in e.data_spans), dtype=np.int64)
+    if not span_row.size:
+        return control[:0]
+    span_start = np.fromiter((a for e in examples for a, _ in e.data_spans), dtype=np.int64) + char_base[span_row]
+    span_end = np.fromiter((b for e in examples for _, b in e.data_spans), dtype=np.int64) + char_base[span_row]
+    order = np.argsort(span_start, kind="stable")
+    span_start, max_end = span_start[order], np.maximum.accumulate(span_end[order])
+    before = np.searchsorted(span_start, ends[control], side="left")  # spans with a < e
+    hit = (before > 0) & (max_end[np.maximum(before - 1, 0)] > starts[control])
+    return control[hit]
 
 
 def _finish_row(

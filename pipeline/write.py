@@ -197,7 +197,7 @@ class _OpenShard:
         self.pending.append(rows)
         self.pending_rows += rows.count
         if self.pending_rows >= self.batch_rows:  # record batches of exactly `batch_rows` rows, as rows arrive
-            table = pa.Table.from_batches([r.slice() for r in self.pending]).combine_chunks()
+            table = pa.Table.from_batches(_runs(self.pending)).combine_chunks()
             written = 0
             while self.pending_rows - written >= self.batch_rows:
                 self._write(one_batch(table.slice(written, self.batch_rows)))
@@ -222,7 +222,7 @@ class _OpenShard:
             if self.packed:
                 self._write(packed_rows_to_batch(self.pending))
             else:
-                self._write(one_batch(pa.Table.from_batches([r.slice() for r in self.pending])))
+                self._write(one_batch(pa.Table.from_batches(_runs(self.pending))))
             self.pending = []
         self.writer.close()
         self.sink.close()
@@ -245,6 +245,30 @@ def write_shard(path: Path, rows: list[Any], batch_rows: int = 1024, packed: boo
     shard = _OpenShard(path, batch_rows, packed)
     shard.add(rows)
     return shard.finish()
+
+
+def _runs(pending: list[RecordRows]) -> list[pa.RecordBatch]:
+    """The pending records' rows as record batches, one per run of adjacent ranges of the same batch: the same rows
+    as a slice per record, in a handful of chunks instead of ~1,024 for `combine_chunks` to concatenate."""
+    out: list[pa.RecordBatch] = []
+    batch: pa.RecordBatch | None = None
+    start = end = 0
+    for rows in pending:
+        if rows.batch is batch and rows.start == end:
+            end += rows.count
+            continue
+        if batch is not None:
+            out.append(batch.slice(start, end - start))
+        batch, start, end = rows.batch, rows.start, rows.start + rows.count
+    if batch is not None:
+        out.append(batch.slice(start, end - start))
+    if len(out) == 1 and len(pending) > 1:
+        # `combine_chunks` keeps a lone chunk as the slice it is, and the IPC writer then writes it otherwise than
+        # a concatenated one: two chunks keep it concatenated (into the same bytes), as a chunk per record did.
+        first = pending[0].count
+        (whole,) = out
+        out = [whole.slice(0, first), whole.slice(first)]
+    return out
 
 
 def one_batch(table: pa.Table) -> pa.RecordBatch:

@@ -33,25 +33,34 @@ def parse_message(raw: Any, where: str, options: FormatOptions) -> Message:
     if not isinstance(raw, dict):
         raise RecordError("wrong_type", f"{where} must be an object", field=where)
     role_field = options.field("role")
-    role_name = as_str(require(raw, role_field, f"{where}."), f"{where}.{role_field}")
+    role_name = raw.get(role_field)
+    if not isinstance(role_name, str):  # the messages that say where they are wrong (built only for them)
+        role_name = as_str(require(raw, role_field, f"{where}."), f"{where}.{role_field}")
     role = options.role(role_name)
     if role is None:
         raise RecordError("unknown_role", f"{where} has role {role_name!r}", field=f"{where}.{role_field}")
     content_field = options.field("content")
     if content_field not in raw and not raw.get("tool_calls"):
         raise RecordError("missing_field", f"{where}.{content_field} is missing", field=f"{where}.{content_field}")
-    text, part_reasoning, part_calls = parse_content(raw.get(content_field), f"{where}.{content_field}")
+    content = raw.get(content_field)
+    if isinstance(content, str):  # what parse_content gives a string, without naming where it is
+        text, part_reasoning, part_calls = content, None, []
+    else:
+        text, part_reasoning, part_calls = parse_content(content, f"{where}.{content_field}")
 
     reasoning = part_reasoning
     for name in REASONING_FIELDS:
         if raw.get(name) is not None:
             reasoning = as_str(raw[name], f"{where}.{name}")
             break
-    tool_calls = part_calls + [
-        parse_tool_call(call, f"{where}.tool_calls[{i}]")
-        for i, call in enumerate(as_list(raw.get("tool_calls") or [], f"{where}.tool_calls"))
-    ]
-    train = as_train_flag(raw.get(options.field("weight")), f"{where}.{options.field('weight')}")
+    tool_calls = part_calls
+    if raw.get("tool_calls"):
+        tool_calls = part_calls + [
+            parse_tool_call(call, f"{where}.tool_calls[{i}]")
+            for i, call in enumerate(as_list(raw["tool_calls"], f"{where}.tool_calls"))
+        ]
+    weight = raw.get(options.field("weight"))
+    train = None if weight is None else as_train_flag(weight, f"{where}.{options.field('weight')}")
     for name in WEIGHT_FIELDS:
         if train is None and name in raw:
             train = as_train_flag(raw[name], f"{where}.{name}")
