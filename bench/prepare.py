@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -167,22 +168,34 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def measure(command: list[str]) -> dict[str, float | str]:
-    """Wall seconds, CPU seconds of the whole process tree, its peak RSS (KB), and stdout, of a command."""
+def measure(command: list[str], retried: bool = False) -> dict[str, float | str]:
+    """Wall seconds, CPU seconds of the whole process tree, its peak RSS (KB), and stdout, of a command. A run that
+    fails is reported (exit status or signal, and the end of its stderr) and run once more; a second failure
+    stops the bench."""
     hz = os.sysconf("SC_CLK_TCK")
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    last_ticks: dict[int, int] = {}
-    peak = 0
-    while process.poll() is None:
-        tree = sample_tree(process.pid, last_ticks)
-        peak = max(peak, sum(rss_kb(pid) for pid in tree))
-        time.sleep(0.01)
-    wall = time.perf_counter() - started
-    out = process.stdout.read() if process.stdout else ""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=ROOT)
+        last_ticks: dict[int, int] = {}
+        peak = 0
+        while process.poll() is None:
+            tree = sample_tree(process.pid, last_ticks)
+            peak = max(peak, sum(rss_kb(pid) for pid in tree))
+            time.sleep(0.01)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    sys.stderr.write(stderr)
     if process.returncode:
-        raise SystemExit(f"failed: {' '.join(command)}")
-    return {"wall": wall, "cpu": sum(last_ticks.values()) / hz, "rss": peak, "out": out}
+        code = process.returncode
+        status = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        tail = " | ".join(stderr.strip().splitlines()[-3:]) or "(nothing on stderr)"
+        print(f"failed ({status}; {tail}): {' '.join(command)}", file=sys.stderr)
+        if retried:
+            raise SystemExit(1)
+        return measure(command, retried=True)
+    return {"wall": wall, "cpu": sum(last_ticks.values()) / hz, "rss": peak, "out": stdout}
 
 
 def prepare_command(corpus: Path, out: Path, workers: int, encoder: str) -> list[str]:
