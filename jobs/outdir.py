@@ -13,8 +13,9 @@ What counts as proof, file by file (`Inventory.of`):
   listed one, and the files a unit still being written can have: `shard-u<unit>-<k>.arrow` and its rejects
   part, for each unit of the job the checkpoint does not list as finished;
 - in a planned `--pack` (`jobs.planned_pack`), every packed shard its plan has (`packed_total`, from the
-  checkpoint: the tasks write them in any order), and in its rows folder the scatter file of each shard the rows
-  manifest lists (`pack-<shard>`, by name: written after that manifest, from those shards);
+  checkpoint: the tasks write them in any order), and in its rows folder (`OUT/_pack/`, and only there) the
+  scatter file of each shard the rows manifest lists (`pack-<shard>`, by name: written after that manifest, from
+  those shards);
 - the temporaries of all of these (`files.temp_path`) and the lock file.
 
 Everything else is unknown and never touched. A folder holding unknown files is refused (exit 2) unless
@@ -140,7 +141,8 @@ def _manifest_files(out: Path, manifest: dict[str, Any]) -> dict[str, str]:
     for shard in manifest["shards"]:
         if _matches(out / shard["file"], shard["sha256"]):
             files[shard["file"]] = digest
-        files[SCATTER_PREFIX + shard["file"]] = digest  # a planned pack's scatter file of it, if there is one
+        if out.name == PACK_SCRATCH:  # a planned pack's rows pass: the scatter file of each of its shards
+            files[SCATTER_PREFIX + shard["file"]] = digest
     rejects = out / REJECTS_NAME
     listed = manifest.get("rejects")
     if rejects.is_file():

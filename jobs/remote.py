@@ -45,7 +45,7 @@ from ..pipeline.faults import crash_point
 from ..pipeline.write import shard_name
 from ..schemas.shards import MANIFEST_NAME, REJECTS_NAME
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, is_shard
-from .outdir import PART_FOLDERS, SCATTER_PREFIX, manifest_digest, units_in_making, writes_name
+from .outdir import PACK_SCRATCH, PART_FOLDERS, SCATTER_PREFIX, manifest_digest, units_in_making, writes_name
 
 PUBLISHING_NAME = "_publishing.json"
 Verify = Callable[[list[tuple[str, str]]], list[bool]]  # (URL, sha256) pairs -> whether each object has it
@@ -164,7 +164,8 @@ def inventory(url: str, top: bool, verify: Verify | None = None) -> tuple[dict[s
             listed = {s["file"]: s["sha256"] for s in manifest["shards"]}
             listed[REJECTS_NAME] = manifest["rejects"]["sha256"]
             owned.update(_proven(url, listed, names, digest, verify))
-            owned.update({SCATTER_PREFIX + s["file"]: digest for s in manifest["shards"]})  # a planned pack's
+            if url.rstrip("/").endswith(f"/{PACK_SCRATCH}"):  # a planned pack's rows pass: its scatter files
+                owned.update({SCATTER_PREFIX + s["file"]: digest for s in manifest["shards"]})
     checkpoint = _read_json(url, CHECKPOINT_NAME, names)
     if checkpoint is not None:  # a unit job writing here from Ray tasks (`BucketUnits`)
         with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):

@@ -125,3 +125,18 @@ def test_scatter_and_gather_write_the_local_engines_packed_shards(tmp_path, wind
     for info in infos:
         assert (gathered / info.file).read_bytes() == (packed_out / info.file).read_bytes()
     assert plan.summary(256, window) == json.loads((packed_out / "_manifest.json").read_text())["packing"]
+
+
+def test_scatter_files_are_owned_only_in_a_planned_packs_rows_folder(tmp_path) -> None:
+    """`pack-<shard>` beside a rows manifest is a planned pack's scatter file only in `OUT/_pack/`; anywhere else
+    a file of that name is the user's, never lossmask's to replace or delete."""
+    from lossmask.jobs.outdir import Inventory
+
+    data = write_distinct_conversations(tmp_path / "in.jsonl", 1, "{broken\n", lambda i: False)
+    for folder in ("plain", "job/_pack"):
+        manifest, out = run_prepare(tmp_path, [data], out_name=folder)
+        scatter_name = "pack-" + manifest["shards"][0]["file"]
+        (out / scatter_name).write_bytes(b"scatter")
+        inventory = Inventory.of(out)
+        assert (scatter_name in inventory.owned) == (folder == "job/_pack")
+        assert (scatter_name in inventory.unknown) == (folder == "plain")
